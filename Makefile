@@ -1,0 +1,16 @@
+# The two commands in the README. Both set everything up first; both work on a fresh machine.
+.PHONY: setup demo test lint
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/sigma0 run examples/demo-cycle.yaml --workdir .sigma0
+
+test: setup
+	bash tests/cluster/build.sh
+	.venv/bin/ruff check operator tests bench
+	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check operator tests bench

@@ -1,0 +1,3 @@
+from sigma0.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""The `sigma0` command.
+
+    sigma0 validate MANIFEST                      check a TrainingCycle against the CRD schema (exit 2 if invalid)
+    sigma0 run MANIFEST [--workdir DIR]           run the whole cycle on this machine, resumably
+    sigma0 stage NAME ...                         one stage command (what a local step or a Job's pod runs)
+    sigma0 release show|history|rollback NAME     the local release store
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from sigma0 import __version__
+from sigma0.spec import ManifestError, load_manifest
+from sigma0.stages import STAGES, StageInputError, load_stage
+from sigma0.termination import write_summary
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _stage_command(name: str, argv: Sequence[str]) -> int:
+    """Run one stage: its summary goes to stdout and to the termination-message file."""
+    try:
+        module = load_stage(name)
+    except StageInputError as error:
+        print(f"sigma0 stage: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    parser = argparse.ArgumentParser(prog=f"sigma0 stage {name}", description=(module.__doc__ or "").strip())
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        summary = module.run(args)
+    except StageInputError as error:
+        write_summary({"stage": name, "error": str(error), "kind": "input"})
+        print(f"sigma0 stage {name}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as error:  # the stage failed: say why in the termination message, keep the traceback in logs
+        traceback.print_exc()
+        write_summary({"stage": name, "error": f"{type(error).__name__}: {error}"})
+        return EXIT_FAILED
+    write_summary({"stage": name, **summary})
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return EXIT_OK
+
+
+def _validate(args: argparse.Namespace, console: Console) -> int:
+    try:
+        cycle = load_manifest(args.manifest)
+    except ManifestError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        return EXIT_BAD_INPUT
+    name = cycle.name or f"{cycle.generate_name}…"
+    console.print(f"[green]valid[/]: TrainingCycle {name} for release {cycle.spec.release}", highlight=False)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from sigma0.executors.local import CycleLocked, LocalExecutor, choose_cycle
+    from sigma0.local_release import LocalReleases
+    from sigma0.ui import RichReporter, result_table
+
+    try:
+        cycle = load_manifest(args.manifest)
+    except ManifestError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        return EXIT_BAD_INPUT
+    workdir = Path(args.workdir)
+    try:
+        run = choose_cycle(cycle, workdir, args.name)
+    except ValueError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        return EXIT_BAD_INPUT
+    if run.finished is not None:
+        console.print(f"cycle {run.name} already finished ({run.finished['phase']}); its result:")
+        console.print(result_table(run.name, run.state, run.finished))
+        return EXIT_OK if run.finished["phase"] == "Succeeded" else EXIT_FAILED
+    verb = "resuming" if run.state.steps else "starting"
+    console.print(f"{verb} TrainingCycle [bold]{run.name}[/] for release [bold]{cycle.spec.release}[/] "
+                  f"in {run.cycle_dir}", highlight=False)
+    releases = LocalReleases(workdir / "releases")
+    try:
+        with RichReporter(console) as reporter:
+            executor = LocalExecutor(cycle, workdir, releases, reporter, Path(args.manifest).resolve().parent)
+            run = executor.run(run)
+    except CycleLocked as error:
+        console.print(f"[red]{error}[/]")
+        return EXIT_FAILED
+    assert run.finished is not None
+    console.print(result_table(run.name, run.state, run.finished))
+    console.print(f"logs and artifacts: {run.cycle_dir}", highlight=False)
+    return EXIT_OK if run.finished["phase"] == "Succeeded" else EXIT_FAILED
+
+
+def _release(args: argparse.Namespace, console: Console) -> int:
+    from sigma0.release import LocalReleaseStore, ReleaseError
+
+    store = LocalReleaseStore(Path(args.workdir) / "releases")
+    try:
+        if args.action == "rollback":
+            pointer = store.rollback(args.name, reason=args.reason)
+            console.print(f"release {args.name} now points at {pointer.digest} (revision {pointer.revision})")
+            return EXIT_OK
+        current = store.current(args.name)
+        if current is None:
+            console.print(f"release {args.name} has no adapter yet")
+            return EXIT_OK
+        pointers = [current] + (store.history(args.name) if args.action == "history" else [])
+        for pointer in pointers:
+            console.print(f"rev {pointer.revision}  {pointer.digest}  pass@1 {pointer.pass_at_1:.3f}  "
+                          f"cycle {pointer.cycle}  {pointer.time}  {pointer.uri}", highlight=False)
+        return EXIT_OK
+    except ReleaseError as error:
+        console.print(f"[red]{error}[/]")
+        return EXIT_BAD_INPUT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sigma0", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sigma0 {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    validate = commands.add_parser("validate", help="check a TrainingCycle manifest against the CRD schema")
+    validate.add_argument("manifest")
+
+    run = commands.add_parser("run", help="run a TrainingCycle end to end on this machine")
+    run.add_argument("manifest")
+    run.add_argument("--workdir", default=".sigma0", help="where cycles, releases and the leaderboard live")
+    run.add_argument("--name", help="the cycle's name (default: the manifest's name, or a new one from generateName)")
+
+    stage = commands.add_parser("stage", help="run one stage command", add_help=False)
+    stage.add_argument("stage_name", metavar="NAME", choices=list(STAGES), help=", ".join(STAGES))
+
+    release = commands.add_parser("release", help="show, list or roll back a local release")
+    release.add_argument("action", choices=["show", "history", "rollback"])
+    release.add_argument("name")
+    release.add_argument("--workdir", default=".sigma0")
+    release.add_argument("--reason", default="manual rollback")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "stage":
+        return _stage_command(argv[1], argv[2:])
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    handlers = {"validate": _validate, "run": _run, "release": _release}
+    return handlers[args.command](args, console)

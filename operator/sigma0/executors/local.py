@@ -1,0 +1,240 @@
+"""The local executor: runs a TrainingCycle on this machine, every stage as a subprocess, through the shared plan.
+
+State lives in `<workdir>/cycles/<name>/state.json`, rewritten atomically after every transition, so a killed run
+resumes where it stopped: finished steps are never redone, and an interrupted step is started again (every stage
+command resumes or rewrites its own outputs atomically).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sigma0 import plan
+from sigma0.io import read_json, text_digest, write_json_atomic
+from sigma0.spec import TrainingCycle
+
+STATE_FILE = "state.json"
+
+
+class Releases(Protocol):
+    """What the executor needs from wherever releases live (a local folder here, an AdapterRelease on a cluster)."""
+
+    def incumbent(self, release: str) -> plan.Incumbent | None: ...
+
+    def publish(self, release: str, *, cycle: str, decision: Mapping[str, Any], candidate_uri: str,
+                candidate_digest: str, incumbent: plan.Incumbent | None,
+                evidence: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+class Reporter(Protocol):
+    """Progress callbacks (the CLI draws them with rich; tests record them)."""
+
+    def step_started(self, step: plan.Step, resumed: bool) -> None: ...
+
+    def step_finished(self, step: plan.Step, result: plan.StepResult, seconds: float) -> None: ...
+
+    def step_skipped(self, step: plan.Step, result: plan.StepResult) -> None: ...
+
+
+class CycleLocked(RuntimeError):
+    """Another `sigma0 run` is working on this cycle."""
+
+
+@dataclass
+class CycleRun:
+    name: str
+    cycle_dir: Path
+    state: plan.CycleState
+    manifest_digest: str
+    started_at: str
+    finished: dict[str, Any] | None = None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def manifest_digest(cycle: TrainingCycle) -> str:
+    return text_digest(cycle.spec.model_dump_json(by_alias=True))
+
+
+# State on disk ----------------------------------------------------------------------------------------------------
+
+
+def _state_to_json(run: CycleRun) -> dict[str, Any]:
+    state = run.state
+    return {
+        "name": run.name,
+        "manifestDigest": run.manifest_digest,
+        "startedAt": run.started_at,
+        "incumbentResolved": state.incumbent_resolved,
+        "incumbent": asdict(state.incumbent) if state.incumbent else None,
+        "steps": {name: {"state": r.state, "summary": dict(r.summary), "message": r.message}
+                  for name, r in state.steps.items()},
+        "published": dict(state.published) if state.published is not None else None,
+        "finished": run.finished,
+    }
+
+
+def _state_from_json(cycle_dir: Path, data: dict[str, Any]) -> CycleRun:
+    incumbent = plan.Incumbent(**data["incumbent"]) if data.get("incumbent") else None
+    state = plan.CycleState(
+        incumbent_resolved=bool(data.get("incumbentResolved")),
+        incumbent=incumbent,
+        steps={name: plan.StepResult(r["state"], r.get("summary") or {}, r.get("message", ""))
+               for name, r in (data.get("steps") or {}).items()},
+        published=data.get("published"),
+    )
+    return CycleRun(data["name"], cycle_dir, state, data["manifestDigest"], data["startedAt"], data.get("finished"))
+
+
+def save(run: CycleRun) -> None:
+    write_json_atomic(run.cycle_dir / STATE_FILE, _state_to_json(run))
+
+
+def load(cycle_dir: Path) -> CycleRun:
+    return _state_from_json(cycle_dir, read_json(cycle_dir / STATE_FILE))
+
+
+def choose_cycle(cycle: TrainingCycle, workdir: Path, name: str | None = None) -> CycleRun:
+    """The cycle this invocation works on: an explicit or manifest name (resumed if it exists), or, for a
+    generateName manifest, the unfinished cycle made from the same manifest, or else a fresh name."""
+    cycles = workdir / "cycles"
+    digest = manifest_digest(cycle)
+    chosen = name or cycle.name
+    if chosen is None:
+        prefix = cycle.generate_name or "cycle-"
+        for candidate in sorted(cycles.glob(f"{prefix}*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime):
+            existing = load(candidate.parent)
+            if existing.finished is None and existing.manifest_digest == digest:
+                return existing
+        chosen = prefix + secrets.token_hex(3)[:5]
+    cycle_dir = cycles / chosen
+    if (cycle_dir / STATE_FILE).exists():
+        existing = load(cycle_dir)
+        if existing.manifest_digest != digest:
+            raise ValueError(f"cycle {chosen!r} in {cycles} was started from a different spec; a cycle's spec is "
+                             "immutable: give this manifest another name (or use metadata.generateName)")
+        return existing
+    return CycleRun(chosen, cycle_dir, plan.CycleState(), digest, _now())
+
+
+# Running ----------------------------------------------------------------------------------------------------------
+
+
+class LocalExecutor:
+    def __init__(self, cycle: TrainingCycle, workdir: Path, releases: Releases, reporter: Reporter,
+                 input_dir: Path) -> None:
+        self.cycle = cycle
+        self.spec = cycle.spec
+        self.workdir = workdir.resolve()
+        self.releases = releases
+        self.reporter = reporter
+        self.input_dir = input_dir.resolve()
+
+    def layout(self, run: CycleRun) -> plan.Layout:
+        return plan.Layout(cycle_dir=str(run.cycle_dir.resolve()), input_dir=str(self.input_dir),
+                           leaderboard=str(self.workdir / "leaderboard.jsonl"))
+
+    def run(self, run: CycleRun) -> CycleRun:
+        """Drive the plan to a terminal phase. Holds a lock on the cycle folder so two runs never interleave."""
+        run.cycle_dir.mkdir(parents=True, exist_ok=True)
+        with open(run.cycle_dir / ".lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as error:
+                raise CycleLocked(f"another sigma0 run is working on {run.cycle_dir}") from error
+            save(run)
+            return self._drive(run)
+
+    def _drive(self, run: CycleRun) -> CycleRun:
+        layout = self.layout(run)
+        for step in plan.steps(self.spec, run.state, layout) if run.state.incumbent_resolved else []:
+            done = run.state.steps.get(step.name)
+            if done is not None and done.state == "succeeded":
+                self.reporter.step_skipped(step, done)
+        while True:
+            action = plan.next_action(self.spec, run.state, layout)
+            if isinstance(action, plan.ResolveIncumbent):
+                incumbent = self.releases.incumbent(self.spec.release)
+                run.state = replace(run.state, incumbent_resolved=True, incumbent=incumbent)
+            elif isinstance(action, plan.RunStep | plan.AwaitStep):
+                # Locally an AwaitStep means a previous run was killed mid-step: run the step again.
+                resumed = isinstance(action, plan.AwaitStep)
+                result = self._run_step(run, action.step, resumed)
+                run.state = replace(run.state, steps={**run.state.steps, action.step.name: result})
+            elif isinstance(action, plan.Publish):
+                published = self.releases.publish(
+                    self.spec.release, cycle=run.name, decision=action.decision,
+                    candidate_uri=action.candidate_uri, candidate_digest=action.candidate_digest,
+                    incumbent=run.state.incumbent, evidence=self._evidence(run))
+                run.state = replace(run.state, published=published)
+            else:
+                run.finished = {"phase": action.phase, "outcome": action.outcome, "reason": action.reason,
+                                "at": _now()}
+                save(run)
+                return run
+            save(run)
+
+    def _run_step(self, run: CycleRun, step: plan.Step, resumed: bool) -> plan.StepResult:
+        run.state = replace(run.state, steps={**run.state.steps, step.name: plan.StepResult("running")})
+        save(run)
+        self.reporter.step_started(step, resumed)
+        logs = run.cycle_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        summary_file = logs / f"{step.name}.summary.json"
+        summary_file.unlink(missing_ok=True)
+        env = {**os.environ, "SIGMA0_TERMINATION_LOG": str(summary_file), "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "sigma0", *step.argv[1:]]
+        began = time.monotonic()
+        with open(logs / f"{step.name}.log", "ab") as log:
+            log.write(f"\n$ {' '.join(step.argv)}   # {_now()}\n".encode())
+            log.flush()
+            code = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                  env=env, check=False).returncode
+        summary = _read_summary(summary_file)
+        if code == 0:
+            result = plan.StepResult("succeeded", summary)
+        else:
+            message = str(summary.get("error") or _tail(logs / f"{step.name}.log"))
+            result = plan.StepResult("failed", summary, f"exit code {code}: {message}")
+        self.reporter.step_finished(step, result, time.monotonic() - began)
+        return result
+
+    def _evidence(self, run: CycleRun) -> dict[str, Any]:
+        steps = run.state.steps
+        return {
+            "dataset_digest": steps["dataset"].summary.get("dataset_digest"),
+            "candidate_results": str(run.cycle_dir / "eval" / "results" / "candidate-gate.jsonl"),
+            "incumbent_results": (str(run.cycle_dir / "eval" / "results" / "incumbent-gate.jsonl")
+                                  if run.state.incumbent else None),
+            "policy": self.spec.promote.model_dump(by_alias=True),
+            "suite": self.spec.eval.suite,
+            "subset": self.spec.eval.subset,
+        }
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return " | ".join(text[-lines:])[-500:]

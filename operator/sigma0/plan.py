@@ -1,0 +1,266 @@
+"""The one state machine of a TrainingCycle, shared by the local executor and the Kubernetes operator.
+
+Pure: `next_action(spec, state, layout)` looks at what has been observed (the incumbent that was resolved, each
+step's result) and says what to do next. It does no I/O. The executors do the I/O and feed observations back:
+
+    LocalExecutor:  a step is a subprocess on this machine;      the release is a folder with an atomic pointer
+    JobExecutor:    a step is a batch/v1 Job watched by kopf;     the release is an AdapterRelease resource
+
+Running it again with the same observations gives the same answer, so a restarted executor resumes where it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from sigma0.spec import CycleSpec
+
+StepKind = Literal["plain", "sandbox", "gpu"]
+StepState = Literal["running", "succeeded", "failed"]
+
+PHASE_PENDING = "Pending"
+PHASE_SUCCEEDED = "Succeeded"
+PHASE_FAILED = "Failed"
+TERMINAL_PHASES = (PHASE_SUCCEEDED, PHASE_FAILED)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One stage command of the cycle. `kind` says where it may run: `sandbox` steps execute untrusted code (gVisor,
+    no network), `gpu` steps load the model and never execute model output, `plain` steps only move data."""
+
+    name: str
+    stage: str
+    kind: StepKind
+    phase: str
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Incumbent:
+    """The adapter the release points at when the cycle starts: the one the candidate must beat."""
+
+    digest: str
+    uri: str
+    pass_at_1: float | None = None
+    revision: int = 0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    state: StepState
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class CycleState:
+    """Everything observed so far. `incumbent_resolved` is False until the executor has looked at the release."""
+
+    incumbent_resolved: bool = False
+    incumbent: Incumbent | None = None
+    steps: Mapping[str, StepResult] = field(default_factory=dict)
+    published: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a cycle's files are, as the stage processes see them (host paths locally, mount paths in a pod)."""
+
+    cycle_dir: str
+    input_dir: str
+    leaderboard: str
+
+    def at(self, *parts: str) -> str:
+        return str(PurePosixPath(self.cycle_dir, *parts))
+
+    def source(self, path: str) -> str:
+        return path if PurePosixPath(path).is_absolute() or "://" in path else str(PurePosixPath(self.input_dir, path))
+
+
+# Actions ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolveIncumbent:
+    """Read the release and record which adapter (if any) the candidate will be evaluated against."""
+
+
+@dataclass(frozen=True)
+class RunStep:
+    step: Step
+
+
+@dataclass(frozen=True)
+class AwaitStep:
+    """A step is running; wait for it to finish."""
+
+    step: Step
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Apply the decision to the release: only if the evaluated incumbent is still current (otherwise Stale)."""
+
+    decision: Mapping[str, Any]
+    candidate_uri: str
+    candidate_digest: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    phase: str
+    outcome: str | None
+    reason: str
+
+
+Action = ResolveIncumbent | RunStep | AwaitStep | Publish | Finish
+
+
+# The steps of a cycle ---------------------------------------------------------------------------------------------
+
+
+def _suite_label(index: int) -> str:
+    return f"report{index}"
+
+
+def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
+    """The cycle's steps in order, with their exact command lines. Depends on the incumbent (no incumbent, no
+    incumbent eval) and on earlier results (the candidate's digest, for the leaderboard)."""
+    v, t, e, p = spec.verify, spec.train, spec.eval, spec.promote
+    incumbent = state.incumbent
+    train_summary = state.steps.get("train", StepResult("running")).summary
+    candidate_digest = str(train_summary.get("adapter_digest", ""))
+    adapter_dir = layout.at("train", "adapter")
+    completions = layout.at("eval", "completions")
+
+    harvest = ["harvest", "--output", layout.at("harvest", "candidates.jsonl"),
+               "--report", layout.at("harvest", "report.json")]
+    for source in spec.harvest.sources:
+        harvest += ["--source", layout.source(source.path)]
+    for suite in spec.harvest.exclude_suites:
+        harvest += ["--exclude-suite", suite]
+
+    verify = ["verify", "--input", layout.at("harvest", "candidates.jsonl"),
+              "--output", layout.at("verify", "verified.jsonl"), "--report", layout.at("verify", "report.json"),
+              "--sandbox", v.sandbox, "--timeout", _num(v.timeout_seconds), "--workers", str(v.workers),
+              "--memory-mb", str(v.memory_mb)]
+
+    dataset = ["dataset", "--verified", layout.at("verify", "verified.jsonl"),
+               "--output", layout.at("dataset", "train.jsonl"), "--report", layout.at("dataset", "report.json")]
+    if spec.dataset.base:
+        dataset += ["--base", layout.source(spec.dataset.base)]
+
+    train = ["train", "--base-model", spec.base_model.name, "--dataset", layout.at("dataset", "train.jsonl"),
+             "--output-dir", adapter_dir, "--report", layout.at("train", "report.json"),
+             "--steps", str(t.steps), "--learning-rate", _num(t.learning_rate),
+             "--max-seq-length", str(t.max_seq_length), "--batch-size", str(t.batch_size),
+             "--gradient-accumulation", str(t.gradient_accumulation), "--lora-r", str(t.lora.r),
+             "--lora-alpha", str(t.lora.alpha), "--lora-dropout", _num(t.lora.dropout),
+             "--target-modules", ",".join(t.lora.target_modules), "--seed", str(t.seed),
+             "--quantization", t.quantization, "--device", t.device]
+
+    suites = {"gate": e.suite} | {_suite_label(i): s for i, s in enumerate(e.report_suites)}
+    generate = ["generate", "--base-model", spec.base_model.name, "--adapter", f"candidate={adapter_dir}",
+                "--subset", e.subset, "--output-dir", completions, "--report", layout.at("eval", "generate.json"),
+                "--max-new-tokens", str(e.max_new_tokens), "--batch-size", str(e.batch_size),
+                "--device", t.device, "--quantization", t.quantization]
+    if incumbent:
+        generate += ["--adapter", f"incumbent={incumbent.uri}"]
+    for label, suite in suites.items():
+        generate += ["--suite", f"{label}={layout.source(suite) if suite.endswith('.jsonl') else suite}"]
+
+    def score(adapter: str, label: str, suite: str, digest: str) -> list[str]:
+        return ["score", "--completions", str(PurePosixPath(completions, adapter, label, "completions.jsonl")),
+                "--output", layout.at("eval", "results", f"{adapter}-{label}.jsonl"),
+                "--report", layout.at("eval", "results", f"{adapter}-{label}.json"),
+                "--suite", layout.source(suite) if suite.endswith(".jsonl") else suite, "--subset", e.subset,
+                "--sandbox", e.sandbox, "--timeout", _num(e.timeout_seconds), "--workers", str(e.workers),
+                "--leaderboard", layout.leaderboard, "--adapter-digest", digest, "--label", f"{adapter}/{label}"]
+
+    decide = ["decide", "--candidate", layout.at("eval", "results", "candidate-gate.jsonl"),
+              "--output", layout.at("decide", "decision.json"),
+              "--margin", _num(p.margin), "--min-pass-at-1", _num(p.min_pass_at1)]
+    if incumbent:
+        decide += ["--incumbent", layout.at("eval", "results", "incumbent-gate.jsonl")]
+    if p.significance is not None:
+        decide += ["--significance", _num(p.significance)]
+
+    plan = [
+        Step("harvest", "harvest", "plain", "Harvesting", _cmd(harvest)),
+        Step("verify", "verify", "sandbox", "Verifying", _cmd(verify)),
+        Step("dataset", "dataset", "plain", "Training", _cmd(dataset)),
+        Step("train", "train", "gpu", "Training", _cmd(train)),
+        Step("generate", "generate", "gpu", "Evaluating", _cmd(generate)),
+        Step("score-candidate", "score", "sandbox", "Evaluating",
+             _cmd(score("candidate", "gate", e.suite, candidate_digest))),
+    ]
+    if incumbent:
+        plan.append(Step("score-incumbent", "score", "sandbox", "Evaluating",
+                         _cmd(score("incumbent", "gate", e.suite, incumbent.digest))))
+    for index, suite in enumerate(e.report_suites):
+        label = _suite_label(index)
+        plan.append(Step(f"score-candidate-{label}", "score", "sandbox", "Evaluating",
+                         _cmd(score("candidate", label, suite, candidate_digest))))
+    plan.append(Step("decide", "decide", "plain", "Deciding", _cmd(decide)))
+    return plan
+
+
+def _cmd(args: list[str]) -> tuple[str, ...]:
+    return ("sigma0", "stage", *args)
+
+
+def _num(value: float) -> str:
+    """A number for a command line: `10` rather than `10.0`, `0.0002` exactly as written."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+# The transition function ------------------------------------------------------------------------------------------
+
+
+def next_action(spec: CycleSpec, state: CycleState, layout: Layout) -> Action:
+    """What to do next, given everything observed so far. Pure and idempotent."""
+    if not state.incumbent_resolved:
+        return ResolveIncumbent()
+    if state.published is not None:
+        outcome = str(state.published.get("outcome"))
+        return Finish(PHASE_SUCCEEDED, outcome, str(state.published.get("reason", "")))
+    for step in steps(spec, state, layout):
+        result = state.steps.get(step.name)
+        if result is None:
+            return RunStep(step)
+        if result.state == "running":
+            return AwaitStep(step)
+        if result.state == "failed":
+            reason = result.message or "the stage failed without a message"
+            return Finish(PHASE_FAILED, None, f"{step.name} failed: {reason}")
+        early = _early_finish(step, result)
+        if early is not None:
+            return early
+    decision = state.steps["decide"].summary
+    train = state.steps["train"].summary
+    return Publish(decision=decision, candidate_uri=layout.at("train", "adapter"),
+                   candidate_digest=str(train.get("adapter_digest", "")))
+
+
+def _early_finish(step: Step, result: StepResult) -> Finish | None:
+    """A cycle with nothing to train on ends Rejected after the dataset step, instead of training on nothing."""
+    if step.name == "dataset" and int(result.summary.get("rows", 1)) == 0:
+        return Finish(PHASE_SUCCEEDED, "Rejected", "no training rows: nothing passed the execution gate and "
+                      "there is no base dataset; the release is untouched")
+    return None
+
+
+def phase_of(spec: CycleSpec, state: CycleState, layout: Layout) -> str:
+    """The phase a person sees (`kubectl get tc`): the phase of the step in progress, or the terminal phase."""
+    action = next_action(spec, state, layout)
+    if isinstance(action, Finish):
+        return action.phase
+    if isinstance(action, RunStep | AwaitStep):
+        return action.step.phase
+    if isinstance(action, Publish):
+        return "Promoting"
+    return PHASE_PENDING

@@ -1,0 +1,36 @@
+"""Stage commands: `sigma0 stage NAME ...`.
+
+Every stage module exposes the same two functions, so the CLI, the local executor and a Kubernetes Job run it alike:
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace) -> dict      # the stage's summary: small, JSON-serialisable
+
+`run` reads its inputs from files, writes its outputs to files, and returns a summary that the CLI writes to the
+termination-message file (what the operator reads from the pod status). Bad input raises `StageInputError`
+(exit code 2); anything else that goes wrong raises and exits 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+STAGES: dict[str, str] = {
+    "harvest": "sigma0.stages.harvest",
+    "verify": "sigma0.stages.verify",
+    "dataset": "sigma0.stages.dataset",
+    "train": "sigma0.stages.train",
+    "generate": "sigma0.stages.generate",
+    "score": "sigma0.stages.score",
+    "decide": "sigma0.stages.decide",
+}
+
+
+class StageInputError(Exception):
+    """The stage was given input it cannot use; the message says which and what to do."""
+
+
+def load_stage(name: str) -> ModuleType:
+    if name not in STAGES:
+        raise StageInputError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
+    return importlib.import_module(STAGES[name])
