@@ -53,7 +53,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.load(handle)
 
 
-class atomic_writer:  # noqa: N801 - used as a context manager like open()
+class atomic_writer:
     """`with atomic_writer(path) as f:` writes to a temp file and renames it over `path` only on success."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

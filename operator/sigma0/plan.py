@@ -106,6 +106,7 @@ class Publish:
     """Apply the decision to the release: only if the evaluated incumbent is still current (otherwise Stale)."""
 
     decision: Mapping[str, Any]
+    decision_file: str
     candidate_uri: str
     candidate_digest: str
 
@@ -242,7 +243,8 @@ def next_action(spec: CycleSpec, state: CycleState, layout: Layout) -> Action:
             return early
     decision = state.steps["decide"].summary
     train = state.steps["train"].summary
-    return Publish(decision=decision, candidate_uri=layout.at("train", "adapter"),
+    return Publish(decision=decision, decision_file=layout.at("decide", "decision.json"),
+                   candidate_uri=layout.at("train", "adapter"),
                    candidate_digest=str(train.get("adapter_digest", "")))
 
 

@@ -36,7 +36,7 @@ def highlight(step: str, summary: Mapping[str, Any]) -> str:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value if value is not None else "–")
+    return f"{value:.3f}" if isinstance(value, float) else str(value if value is not None else "-")
 
 
 def _reasons(dropped: Any) -> str:

@@ -31,8 +31,7 @@ class Releases(Protocol):
 
     def incumbent(self, release: str) -> plan.Incumbent | None: ...
 
-    def publish(self, release: str, *, cycle: str, decision: Mapping[str, Any], candidate_uri: str,
-                candidate_digest: str, incumbent: plan.Incumbent | None,
+    def publish(self, release: str, *, cycle: str, action: plan.Publish, incumbent: plan.Incumbent | None,
                 evidence: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
@@ -174,10 +173,8 @@ class LocalExecutor:
                 result = self._run_step(run, action.step, resumed)
                 run.state = replace(run.state, steps={**run.state.steps, action.step.name: result})
             elif isinstance(action, plan.Publish):
-                published = self.releases.publish(
-                    self.spec.release, cycle=run.name, decision=action.decision,
-                    candidate_uri=action.candidate_uri, candidate_digest=action.candidate_digest,
-                    incumbent=run.state.incumbent, evidence=self._evidence(run))
+                published = self.releases.publish(self.spec.release, cycle=run.name, action=action,
+                                                  incumbent=run.state.incumbent, evidence=self._evidence(run))
                 run.state = replace(run.state, published=published)
             else:
                 run.finished = {"phase": action.phase, "outcome": action.outcome, "reason": action.reason,
@@ -215,10 +212,6 @@ class LocalExecutor:
         steps = run.state.steps
         return {
             "dataset_digest": steps["dataset"].summary.get("dataset_digest"),
-            "candidate_results": str(run.cycle_dir / "eval" / "results" / "candidate-gate.jsonl"),
-            "incumbent_results": (str(run.cycle_dir / "eval" / "results" / "incumbent-gate.jsonl")
-                                  if run.state.incumbent else None),
-            "policy": self.spec.promote.model_dump(by_alias=True),
             "suite": self.spec.eval.suite,
             "subset": self.spec.eval.subset,
         }

@@ -1,0 +1,146 @@
+"""`sigma0 run` end to end on this machine: the real stage commands, the tiny model, the real sandbox.
+
+A small cycle (a few training steps, three HumanEval problems, short completions) keeps this fast on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sigma0.io import read_json
+from sigma0.release import LocalReleaseStore
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "examples" / "corpus"
+
+pytestmark = pytest.mark.slow
+
+
+def manifest(tmp_path: Path, name: str | None = None, **spec_overrides: Any) -> Path:
+    spec: dict[str, Any] = {
+        "release": "coder",
+        "baseModel": {"name": "tiny://llama"},
+        "harvest": {"sources": [{"path": str(CORPUS / "agent_corpus.json")}, {"path": str(CORPUS / "tasks.jsonl")}]},
+        "verify": {"timeoutSeconds": 5},
+        "dataset": {"base": str(CORPUS / "base_train.jsonl")},
+        "train": {"steps": 2, "batchSize": 2, "maxSeqLength": 128},
+        "eval": {"subset": "first:3", "maxNewTokens": 16, "batchSize": 3},
+    }
+    spec.update(spec_overrides)
+    metadata = {"name": name} if name else {"generateName": "cycle-"}
+    document = {"apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle", "metadata": metadata, "spec": spec}
+    path = tmp_path / f"{name or 'generated'}.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def sigma0(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sigma0", *args], capture_output=True, text=True, check=False,
+                          timeout=900, **kwargs)
+
+
+def state_of(workdir: Path, name: str) -> dict[str, Any]:
+    return read_json(workdir / "cycles" / name / "state.json")
+
+
+def test_two_cycles_bootstrap_then_decide_against_the_release(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    cycle = manifest(tmp_path)
+
+    first = sigma0("run", str(cycle), "--workdir", str(workdir))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Bootstrapped" in first.stdout
+    store = LocalReleaseStore(workdir / "releases")
+    release = store.current("coder")
+    assert release is not None and release.revision == 1
+
+    second = sigma0("run", str(cycle), "--workdir", str(workdir))
+    assert second.returncode == 0, second.stdout + second.stderr
+    (first_dir, second_dir) = sorted((workdir / "cycles").iterdir(), key=lambda p: p.stat().st_mtime)
+    state = state_of(workdir, second_dir.name)
+    assert state["incumbent"]["digest"] == release.digest
+    assert "score-incumbent" in state["steps"], "the incumbent must be evaluated live in the second cycle"
+    outcome = state["finished"]["outcome"]
+    assert outcome in ("Promoted", "Rejected")
+    assert outcome in second.stdout
+    log = store.promotions("coder")
+    assert [row["cycle"] for row in log] == [first_dir.name, second_dir.name]
+    leaderboard = [json.loads(line) for line in (workdir / "leaderboard.jsonl").read_text().splitlines()]
+    assert len(leaderboard) == 3  # candidate, then candidate + incumbent
+    after = store.current("coder")
+    assert after is not None
+    if outcome == "Rejected":
+        assert after == release, "a rejected candidate must leave the release untouched"
+    else:
+        assert after.revision == 2
+
+
+def test_a_killed_run_resumes_without_redoing_finished_stages(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    cycle = manifest(tmp_path, name="resumable", train={"steps": 40, "batchSize": 2, "maxSeqLength": 128})
+    process = subprocess.Popen([sys.executable, "-m", "sigma0", "run", str(cycle), "--workdir", str(workdir)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state_file = workdir / "cycles" / "resumable" / "state.json"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if state_file.exists() and read_json(state_file)["steps"].get("train", {}).get("state") == "running":
+                break
+            assert process.poll() is None, "the run ended before training started"
+            time.sleep(0.2)
+        else:
+            pytest.fail("training never started")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    killed = state_of(workdir, "resumable")
+    assert killed["steps"]["train"]["state"] == "running"
+    assert killed["finished"] is None
+
+    resumed = sigma0("run", str(cycle), "--workdir", str(workdir))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming" in resumed.stdout
+    logs = workdir / "cycles" / "resumable" / "logs"
+    for stage in ("harvest", "verify", "dataset"):
+        invocations = (logs / f"{stage}.log").read_text().count("$ sigma0 stage")
+        assert invocations == 1, f"{stage} ran {invocations} times"
+    assert (logs / "train.log").read_text().count("$ sigma0 stage train") == 2
+    assert state_of(workdir, "resumable")["finished"]["phase"] == "Succeeded"
+
+    again = sigma0("run", str(cycle), "--workdir", str(workdir))
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+def test_an_invalid_manifest_exits_2_before_any_stage(tmp_path: Path) -> None:
+    cycle = manifest(tmp_path, name="bad", train={"steps": 0})
+    workdir = tmp_path / "work"
+    result = sigma0("run", str(cycle), "--workdir", str(workdir))
+    assert result.returncode == 2
+    assert "spec.train.steps" in result.stdout
+    assert not (workdir / "cycles").exists()
+    validate = sigma0("validate", str(cycle))
+    assert validate.returncode == 2 and "spec.train.steps: 0 is less than the minimum of 1" in validate.stdout
+
+
+def test_a_failing_stage_fails_the_cycle_and_leaves_the_release_untouched(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    broken = tmp_path / "not-a-model"
+    broken.mkdir()
+    cycle = manifest(tmp_path, name="fails", baseModel={"name": str(broken)})
+    result = sigma0("run", str(cycle), "--workdir", str(workdir))
+    assert result.returncode == 1, result.stdout + result.stderr
+    state = state_of(workdir, "fails")
+    assert state["finished"]["phase"] == "Failed"
+    assert state["finished"]["reason"].startswith("train failed")
+    assert LocalReleaseStore(workdir / "releases").current("coder") is None
