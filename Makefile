@@ -9,8 +9,8 @@ demo: setup
 
 test: setup
 	bash tests/cluster/build.sh
-	.venv/bin/ruff check operator tests bench
+	.venv/bin/ruff check operator tests bench examples
 	.venv/bin/python -m pytest -q
 
 lint: setup
-	.venv/bin/ruff check operator tests bench
+	.venv/bin/ruff check operator tests bench examples

@@ -10,6 +10,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sigma0.gate import Decision, Outcome, Policy, decide, mcnemar_p_value
 from sigma0.stages import StageInputError
 from sigma0.stages import decide as decide_stage

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from sigma0 import release
 from sigma0.gate import Decision, Outcome, Policy, decide
 from sigma0.io import tree_digest

@@ -3,7 +3,8 @@
     sigma0 validate MANIFEST                      check a TrainingCycle against the CRD schema (exit 2 if invalid)
     sigma0 run MANIFEST [--workdir DIR]           run the whole cycle on this machine, resumably
     sigma0 stage NAME ...                         one stage command (what a local step or a Job's pod runs)
-    sigma0 release show|history|rollback NAME     the local release store
+    sigma0 release show|history|rollback NAME     the local release store (--cluster: the AdapterRelease)
+    sigma0 operator [--namespace NS ...]          the Kubernetes operator (kopf): TrainingCycles as Jobs
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -32,7 +34,8 @@ def _stage_command(name: str, argv: Sequence[str]) -> int:
     except StageInputError as error:
         print(f"sigma0 stage: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    parser = argparse.ArgumentParser(prog=f"sigma0 stage {name}", description=(module.__doc__ or "").strip())
+    parser = argparse.ArgumentParser(prog=f"sigma0 stage {name}", description=(module.__doc__ or "").strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -101,6 +104,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 def _release(args: argparse.Namespace, console: Console) -> int:
     from sigma0.release import LocalReleaseStore, ReleaseError
 
+    if args.cluster:
+        return _release_on_cluster(args, console)
     store = LocalReleaseStore(Path(args.workdir) / "releases")
     try:
         if args.action == "rollback":
@@ -119,6 +124,46 @@ def _release(args: argparse.Namespace, console: Console) -> int:
     except ReleaseError as error:
         console.print(f"[red]{error}[/]")
         return EXIT_BAD_INPUT
+
+
+def _release_on_cluster(args: argparse.Namespace, console: Console) -> int:
+    """`sigma0 release ... --cluster`: the same actions on the AdapterRelease NAME in --namespace."""
+    from sigma0.kube.releases import ClusterReleases, ReleaseError, current_of, history_of
+
+    releases = ClusterReleases(_custom_api(args.kubeconfig), args.namespace)
+    try:
+        if args.action == "rollback":
+            pointer = releases.rollback(args.name, reason=args.reason)
+            console.print(f"AdapterRelease {args.namespace}/{args.name} now points at {pointer.digest} "
+                          f"(revision {pointer.revision})", highlight=False)
+            return EXIT_OK
+        found = releases.get(args.name)
+    except ReleaseError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
+        return EXIT_BAD_INPUT
+    current = current_of(found)
+    if current is None:
+        console.print(f"AdapterRelease {args.namespace}/{args.name} has no adapter yet", highlight=False)
+        return EXIT_OK
+    for pointer in [current] + (history_of(found) if args.action == "history" else []):
+        figure = f"{pointer.pass_at_1:.3f}" if pointer.pass_at_1 is not None else "-"
+        console.print(f"rev {pointer.revision}  {pointer.digest}  pass@1 {figure}  cycle {pointer.cycle}  "
+                      f"{pointer.promoted_at}  {pointer.uri}", highlight=False)
+    return EXIT_OK
+
+
+def _custom_api(kubeconfig: str | None) -> Any:
+    from kubernetes import client
+
+    from sigma0.kube.operator import api_client
+
+    return client.CustomObjectsApi(api_client(kubeconfig))
+
+
+def _operator(args: argparse.Namespace, console: Console) -> int:
+    from sigma0.kube.operator import run
+
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("name")
     release.add_argument("--workdir", default=".sigma0")
     release.add_argument("--reason", default="manual rollback")
+    release.add_argument("--cluster", action="store_true", help="act on the AdapterRelease in a cluster instead")
+    release.add_argument("--namespace", default="default", help="with --cluster: the release's namespace")
+    release.add_argument("--kubeconfig", help="with --cluster: a kubeconfig (default: in-cluster, $KUBECONFIG)")
+
+    from sigma0.kube.operator import add_arguments as add_operator_arguments
+
+    add_operator_arguments(commands.add_parser("operator", help="run the Kubernetes operator (kopf)"))
     return parser
 
 
@@ -152,5 +204,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stage_command(argv[1], argv[2:])
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
-    handlers = {"validate": _validate, "run": _run, "release": _release}
+    handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator}
     return handlers[args.command](args, console)

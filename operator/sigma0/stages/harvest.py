@@ -1,0 +1,180 @@
+"""`sigma0 stage harvest`: candidate rows from corpus files, checked, renamed, deduplicated, eval rows removed.
+
+    sigma0 stage harvest --source PATH [--source PATH ...] --output candidates.jsonl --report report.json
+                         [--exclude-suite humaneval ...] [--ngram-size 8] [--ngram-threshold 0.5]
+
+Every row read ends in exactly one bucket, so harvested = kept + excluded + duplicates + sum(dropped):
+  dropped     the row cannot be used (sigma0.candidates.DROP_REASONS names why)
+  excluded    it overlaps a problem of an eval suite (sigma0.contamination says which and how)
+  duplicate   an earlier kept row has the same function name and normalised code
+  kept        written to --output as {id, fn, instruction, code, asserts, source, code_digest}
+Sources are only read. A source that is missing, unreadable or not a corpus at all stops the stage (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sigma0.candidates import Candidate, RawRow, RowError, SourceError, normalise_row, parse_source
+from sigma0.contamination import (
+    DEFAULT_NGRAM_SIZE,
+    DEFAULT_THRESHOLD,
+    ContaminationIndex,
+    Overlap,
+)
+from sigma0.io import write_json_atomic, write_jsonl_atomic
+from sigma0.stages import StageInputError
+from sigma0.suites import load_suite
+
+DEFAULT_SUITES = ["humaneval"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", action="append", required=True, help="corpus JSON or JSONL file (repeatable)")
+    parser.add_argument("--output", required=True, help="candidates JSONL to write")
+    parser.add_argument("--report", required=True, help="JSON report to write: every excluded and dropped row")
+    parser.add_argument(
+        "--exclude-suite",
+        action="append",
+        help="eval suite whose problems no harvested row may overlap (repeatable; default: humaneval)",
+    )
+    parser.add_argument(
+        "--ngram-size",
+        type=int,
+        default=DEFAULT_NGRAM_SIZE,
+        help=f"tokens per n-gram in the overlap check (default {DEFAULT_NGRAM_SIZE}, most of a line of code)",
+    )
+    parser.add_argument(
+        "--ngram-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"overlap coefficient of n-grams at which a row counts as an eval copy (default {DEFAULT_THRESHOLD})",
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    suites = args.exclude_suite or DEFAULT_SUITES
+    sources = [str(path) for path in args.source]
+    _refuse_to_overwrite(sources, [args.output, args.report])
+    raw_rows, formats = _read_sources(sources)
+    index = _build_index(suites, args.ngram_size, args.ngram_threshold)
+
+    result = harvest(raw_rows, index)
+    write_jsonl_atomic(args.output, (candidate.to_row() for candidate in result.kept))
+    report = {
+        **result.summary(),
+        "sources": [{"path": path, "format": formats[path]} for path in sources],
+        "settings": {
+            "exclude_suites": suites,
+            "ngram_size": args.ngram_size,
+            "ngram_threshold": args.ngram_threshold,
+        },
+        "excluded_rows": result.excluded_rows,
+        "duplicate_rows": result.duplicate_rows,
+        "dropped_rows": result.dropped_rows,
+    }
+    write_json_atomic(args.report, report)
+    return result.summary()
+
+
+@dataclass
+class HarvestResult:
+    """Where every row went: the kept candidates, and one report entry per row that did not make it."""
+
+    harvested: int = 0
+    kept: list[Candidate] = field(default_factory=list)
+    excluded_rows: list[dict[str, Any]] = field(default_factory=list)
+    duplicate_rows: list[dict[str, Any]] = field(default_factory=list)
+    dropped_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "harvested": self.harvested,
+            "kept": len(self.kept),
+            "excluded": len(self.excluded_rows),
+            "duplicates": len(self.duplicate_rows),
+            "dropped": dict(sorted(Counter(row["reason"] for row in self.dropped_rows).items())),
+        }
+
+
+def harvest(raw_rows: list[RawRow], index: ContaminationIndex) -> HarvestResult:
+    """Sort every raw row into dropped, excluded, duplicate or kept, in input order (the first copy is kept)."""
+    result = HarvestResult()
+    first_of: dict[tuple[str, str], Candidate] = {}
+    for raw in raw_rows:
+        result.harvested += 1
+        try:
+            candidate = normalise_row(raw)
+        except RowError as error:
+            result.dropped_rows.append({**raw.location(), "reason": error.reason, "detail": error.detail})
+            continue
+        overlap = index.check(candidate.code, candidate.instruction)
+        if overlap is not None:
+            result.excluded_rows.append({**raw.location(), "fn": candidate.fn, **_describe(overlap)})
+            continue
+        key = (candidate.fn, candidate.code_digest)
+        if key in first_of:
+            first = first_of[key]
+            result.duplicate_rows.append(
+                {**raw.location(), "fn": candidate.fn, "duplicate_of": first.id, "first_seen": first.source}
+            )
+            continue
+        first_of[key] = candidate
+        result.kept.append(candidate)
+    return result
+
+
+def _describe(overlap: Overlap) -> dict[str, Any]:
+    return {
+        "task_id": overlap.task_id,
+        "kind": overlap.kind,
+        "score": overlap.score,
+        "shared": overlap.shared,
+        "detail": overlap.describe(),
+    }
+
+
+def _refuse_to_overwrite(sources: list[str], outputs: list[str]) -> None:
+    for output in outputs:
+        for source in sources:
+            if os.path.exists(output) and os.path.exists(source) and os.path.samefile(output, source):
+                raise StageInputError(f"{output} is also a --source: harvest never writes to its sources")
+
+
+def _read_sources(sources: list[str]) -> tuple[list[RawRow], dict[str, str]]:
+    rows: list[RawRow] = []
+    formats: dict[str, str] = {}
+    for path in sources:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise StageInputError(f"source {path} does not exist") from None
+        except UnicodeDecodeError as error:
+            raise StageInputError(f"source {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        except OSError as error:
+            raise StageInputError(f"source {path} cannot be read: {error.strerror or error}") from None
+        try:
+            formats[path], found = parse_source(text, path)
+        except SourceError as error:
+            raise StageInputError(str(error)) from None
+        rows.extend(found)
+    return rows, formats
+
+
+def _build_index(suites: list[str], ngram_size: int, threshold: float) -> ContaminationIndex:
+    if ngram_size < 1:
+        raise StageInputError(f"--ngram-size must be at least 1, got {ngram_size}")
+    if not 0.0 < threshold <= 1.0:
+        raise StageInputError(f"--ngram-threshold must be in (0, 1], got {threshold}")
+    problems = []
+    for suite in suites:
+        try:
+            problems.extend(load_suite(suite))
+        except (ValueError, OSError) as error:
+            raise StageInputError(f"--exclude-suite {suite}: {error}") from None
+    return ContaminationIndex.build(problems, ngram_size=ngram_size, threshold=threshold)
