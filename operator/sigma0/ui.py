@@ -16,18 +16,19 @@ def highlight(step: str, summary: Mapping[str, Any]) -> str:
     """One line of the figures that matter for a finished step."""
     s = summary
     if step == "harvest":
-        return (f"harvested {s.get('harvested', '?')}, kept {s.get('kept', '?')}, excluded {s.get('excluded', '?')}, "
-                f"duplicates {s.get('duplicates', '?')}, dropped {_reasons(s.get('dropped'))}")
+        return (f"{s.get('harvested', '?')} read, {s.get('kept', '?')} kept; {s.get('excluded', '?')} excluded, "
+                f"{s.get('duplicates', '?')} duplicates, {_total(s.get('dropped'))} dropped")
     if step == "verify":
-        return (f"{s.get('passed', '?')}/{s.get('total', '?')} passed in {s.get('sandbox', '?')}, "
-                f"dropped {_reasons(s.get('dropped'))}")
+        return (f"{s.get('passed', '?')}/{s.get('total', '?')} passed in {s.get('sandbox', '?')}; "
+                f"{_total(s.get('dropped'))} dropped")
     if step == "dataset":
         return f"{s.get('rows', '?')} rows ({s.get('base_rows', 0)} base + {s.get('verified_rows', '?')} verified)"
     if step == "train":
         return (f"{s.get('steps', '?')} steps on {s.get('device', '?')}, loss {_fmt(s.get('loss_first'))} → "
                 f"{_fmt(s.get('loss_last'))}")
     if step == "generate":
-        return f"completions written in {_fmt(s.get('seconds'))} s"
+        results = dict(s.get("results") or {})
+        return ", ".join(f"{label} {r.get('generated', '?')}" for label, r in sorted(results.items())) + " completions"
     if step.startswith("score"):
         return f"pass@1 {_fmt(s.get('pass_at_1'))} ({s.get('passed', '?')}/{s.get('total', '?')}) in {s.get('sandbox')}"
     if step == "decide":
@@ -37,6 +38,10 @@ def highlight(step: str, summary: Mapping[str, Any]) -> str:
 
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value if value is not None else "-")
+
+
+def _total(dropped: Any) -> int:
+    return sum(dict(dropped or {}).values())
 
 
 def _reasons(dropped: Any) -> str:
