@@ -133,3 +133,12 @@ def test_after_publishing_the_cycle_succeeds_with_the_published_outcome() -> Non
 @pytest.mark.parametrize("value", [10.0, 0.0002, 0.05, 1e-05, 3])
 def test_numbers_on_command_lines_round_trip(value: float) -> None:
     assert float(plan._num(value)) == value
+
+
+def test_every_eval_suite_is_excluded_from_harvest() -> None:
+    cycle_spec = spec(eval={"suite": "humaneval", "reportSuites": ["heldout.jsonl"]},
+                      harvest={"sources": [{"path": "c.jsonl"}], "excludeSuites": ["humaneval", "/abs/extra.jsonl"]})
+    state = plan.CycleState(True, None, {})
+    harvest = plan.steps(cycle_spec, state, LAYOUT)[0].argv
+    excluded = [harvest[i + 1] for i, part in enumerate(harvest) if part == "--exclude-suite"]
+    assert excluded == ["humaneval", "/abs/extra.jsonl", "/manifests/heldout.jsonl"]

@@ -142,8 +142,8 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
                "--report", layout.at("harvest", "report.json")]
     for source in spec.harvest.sources:
         harvest += ["--source", layout.source(source.path)]
-    for suite in spec.harvest.exclude_suites:
-        harvest += ["--exclude-suite", suite]
+    for suite in excluded_suites(spec):
+        harvest += ["--exclude-suite", _suite_arg(suite, layout)]
 
     verify = ["verify", "--input", layout.at("harvest", "candidates.jsonl"),
               "--output", layout.at("verify", "verified.jsonl"), "--report", layout.at("verify", "report.json"),
@@ -172,13 +172,13 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
     if incumbent:
         generate += ["--adapter", f"incumbent={incumbent.uri}"]
     for label, suite in suites.items():
-        generate += ["--suite", f"{label}={layout.source(suite) if suite.endswith('.jsonl') else suite}"]
+        generate += ["--suite", f"{label}={_suite_arg(suite, layout)}"]
 
     def score(adapter: str, label: str, suite: str, digest: str) -> list[str]:
         return ["score", "--completions", str(PurePosixPath(completions, adapter, label, "completions.jsonl")),
                 "--output", layout.at("eval", "results", f"{adapter}-{label}.jsonl"),
                 "--report", layout.at("eval", "results", f"{adapter}-{label}.json"),
-                "--suite", layout.source(suite) if suite.endswith(".jsonl") else suite, "--subset", e.subset,
+                "--suite", _suite_arg(suite, layout), "--subset", e.subset,
                 "--sandbox", e.sandbox, "--timeout", _num(e.timeout_seconds), "--workers", str(e.workers),
                 "--leaderboard", layout.leaderboard, "--adapter-digest", digest, "--label", f"{adapter}/{label}"]
 
@@ -208,6 +208,18 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
                          _cmd(score("candidate", label, suite, candidate_digest))))
     plan.append(Step("decide", "decide", "plain", "Deciding", _cmd(decide)))
     return plan
+
+
+def excluded_suites(spec: CycleSpec) -> list[str]:
+    """Every suite the cycle evaluates on is kept out of its training data, report-only suites included (their
+    figure would mean nothing otherwise), plus whatever else the manifest lists."""
+    suites = [*spec.harvest.exclude_suites, spec.eval.suite, *spec.eval.report_suites]
+    return list(dict.fromkeys(suites))
+
+
+def _suite_arg(suite: str, layout: Layout) -> str:
+    """A built-in suite by name, or a problems file relative to the manifest (locally) or artifacts (cluster)."""
+    return layout.source(suite) if suite.endswith((".jsonl", ".jsonl.gz")) else suite
 
 
 def _cmd(args: list[str]) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 from rich.console import Console
@@ -92,8 +93,6 @@ def result_table(name: str, state: plan.CycleState, finished: Mapping[str, Any])
 
     harvest, verify, dataset, train = summary("harvest"), summary("verify"), summary("dataset"), summary("train")
     candidate, incumbent, decide = summary("score-candidate"), summary("score-incumbent"), summary("decide")
-    dropped = {f"harvest:{k}": v for k, v in dict(harvest.get("dropped") or {}).items()}
-    dropped |= {f"verify:{k}": v for k, v in dict(verify.get("dropped") or {}).items()}
     published = state.published or {}
     outcome = finished.get("outcome") or "—"
     why = str(published.get("reason") or finished.get("reason") or "")
@@ -106,11 +105,16 @@ def result_table(name: str, state: plan.CycleState, finished: Mapping[str, Any])
     table.add_row("duplicates", str(harvest.get("duplicates", "—")))
     table.add_row("verified", f"{verify.get('passed', '—')} of {verify.get('total', '—')} "
                   f"(sandbox: {verify.get('sandbox', '—')})")
-    table.add_row("dropped by reason", _reasons(dropped))
+    table.add_row("dropped at harvest", _reasons(harvest.get("dropped")))
+    table.add_row("dropped at verify", _reasons(verify.get("dropped")))
     table.add_row("training rows / steps", f"{dataset.get('rows', '—')} / {train.get('steps', '—')}")
     table.add_row("candidate pass@1", _pass(candidate))
     incumbent_text = _pass(incumbent) if state.incumbent else "— (no release yet)"
     table.add_row("incumbent pass@1", incumbent_text)
+    for step, result in steps.items():
+        if step.startswith("score-candidate-report"):
+            suite = PurePath(str(result.summary.get("suite", step))).name
+            table.add_row(f"report-only {suite}", _pass(result.summary) + " (not gated)")
     if decide.get("p_value") is not None:
         table.add_row("McNemar p-value", _fmt(decide.get("p_value")))
     table.add_row("decision", f"[bold]{outcome}[/]")
