@@ -1,0 +1,421 @@
+"""The JobExecutor: one reconcile of one TrainingCycle, level-triggered and idempotent.
+
+The twin of sigma0.executors.local: the same plan (`plan.next_action`) decides; here a step is a batch/v1 Job and
+the release is an AdapterRelease. Each reconcile reads the world and converges:
+
+    1. read the cycle (its status is the record: sigma0.kube.status) and every Job and pod of it (by label)
+    2. fold what the Jobs say into the record (a Job whose status write was lost is adopted by its name)
+    3. the deadline, the release's queue (one admitted cycle per release), suspend
+    4. act until the plan has to wait: resolve the incumbent, create a step's Job (409 AlreadyExists is the
+       Job a killed operator created: adopt it), publish the decision, finish
+    5. write the status, with the resourceVersion precondition, only if it changed; then post the events
+
+Order makes restarts safe: a Job is created before the status names it, and Job names are deterministic, so no
+step ever gets two Jobs; the release is written before the status records it, and publishing again is
+recognised (sigma0.kube.releases), so a promotion is neither lost nor doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from sigma0 import plan
+from sigma0.kube import CYCLES, GROUP, VERSION, jobs, queue
+from sigma0.kube.releases import ClusterReleases, now_rfc3339
+from sigma0.kube.status import CycleRecord, Situation, StageRecord, read_record, render, same_status
+from sigma0.spec import CycleSpec
+
+log = logging.getLogger("sigma0.operator")
+
+MAX_ATTEMPTS = 3  # Jobs of one step that vanished before they finished (deleted by hand, TTL while down)
+
+
+class Conflict(Exception):
+    """The cycle changed while it was being reconciled; the next event reconciles it again."""
+
+
+class Metrics(Protocol):
+    def stage_finished(self, stage: str, state: str, seconds: float | None) -> None: ...
+
+    def decided(self, release: str, outcome: str) -> None: ...
+
+
+class NoMetrics:
+    def stage_finished(self, stage: str, state: str, seconds: float | None) -> None:
+        pass
+
+    def decided(self, release: str, outcome: str) -> None:
+        pass
+
+
+@dataclass
+class Clients:
+    """kubernetes.client APIs, with the (connect, read) timeout every call uses."""
+
+    custom: Any
+    batch: Any
+    core: Any
+    timeout: tuple[float, float] = (5.0, 30.0)
+
+    @classmethod
+    def of(cls, api_client: Any, timeout: tuple[float, float] = (5.0, 30.0)) -> Clients:
+        from kubernetes import client
+
+        return cls(client.CustomObjectsApi(api_client), client.BatchV1Api(api_client),
+                   client.CoreV1Api(api_client), timeout)
+
+
+@dataclass(frozen=True)
+class Result:
+    phase: str
+    release: str
+    finished_now: bool = False
+
+
+@dataclass
+class _Pass:
+    """What one reconcile has learned so far."""
+
+    record: CycleRecord
+    jobs: dict[str, Mapping[str, Any]]
+    waiting: tuple[str, str] | None = None
+    queued_behind: str | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def event(self, kind: str, reason: str, message: str) -> None:
+        self.events.append((kind, reason, message))
+
+
+def _raw(response: Any) -> dict[str, Any]:
+    return json.loads(response.data)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if not start or not end:
+        return None
+    return (_parse_time(end) - _parse_time(start)).total_seconds()
+
+
+class JobExecutor:
+    def __init__(self, clients: Clients, settings: jobs.PodSettings, *, metrics: Metrics | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), component: str = "sigma0-operator") -> None:
+        self.clients = clients
+        self.settings = settings
+        self.metrics = metrics or NoMetrics()
+        self.clock = clock
+        self.component = component
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._admission = threading.Lock()
+
+    # The entry point -------------------------------------------------------------------------------------------
+
+    def reconcile(self, namespace: str, name: str) -> Result | None:
+        """Bring one cycle one step closer to its end; None if it is gone or being deleted."""
+        with self._lock(namespace, name):
+            cycle = self._get_cycle(namespace, name)
+            if cycle is None or cycle["metadata"].get("deletionTimestamp"):
+                return None
+            status = cycle.get("status") or {}
+            release = str((cycle.get("spec") or {}).get("release", ""))
+            if status.get("phase") in plan.TERMINAL_PHASES:
+                return Result(status["phase"], release)
+            return self._reconcile(cycle, release)
+
+    def _reconcile(self, cycle: dict[str, Any], release: str) -> Result:
+        metadata = cycle["metadata"]
+        ref = jobs.CycleRef(metadata["name"], metadata["namespace"], metadata["uid"], release)
+        record = read_record(cycle.get("status"))
+        try:
+            spec = CycleSpec.model_validate(cycle["spec"])
+        except ValidationError as error:  # the API server validated it: only a CRD/operator version skew gets here
+            failed = replace(record, failure=("InvalidSpec", f"the operator cannot read this spec: {error}"))
+            return self._finish_pass(cycle, ref, None, _Pass(failed, {}), suspended=False)
+        layout = jobs.layout(ref, spec, self.settings)
+        found = self._list(self.clients.batch.list_namespaced_job, ref)
+        pods = self._list(self.clients.core.list_namespaced_pod, ref)
+        work = _Pass(record, self._newest_jobs(found))
+        self._observe(work, pods)
+
+        deadline = _parse_time(metadata["creationTimestamp"]) + timedelta(seconds=spec.deadline_seconds)
+        if self.clock() >= deadline:
+            self._stop_jobs(ref, work)
+            message = (f"the cycle did not finish within spec.deadlineSeconds={spec.deadline_seconds} "
+                       f"(created {metadata['creationTimestamp']})")
+            work.record = replace(work.record, failure=("DeadlineExceeded", message))
+            work.event("Warning", "DeadlineExceeded", message)
+            return self._finish_pass(cycle, ref, spec, work, suspended=spec.suspend, layout=layout)
+
+        if not work.record.admitted:
+            if spec.suspend:
+                return self._finish_pass(cycle, ref, spec, work, suspended=True, layout=layout)
+            with self._admission:  # admit and record it before any other cycle of the release is looked at
+                entries = [queue.Entry.of(c) for c in self._cycles_of(ref)]
+                verdict = queue.admission(ref.name, entries)
+                if not verdict.admit:
+                    work.queued_behind = verdict.message(release)
+                    return self._finish_pass(cycle, ref, spec, work, suspended=False, layout=layout)
+                work.record = replace(work.record, admitted=True)
+                work.event("Normal", "Admitted", f"the active cycle of AdapterRelease {release}")
+                cycle = self._write(cycle, spec, ref, layout, work, suspended=False)
+        self._act(spec, ref, layout, deadline, work)
+        return self._finish_pass(cycle, ref, spec, work, suspended=spec.suspend, layout=layout)
+
+    # Observing -------------------------------------------------------------------------------------------------
+
+    def _list(self, method: Callable[..., Any], ref: jobs.CycleRef) -> list[dict[str, Any]]:
+        response = method(ref.namespace, label_selector=jobs.cycle_selector(ref), _preload_content=False,
+                          _request_timeout=self.clients.timeout)
+        return list(_raw(response).get("items") or [])
+
+    @staticmethod
+    def _newest_jobs(found: list[dict[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        newest: dict[str, Mapping[str, Any]] = {}
+        for job in found:
+            job_labels = job["metadata"].get("labels") or {}
+            step = job_labels.get(jobs.LABEL_STEP)
+            attempt = int(job_labels.get(jobs.LABEL_ATTEMPT, "1"))
+            if step and (step not in newest or attempt > _attempt(newest[step])):
+                newest[step] = job
+        return newest
+
+    def _observe(self, work: _Pass, pods: list[dict[str, Any]]) -> None:
+        """Fold what each step's newest Job says into the record."""
+        by_owner: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods:
+            for owner in pod["metadata"].get("ownerReferences") or []:
+                by_owner.setdefault(owner.get("uid", ""), []).append(pod)
+        for step, job in work.jobs.items():
+            stage = work.record.stages.get(step)
+            attempt = _attempt(job)
+            if stage is not None and (stage.state != "running" or attempt < stage.attempt):
+                continue
+            if stage is None:  # created by an operator that was killed before it wrote the status
+                work.event("Normal", "JobAdopted", f"{step}: adopted Job {job['metadata']['name']}")
+                stage = StageRecord(job["metadata"]["name"], attempt, "running")
+            seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []))
+            updated = replace(stage, job=job["metadata"]["name"], attempt=attempt, state=seen.state,
+                              summary=seen.summary, message=seen.message, start=seen.start, end=seen.end)
+            if seen.state == "running":
+                work.waiting = seen.waiting or work.waiting
+            elif stage.state == "running":
+                seconds = _seconds_between(seen.start, seen.end)
+                self.metrics.stage_finished(step, seen.state, seconds)
+                took = f" in {seconds:.0f} s" if seconds is not None else ""
+                if seen.state == "succeeded":
+                    work.event("Normal", "StageSucceeded", f"{step} succeeded{took} (Job {updated.job})")
+                else:
+                    work.event("Warning", "StageFailed", f"{step} failed{took}: {seen.message}"[:1000])
+            work.record = work.record.with_stage(step, updated)
+
+    def _cycles_of(self, ref: jobs.CycleRef) -> list[dict[str, Any]]:
+        response = self.clients.custom.list_namespaced_custom_object(
+            GROUP, VERSION, ref.namespace, CYCLES, _preload_content=False, _request_timeout=self.clients.timeout)
+        return [c for c in _raw(response).get("items") or [] if (c.get("spec") or {}).get("release") == ref.release]
+
+    # Acting ----------------------------------------------------------------------------------------------------
+
+    def _act(self, spec: CycleSpec, ref: jobs.CycleRef, layout: plan.Layout, deadline: datetime,
+             work: _Pass) -> None:
+        releases = ClusterReleases(self.clients.custom, ref.namespace, timeout=self.clients.timeout)
+        for _ in range(64):  # every pass of the loop records something; the plan has fewer steps than this
+            action = plan.next_action(spec, work.record.state(), layout)
+            if isinstance(action, plan.ResolveIncumbent):
+                incumbent = releases.incumbent(spec.release)
+                work.record = replace(work.record, incumbent_resolved=True, incumbent=incumbent)
+                against = f"adapter {incumbent.digest} (revision {incumbent.revision})" if incumbent else "nothing"
+                work.event("Normal", "IncumbentResolved", f"AdapterRelease {spec.release}: evaluating against "
+                           f"{against}")
+            elif isinstance(action, plan.RunStep):
+                if spec.suspend:
+                    return
+                if not self._start(spec, ref, action.step, 1, deadline, work):
+                    return
+            elif isinstance(action, plan.AwaitStep):
+                stage = work.record.stages[action.step.name]
+                if action.step.name in work.jobs:
+                    return
+                # the Job is gone before it finished (deleted, or removed by its TTL while nobody watched)
+                if stage.attempt >= MAX_ATTEMPTS:
+                    work.record = replace(work.record, failure=(
+                        "JobLost", f"{action.step.name}: {MAX_ATTEMPTS} Jobs vanished before they finished"))
+                    return
+                work.event("Warning", "JobLost", f"{action.step.name}: Job {stage.job} is gone before it "
+                           "finished; starting another attempt")
+                if not self._start(spec, ref, action.step, stage.attempt + 1, deadline, work):
+                    return
+            elif isinstance(action, plan.Publish):
+                published = releases.publish(
+                    spec.release, cycle=ref.name, decision=action.decision, candidate_uri=action.candidate_uri,
+                    candidate_digest=action.candidate_digest, incumbent=work.record.incumbent,
+                    evidence=self._evidence(spec, work.record))
+                published = {k: v for k, v in published.items() if v is not None}
+                work.record = replace(work.record, published=published)
+                self.metrics.decided(spec.release, str(published["outcome"]))
+                kind = "Warning" if published["outcome"] == "Stale" else "Normal"
+                revision = f" (AdapterRelease revision {published['revision']})"
+                work.event(kind, str(published["outcome"]), f"{published['reason']}{revision}"[:1000])
+            else:
+                if action.outcome is not None and work.record.published is None:
+                    self.metrics.decided(spec.release, action.outcome)
+                return
+        raise RuntimeError("the plan did not settle in 64 actions; this is a bug in sigma0.plan")
+
+    def _start(self, spec: CycleSpec, ref: jobs.CycleRef, step: plan.Step, attempt: int, deadline: datetime,
+               work: _Pass) -> bool:
+        """Create the step's Job (or adopt the one a killed operator created); False if it cannot start yet."""
+        from kubernetes.client.exceptions import ApiException
+
+        remaining = int((deadline - self.clock()).total_seconds())
+        body = jobs.build_job(step, cycle=ref, spec=spec, settings=self.settings, attempt=attempt,
+                              active_deadline_seconds=remaining)
+        name = body["metadata"]["name"]
+        try:
+            job = _raw(self.clients.batch.create_namespaced_job(ref.namespace, body, _preload_content=False,
+                                                                _request_timeout=self.clients.timeout))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            job = _raw(self.clients.batch.read_namespaced_job(name, ref.namespace, _preload_content=False,
+                                                              _request_timeout=self.clients.timeout))
+            owners = {o.get("uid") for o in job["metadata"].get("ownerReferences") or []}
+            if ref.uid not in owners:
+                work.waiting = ("OldJobPresent", f"Job {name} belongs to an earlier cycle of the same name; "
+                                "waiting for the garbage collector to remove it")
+                return False
+        _, isolation = jobs.stage_argv(step, spec.placement.sandbox.runtime_class_name)
+        work.jobs[step.name] = job
+        work.record = work.record.with_stage(step.name, StageRecord(name, attempt, "running", isolation=isolation))
+        work.event("Normal", "StageStarted", f"{step.name}: Job {name}" + (f" ({isolation})" if isolation else ""))
+        return True
+
+    def _stop_jobs(self, ref: jobs.CycleRef, work: _Pass) -> None:
+        for step, stage in work.record.stages.items():
+            if stage.state == "running" and step in work.jobs:
+                self.clients.batch.delete_namespaced_job(stage.job, ref.namespace, propagation_policy="Background",
+                                                         _request_timeout=self.clients.timeout)
+                work.record = work.record.with_stage(step, replace(stage, state="failed",
+                                                                   message="stopped: the cycle's deadline passed"))
+
+    @staticmethod
+    def _evidence(spec: CycleSpec, record: CycleRecord) -> dict[str, Any]:
+        dataset = record.stages.get("dataset")
+        return {"dataset_digest": dataset.summary.get("dataset_digest") if dataset else None,
+                "suite": spec.eval.suite, "subset": spec.eval.subset}
+
+    # Writing ---------------------------------------------------------------------------------------------------
+
+    def _finish_pass(self, cycle: dict[str, Any], ref: jobs.CycleRef, spec: CycleSpec | None, work: _Pass, *,
+                     suspended: bool, layout: plan.Layout | None = None) -> Result:
+        before = (cycle.get("status") or {}).get("phase")
+        if spec is None:  # an unreadable spec: only the failure can be shown
+            status = {**(cycle.get("status") or {}), "phase": plan.PHASE_FAILED,
+                      "failure": {"reason": work.record.failure[0], "message": work.record.failure[1]}}
+            self._replace_status(cycle, status)
+            return Result(plan.PHASE_FAILED, ref.release, finished_now=True)
+        assert layout is not None
+        cycle = self._write(cycle, spec, ref, layout, work, suspended=suspended)
+        phase = (cycle.get("status") or {}).get("phase", "")
+        if phase != before:
+            kind = "Warning" if phase == plan.PHASE_FAILED else "Normal"
+            work.event(kind, f"Phase{phase}", (cycle.get("status") or {}).get("message", "")[:1000] or phase)
+        self._post_events(cycle, work)
+        return Result(phase, ref.release, finished_now=phase in plan.TERMINAL_PHASES and phase != before)
+
+    def _write(self, cycle: dict[str, Any], spec: CycleSpec, ref: jobs.CycleRef, layout: plan.Layout, work: _Pass,
+               *, suspended: bool) -> dict[str, Any]:
+        situation = Situation(queued_behind=work.queued_behind, waiting=work.waiting, suspended=suspended)
+        old = cycle.get("status") or {}
+        new = render(spec, work.record, layout, situation, generation=int(cycle["metadata"].get("generation", 0)),
+                     now=now_rfc3339(), previous=old)
+        if same_status(old, new):
+            return cycle
+        return self._replace_status(cycle, new)
+
+    def _replace_status(self, cycle: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        from kubernetes.client.exceptions import ApiException
+
+        metadata = cycle["metadata"]
+        body = {"apiVersion": cycle["apiVersion"], "kind": cycle["kind"],
+                "metadata": {"name": metadata["name"], "namespace": metadata["namespace"],
+                             "resourceVersion": metadata["resourceVersion"]},
+                "spec": cycle["spec"], "status": status}
+        try:
+            return self.clients.custom.replace_namespaced_custom_object_status(
+                GROUP, VERSION, metadata["namespace"], CYCLES, metadata["name"], body,
+                _request_timeout=self.clients.timeout)
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(f"TrainingCycle {metadata['namespace']}/{metadata['name']} changed meanwhile") from error
+            raise
+
+    def _post_events(self, cycle: dict[str, Any], work: _Pass) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        for kind, reason, message in work.events:
+            log.info("%s/%s %s: %s", cycle["metadata"]["namespace"], cycle["metadata"]["name"], reason, message)
+            try:
+                self.clients.core.create_namespaced_event(cycle["metadata"]["namespace"],
+                                                          event_for(cycle, kind, reason, message, self.component),
+                                                          _request_timeout=self.clients.timeout)
+            except ApiException as error:  # an event is a courtesy: never fail a reconcile over it
+                log.warning("could not post event %s: %s", reason, error.reason)
+        work.events.clear()
+
+    # Small helpers ---------------------------------------------------------------------------------------------
+
+    def _get_cycle(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return _raw(self.clients.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, CYCLES, name, _preload_content=False,
+                _request_timeout=self.clients.timeout))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    @contextmanager
+    def _lock(self, namespace: str, name: str) -> Iterator[None]:
+        with self._locks_guard:
+            lock = self._locks.setdefault((namespace, name), threading.Lock())
+        with lock:
+            yield
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop the lock of a deleted cycle."""
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
+
+
+def _attempt(job: Mapping[str, Any]) -> int:
+    return int((job["metadata"].get("labels") or {}).get(jobs.LABEL_ATTEMPT, "1"))
+
+
+def event_for(obj: Mapping[str, Any], kind: str, reason: str, message: str, component: str) -> dict[str, Any]:
+    """A core/v1 Event about `obj`."""
+    metadata = obj["metadata"]
+    stamp = now_rfc3339()
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{metadata['name']}.", "namespace": metadata["namespace"]},
+        "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": metadata["name"],
+                           "namespace": metadata["namespace"], "uid": metadata["uid"],
+                           "resourceVersion": metadata.get("resourceVersion")},
+        "type": kind, "reason": reason, "message": message,
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1, "source": {"component": component},
+    }

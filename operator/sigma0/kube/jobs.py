@@ -1,0 +1,391 @@
+"""Stage Jobs: a Step of the plan as a batch/v1 Job, and what a Job and its pods say about the step.
+
+Pure: no API calls. The executor creates what `build_job` returns and feeds `observe` what it lists.
+
+What a stage pod looks like, by the step's kind (sigma0.plan.Step.kind):
+
+    sandbox  verify, score: they execute untrusted code (harvested candidates, model completions). The sandbox
+             image under the cycle's runtimeClassName (default `gvisor`), no ServiceAccount token, non-root,
+             read-only root filesystem, every capability dropped, seccomp RuntimeDefault, CPU and memory limits,
+             and the label that the deny-all NetworkPolicy (manifests/per-namespace/) selects. A failed
+             sandbox pod is never retried (podFailurePolicy FailJob on any non-zero exit): the verdict stands.
+    plain    harvest, dataset, decide: they only move data. The same hardened pod, without the runtime class.
+    gpu      train, generate: the trainer image with the cycle's GPU placement (resources, nodeSelector,
+             tolerations, priorityClassName). They load the model and never execute model output, so they do
+             not need gVisor (which has no GPU passthrough to speak of) but are otherwise just as locked down.
+
+gVisor cannot nest: inside a gVisor pod, `runsc` cannot start another sandbox. So when the pod has a runtime
+class, a sandbox step runs with `--sandbox process` (the stage's warm-worker, rlimits and nonce checks still
+apply) and the pod's runtime class is the isolation boundary; `stage_argv` rewrites that one value and says so,
+and the executor records it in the stage's status (`isolation`).
+
+Every pod mounts the artifacts volume at /artifacts (a PersistentVolumeClaim, or a node folder for
+`artifacts.path`), or gets the fsspec URI in SIGMA0_ARTIFACTS_URI, and reports its summary through its
+termination message, which `observe` reads from the pod status: the operator never reads the shared disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sigma0 import plan
+from sigma0.kube import API_VERSION
+from sigma0.spec import CycleSpec, GpuPlacement
+
+CONTAINER = "stage"
+TERMINATION_PATH = "/dev/termination-log"
+
+LABEL_CYCLE = "sigma0.dev/cycle"
+LABEL_CYCLE_UID = "sigma0.dev/cycle-uid"
+LABEL_RELEASE = "sigma0.dev/release"
+LABEL_STEP = "sigma0.dev/step"
+LABEL_STAGE = "sigma0.dev/stage"
+LABEL_KIND = "sigma0.dev/kind"
+LABEL_ATTEMPT = "sigma0.dev/attempt"
+LABEL_NETWORK = "sigma0.dev/network"  # "none": selected by the deny-all-egress NetworkPolicy
+MANAGED_BY = ("app.kubernetes.io/managed-by", "sigma0-operator")
+
+EXIT_BAD_INPUT = 2  # sigma0.cli: StageInputError; retrying cannot help
+
+SANDBOX_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+CPU_TRAINER_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
+GPU_RESOURCES = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """Operator-wide settings for stage pods (`sigma0 operator` flags)."""
+
+    sandbox_image: str = "ghcr.io/sigma0/sandbox:0.1.0"
+    trainer_image: str = "ghcr.io/sigma0/trainer:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    mount_path: str = "/artifacts"
+    default_claim: str = "sigma0-artifacts"  # when a cycle names no artifacts location
+    run_as_user: int = 65532  # the images' non-root user; 0 only for test harnesses that cannot do better
+    ttl_seconds_after_finished: int = 86400
+    backoff_limit: int = 1  # retries of plain and GPU pods on exit code 1 (never on 2, never for sandbox)
+
+
+@dataclass(frozen=True)
+class CycleRef:
+    """The TrainingCycle a Job belongs to (its owner)."""
+
+    name: str
+    namespace: str
+    uid: str
+    release: str
+
+    @property
+    def folder(self) -> str:
+        # The uid keeps a recreated cycle of the same name from resuming the outputs of a deleted one.
+        return f"cycles/{self.namespace}/{self.name}-{self.uid[:8]}"
+
+
+# Where the files are ---------------------------------------------------------------------------------------------
+
+
+def layout(cycle: CycleRef, spec: CycleSpec, settings: PodSettings) -> plan.Layout:
+    """The plan's Layout as the stage pods see it: under the mount path, or under the artifacts URI."""
+    root = spec.artifacts.uri.rstrip("/") if spec.artifacts.uri else settings.mount_path
+    return plan.Layout(cycle_dir=f"{root}/{cycle.folder}", input_dir=root, leaderboard=f"{root}/leaderboard.jsonl")
+
+
+def artifacts_volume(spec: CycleSpec, settings: PodSettings) -> tuple[dict[str, Any] | None, str | None]:
+    """The artifacts volume and its subPath, or (None, None) when the cycle uses an fsspec URI."""
+    artifacts = spec.artifacts
+    if artifacts.uri:
+        return None, None
+    if artifacts.path:
+        return {"name": "artifacts", "hostPath": {"path": artifacts.path, "type": "DirectoryOrCreate"}}, None
+    if artifacts.pvc:
+        claim = {"claimName": artifacts.pvc.claim_name}
+        return {"name": "artifacts", "persistentVolumeClaim": claim}, artifacts.pvc.sub_path or None
+    return {"name": "artifacts", "persistentVolumeClaim": {"claimName": settings.default_claim}}, None
+
+
+# Names and labels -------------------------------------------------------------------------------------------------
+
+
+def job_name(cycle: str, step: str, attempt: int) -> str:
+    """`<cycle>-<step>-<attempt>`, deterministic, so a restarted operator finds (or re-creates, harmlessly:
+    409) the same Job; shortened with a hash of the cycle name when it would pass 63 characters."""
+    suffix = f"-{step}-{attempt}"
+    name = cycle + suffix
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(cycle.encode()).hexdigest()[:6]
+    keep = 63 - len(suffix) - len(digest) - 1
+    return f"{cycle[:keep].rstrip('-')}-{digest}{suffix}"
+
+
+def cycle_selector(cycle: CycleRef) -> str:
+    return f"{LABEL_CYCLE}={cycle.name},{LABEL_CYCLE_UID}={cycle.uid}"
+
+
+def labels(step: plan.Step, cycle: CycleRef, attempt: int) -> dict[str, str]:
+    found = {
+        "app.kubernetes.io/name": "sigma0",
+        "app.kubernetes.io/component": "stage",
+        MANAGED_BY[0]: MANAGED_BY[1],
+        LABEL_CYCLE: cycle.name,
+        LABEL_CYCLE_UID: cycle.uid,
+        LABEL_RELEASE: cycle.release,
+        LABEL_STEP: step.name,
+        LABEL_STAGE: step.stage,
+        LABEL_KIND: step.kind,
+        LABEL_ATTEMPT: str(attempt),
+    }
+    if step.kind != "gpu":  # GPU pods may need to fetch a hub model; nothing else needs the network
+        found[LABEL_NETWORK] = "none"
+    return found
+
+
+# The Job ----------------------------------------------------------------------------------------------------------
+
+
+def stage_argv(step: plan.Step, runtime_class: str | None) -> tuple[list[str], str | None]:
+    """The container's command line, and a note on the isolation if it differs from what the plan asked."""
+    argv = list(step.argv)
+    if step.kind != "sandbox" or not runtime_class or "--sandbox" not in argv:
+        return argv, None
+    index = argv.index("--sandbox") + 1
+    requested, argv[index] = argv[index], "process"
+    note = (f"runtimeClassName {runtime_class}: the pod is the sandbox; the plan's --sandbox {requested} ran as "
+            "--sandbox process inside it (runsc cannot nest)")
+    return argv, note
+
+
+def failure_policy(kind: str) -> dict[str, Any]:
+    """Disruptions (eviction, preemption) never count; bad input (exit 2) never retries; a sandbox verdict never
+    retries either: running untrusted code again cannot turn a failure into evidence."""
+    rules: list[dict[str, Any]] = [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+    if kind == "sandbox":
+        rules.append({"action": "FailJob",
+                      "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn", "values": [0]}})
+    else:
+        rules.append({"action": "FailJob",
+                      "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_INPUT]}})
+    return {"rules": rules}
+
+
+def _gpu_placement(step: plan.Step, spec: CycleSpec) -> GpuPlacement | None:
+    return spec.placement.train if step.stage == "train" else spec.placement.eval
+
+
+def _resources(step: plan.Step, spec: CycleSpec) -> dict[str, Any]:
+    if step.kind != "gpu":
+        return dict(spec.placement.sandbox.resources or SANDBOX_RESOURCES)
+    placement = _gpu_placement(step, spec)
+    if placement is not None and placement.resources:
+        return dict(placement.resources)
+    return dict(CPU_TRAINER_RESOURCES if spec.train.device == "cpu" else GPU_RESOURCES)
+
+
+def _placement(step: plan.Step, spec: CycleSpec) -> dict[str, Any]:
+    """nodeSelector, tolerations, priorityClassName and runtimeClassName for the pod."""
+    found: dict[str, Any] = {}
+    if step.kind == "gpu":
+        placement = _gpu_placement(step, spec)
+        if placement is not None:
+            if placement.node_selector:
+                found["nodeSelector"] = dict(placement.node_selector)
+            if placement.tolerations:
+                found["tolerations"] = [dict(t) for t in placement.tolerations]
+            if placement.priority_class_name:
+                found["priorityClassName"] = placement.priority_class_name
+        return found
+    sandbox = spec.placement.sandbox
+    if sandbox.node_selector:
+        found["nodeSelector"] = dict(sandbox.node_selector)
+    if sandbox.tolerations:
+        found["tolerations"] = [dict(t) for t in sandbox.tolerations]
+    if step.kind == "sandbox" and sandbox.runtime_class_name:
+        found["runtimeClassName"] = sandbox.runtime_class_name
+    return found
+
+
+def _security(settings: PodSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod securityContext, container securityContext)."""
+    user = settings.run_as_user
+    pod: dict[str, Any] = {"runAsNonRoot": user != 0, "runAsUser": user, "runAsGroup": user,
+                           "seccompProfile": {"type": "RuntimeDefault"}}
+    if user != 0:
+        pod["fsGroup"] = user
+    container = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
+                 "capabilities": {"drop": ["ALL"]}}
+    return pod, container
+
+
+def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: PodSettings, attempt: int,
+              active_deadline_seconds: int) -> dict[str, Any]:
+    """The Job that runs `step` for `cycle` (attempt 1, 2, ...)."""
+    name = job_name(cycle.name, step.name, attempt)
+    step_labels = labels(step, cycle, attempt)
+    argv, _ = stage_argv(step, spec.placement.sandbox.runtime_class_name)
+    volume, sub_path = artifacts_volume(spec, settings)
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    env = [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
+           {"name": "SIGMA0_TERMINATION_LOG", "value": TERMINATION_PATH},
+           {"name": "SIGMA0_CYCLE", "value": cycle.name}, {"name": "SIGMA0_STEP", "value": step.name}]
+    if volume is None:
+        env += [{"name": "SIGMA0_ARTIFACTS_URI", "value": spec.artifacts.uri or ""},
+                {"name": "SIGMA0_MODEL_CACHE", "value": "/tmp/models"}]
+    else:
+        volumes.append(volume)
+        mount = {"name": "artifacts", "mountPath": settings.mount_path}
+        if sub_path:
+            mount["subPath"] = sub_path
+        mounts.append(mount)
+        env.append({"name": "SIGMA0_MODEL_CACHE", "value": f"{settings.mount_path}/models"})
+    pod_security, container_security = _security(settings)
+    container = {
+        "name": CONTAINER,
+        "image": settings.trainer_image if step.kind == "gpu" else settings.sandbox_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": argv,
+        "env": env,
+        "resources": _resources(step, spec),
+        "volumeMounts": mounts,
+        "securityContext": container_security,
+        "terminationMessagePath": TERMINATION_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security,
+        "containers": [container],
+        "volumes": volumes,
+        **_placement(step, spec),
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": cycle.namespace,
+            "labels": step_labels,
+            "ownerReferences": [{"apiVersion": API_VERSION, "kind": "TrainingCycle", "name": cycle.name,
+                                 "uid": cycle.uid, "controller": True, "blockOwnerDeletion": True}],
+        },
+        "spec": {
+            "backoffLimit": 0 if step.kind == "sandbox" else settings.backoff_limit,
+            "activeDeadlineSeconds": max(1, int(active_deadline_seconds)),
+            "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+            "podFailurePolicy": failure_policy(step.kind),
+            "template": {"metadata": {"labels": step_labels}, "spec": pod_spec},
+        },
+    }
+
+
+# What a Job says --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A step's Job as seen now. `waiting` is (reason, message) while its pod cannot run yet."""
+
+    state: plan.StepState
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    message: str = ""
+    start: str | None = None
+    end: str | None = None
+    waiting: tuple[str, str] | None = None
+
+
+def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _newest(pods: Sequence[Mapping[str, Any]], phase: str | None = None) -> Mapping[str, Any] | None:
+    chosen = [p for p in pods if phase is None or (p.get("status") or {}).get("phase") == phase]
+    return max(chosen, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]),
+               default=None)
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER:
+            return (status.get("state") or {}).get("terminated") or {}
+    return {}
+
+
+def parse_summary(message: str | None) -> dict[str, Any] | None:
+    """A termination message as a summary: the JSON object the stage wrote, or None if it is not one."""
+    try:
+        data = json.loads(message or "")
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _failure_message(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], str]:
+    failed = _condition(job, "Failed") or {}
+    why = failed.get("reason") or "Failed"
+    pod = _newest(pods, "Failed")
+    if pod is None:
+        return {}, f"{why}: {failed.get('message') or 'the Job failed and no pod is left to say why'}"
+    terminated = _terminated(pod)
+    summary = parse_summary(terminated.get("message")) or {}
+    detail = str(summary.get("error") or _tail(terminated.get("message") or "")
+                 or (pod.get("status") or {}).get("message") or terminated.get("reason") or "no message")
+    code = terminated.get("exitCode")
+    exit_text = f"exit code {code}: " if code is not None else ""
+    return summary, f"{why}: {exit_text}{detail}"
+
+
+def _tail(log: str, lines: int = 3) -> str:
+    """The last lines of a log tail (FallbackToLogsOnError), where a traceback says what went wrong."""
+    kept = [line.strip() for line in log.strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(kept)[-500:]
+
+
+def _waiting(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
+    if (job.get("spec") or {}).get("suspend"):
+        return "JobSuspended", f"Job {job['metadata']['name']} is suspended"
+    pod = _newest(pods)
+    if pod is None:
+        return "PodNotCreated", f"Job {job['metadata']['name']} has no pod yet"
+    name, status = pod["metadata"]["name"], pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            reason = condition.get("reason") or "Unschedulable"
+            return reason, f"pod {name} is Pending: {condition.get('message') or reason}"
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting:
+            reason = waiting.get("reason") or "ContainerWaiting"
+            return reason, f"pod {name}: {reason}: {waiting.get('message') or 'waiting to start'}"
+    if not any(c.get("type") == "PodScheduled" for c in status.get("conditions") or []):
+        return "PodNotScheduled", f"pod {name} is waiting for the scheduler"
+    return "PodPending", f"pod {name} is Pending"
+
+
+def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Observation:
+    """What the step did so far, from its Job and the Job's pods (as dicts, as the API returns them)."""
+    status = job.get("status") or {}
+    start = status.get("startTime")
+    if _condition(job, "Complete"):
+        pod = _newest(pods, "Succeeded")
+        summary = parse_summary(_terminated(pod).get("message")) if pod else None
+        if summary is None:
+            # proof beats claims: a stage that left no summary did not show what it did
+            return Observation("failed", {}, "the Job completed but its pod left no JSON summary in its "
+                               "termination message", start, status.get("completionTime"))
+        return Observation("succeeded", summary, "", start, status.get("completionTime"))
+    if _condition(job, "Failed"):
+        summary, message = _failure_message(job, pods)
+        end = (_condition(job, "Failed") or {}).get("lastTransitionTime")
+        return Observation("failed", summary, message, start, end)
+    return Observation("running", {}, "", start, None, _waiting(job, pods))

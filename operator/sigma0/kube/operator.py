@@ -1,0 +1,103 @@
+"""`sigma0 operator`: run the kopf operator that drives TrainingCycles as Jobs.
+
+One replica by default (kopf standalone: no peering objects needed). To run a second one safely, start both
+with `--peering NAME` and distinct `--priority` values (and apply manifests/peering/): kopf then lets only
+the highest-priority live replica handle events, and the other takes over when it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from typing import Any
+
+from sigma0.kube import jobs
+
+ENV = {  # flag → environment variable that sets its default (the Deployment sets these)
+    "sandbox_image": "SIGMA0_SANDBOX_IMAGE",
+    "trainer_image": "SIGMA0_TRAINER_IMAGE",
+    "artifacts_claim": "SIGMA0_ARTIFACTS_CLAIM",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = jobs.PodSettings()
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable); default: every namespace")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--kubeconfig", help="a kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    parser.add_argument("--sandbox-image", default=os.environ.get(ENV["sandbox_image"], defaults.sandbox_image),
+                        help="image of verify, score, harvest, dataset and decide pods")
+    parser.add_argument("--trainer-image", default=os.environ.get(ENV["trainer_image"], defaults.trainer_image),
+                        help="image of train and generate pods")
+    parser.add_argument("--artifacts-claim", default=os.environ.get(ENV["artifacts_claim"], defaults.default_claim),
+                        help="the PersistentVolumeClaim of cycles that name no artifacts location")
+    parser.add_argument("--run-as-user", type=int, default=defaults.run_as_user,
+                        help="uid of stage pods (non-root; 0 only where the images cannot run otherwise)")
+    parser.add_argument("--job-ttl", type=int, default=defaults.ttl_seconds_after_finished,
+                        help="ttlSecondsAfterFinished of stage Jobs")
+    parser.add_argument("--backoff-limit", type=int, default=defaults.backoff_limit,
+                        help="retries of a failed plain or GPU pod (bad input and sandbox verdicts never retry)")
+    parser.add_argument("--resync-seconds", type=float, default=30.0,
+                        help="how often every unfinished cycle is reconciled even without events")
+    parser.add_argument("--watch-timeout", type=int, default=60,
+                        help="server-side watch timeout; the client reconnects at least this often")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
+    parser.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
+    parser.add_argument("--peering", metavar="NAME", help="run with kopf peering NAME (default: standalone)")
+    parser.add_argument("--priority", type=int, default=0, help="peering priority (higher wins)")
+    parser.add_argument("--verbose", action="store_true")
+
+
+def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
+    return jobs.PodSettings(sandbox_image=args.sandbox_image, trainer_image=args.trainer_image,
+                            default_claim=args.artifacts_claim, run_as_user=args.run_as_user,
+                            ttl_seconds_after_finished=args.job_ttl, backoff_limit=args.backoff_limit)
+
+
+def api_client(kubeconfig: str | None) -> Any:
+    """A kubernetes ApiClient: the given kubeconfig, else in-cluster, else $KUBECONFIG or ~/.kube/config."""
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
+    import kopf
+
+    from sigma0.kube import handlers
+    from sigma0.kube.executor import Clients, JobExecutor
+    from sigma0.kube.metrics import OperatorMetrics
+
+    clients = Clients.of(api_client(args.kubeconfig), timeout=(5.0, 30.0))
+    metrics = OperatorMetrics()
+    executor = JobExecutor(clients, settings_from(args), metrics=metrics)
+    identity = f"sigma0@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+    peering = None
+    if args.peering:
+        peering = handlers.Peering(args.peering, identity, args.priority,
+                                   args.namespace[0] if args.namespace else None)
+    handlers.install(handlers.Runtime(executor, clients, metrics, tuple(args.namespace), args.resync_seconds,
+                                      args.watch_timeout, peering))
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    asyncio.run(kopf.operator(
+        clusterwide=not args.namespace, namespaces=args.namespace, liveness_endpoint=liveness, identity=identity,
+        standalone=args.peering is None, peering_name=args.peering, priority=args.priority))
+    return 0

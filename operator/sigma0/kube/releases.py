@@ -1,0 +1,262 @@
+"""The AdapterRelease: which adapter serving should load now, as a Kubernetes resource.
+
+The cluster twin of sigma0.release.LocalReleaseStore, with the same semantics:
+
+- publish: only a promoting decision (Bootstrapped, Promoted) writes, and only if the incumbent that was
+  evaluated is still the current one; otherwise the outcome is Stale and nothing is written. The new pointer
+  goes into spec.current, the old one to the front of spec.history (bounded by spec.historyLimit), and
+  spec.revision increases by one.
+- rollback: spec.current goes back to the newest earlier pointer that was not itself rolled back from; the
+  revision still increases; the pointer rolled back from goes into history marked rolledBack.
+
+Where the local store holds a file lock, the cluster uses the resourceVersion precondition: every write is a
+replace (or a create) of the object that was read. On 409 Conflict (someone else wrote first) the release is
+read again and the decision applied again, never retried blindly: if the other writer changed the current
+adapter, this publish becomes Stale. So of two racing promotions against the same incumbent exactly one wins.
+
+A publish that already happened (the operator was killed after the write, before it recorded it) is
+recognised (current.cycle and current.digest are this cycle's) and not redone or misreported as Stale.
+
+The adapter folder itself is not copied: the train stage wrote it atomically under the cycle's folder on the
+artifacts volume and nothing rewrites it; the pointer's uri is that folder as the pods see it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sigma0 import plan
+from sigma0.gate import Outcome
+from sigma0.kube import API_VERSION, GROUP, RELEASES, VERSION
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DEFAULT_HISTORY_LIMIT = 10
+
+
+class ReleaseError(Exception):
+    """A release operation that cannot be done; the message says why and what to do."""
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Pointer:
+    uri: str
+    digest: str
+    cycle: str
+    promoted_at: str
+    revision: int
+    pass_at_1: float | None = None
+    passed: int | None = None
+    total: int | None = None
+    suite: str | None = None
+    subset: str | None = None
+    p_value: float | None = None
+    dataset_digest: str | None = None
+    reason: str = ""
+    rolled_back: bool = False
+
+    _FIELDS = (("uri", "uri"), ("digest", "digest"), ("cycle", "cycle"), ("promoted_at", "promotedAt"),
+               ("revision", "revision"), ("pass_at_1", "passAt1"), ("passed", "passed"), ("total", "total"),
+               ("suite", "suite"), ("subset", "subset"), ("p_value", "pValue"),
+               ("dataset_digest", "datasetDigest"), ("reason", "reason"), ("rolled_back", "rolledBack"))
+
+    def to_spec(self) -> dict[str, Any]:
+        data = {key: getattr(self, name) for name, key in self._FIELDS}
+        return {key: value for key, value in data.items() if value not in (None, "", False)}
+
+    @classmethod
+    def from_spec(cls, data: Mapping[str, Any]) -> Pointer:
+        values = {name: data.get(key) for name, key in cls._FIELDS if data.get(key) is not None}
+        values.setdefault("cycle", "")
+        values.setdefault("promoted_at", "")
+        values.setdefault("revision", 0)
+        return cls(**values)
+
+
+def current_of(release: Mapping[str, Any] | None) -> Pointer | None:
+    current = ((release or {}).get("spec") or {}).get("current")
+    return Pointer.from_spec(current) if current else None
+
+
+def history_of(release: Mapping[str, Any] | None) -> list[Pointer]:
+    return [Pointer.from_spec(p) for p in ((release or {}).get("spec") or {}).get("history") or []]
+
+
+def revision_of(release: Mapping[str, Any] | None) -> int:
+    return int(((release or {}).get("spec") or {}).get("revision") or 0)
+
+
+def incumbent_of(release: Mapping[str, Any] | None) -> plan.Incumbent | None:
+    current = current_of(release)
+    if current is None:
+        return None
+    return plan.Incumbent(digest=current.digest, uri=current.uri, pass_at_1=current.pass_at_1,
+                          revision=revision_of(release))
+
+
+# Pure planning ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    outcome: str
+    reason: str
+    revision: int
+    uri: str | None
+    write: dict[str, Any] | None = None  # the object to create (create=True) or replace; None: write nothing
+    create: bool = False
+
+
+def _with_spec(release: Mapping[str, Any] | None, name: str, namespace: str, current: Pointer,
+               history: list[Pointer], revision: int) -> dict[str, Any]:
+    body = copy.deepcopy(dict(release)) if release else {
+        "apiVersion": API_VERSION, "kind": "AdapterRelease", "metadata": {"name": name, "namespace": namespace},
+        "spec": {}}
+    spec = body.setdefault("spec", {})
+    limit = int(spec.get("historyLimit") or DEFAULT_HISTORY_LIMIT)
+    spec["current"] = current.to_spec()
+    spec["history"] = [p.to_spec() for p in history[:limit]]
+    spec["revision"] = revision
+    return body
+
+
+def plan_publish(release: Mapping[str, Any] | None, *, name: str, namespace: str, cycle: str,
+                 decision: Mapping[str, Any], candidate_uri: str, candidate_digest: str,
+                 evaluated: plan.Incumbent | None, evidence: Mapping[str, Any], now: str) -> PublishPlan:
+    """What publishing `decision` does to `release` as it is now (None: it does not exist)."""
+    try:
+        outcome = Outcome(str(decision.get("outcome")))
+    except ValueError as error:
+        raise ReleaseError(f"not a gate decision: outcome {decision.get('outcome')!r}") from error
+    if outcome is Outcome.STALE:
+        raise ReleaseError("a decision cannot be Stale before it is published; pass the gate's decision")
+    if outcome is Outcome.BOOTSTRAPPED and evaluated is not None:
+        raise ReleaseError("a Bootstrapped decision was made without an incumbent, but one was evaluated")
+    if outcome is Outcome.PROMOTED and evaluated is None:
+        raise ReleaseError("a Promoted decision needs the incumbent it was compared with")
+    reason = str(decision.get("reason", ""))
+    current, revision = current_of(release), revision_of(release)
+    if outcome not in (Outcome.BOOTSTRAPPED, Outcome.PROMOTED):
+        return PublishPlan(str(outcome), reason, revision, current.uri if current else None)
+    if not _DIGEST.match(candidate_digest):
+        raise ReleaseError(f"candidate digest must look like 'sha256:<64 hex digits>', got {candidate_digest!r}")
+    if current is not None and current.cycle == cycle and current.digest == candidate_digest:
+        return PublishPlan(str(outcome), reason, revision, current.uri)  # written before a restart
+    evaluated_digest = evaluated.digest if evaluated else None
+    current_digest = current.digest if current else None
+    if current_digest != evaluated_digest:
+        stale = (f"the release changed since the incumbent was evaluated (evaluated {evaluated_digest}, now "
+                 f"{current_digest}); nothing was written: evaluate against the current one")
+        return PublishPlan(str(Outcome.STALE), stale, revision, current.uri if current else None)
+    pointer = Pointer(
+        uri=candidate_uri, digest=candidate_digest, cycle=cycle, promoted_at=now, revision=revision + 1,
+        pass_at_1=_float(decision.get("candidate_pass_at_1")), passed=_int(decision.get("candidate_passed")),
+        total=_int(decision.get("candidate_total")), suite=evidence.get("suite"), subset=evidence.get("subset"),
+        p_value=_float(decision.get("p_value")), dataset_digest=evidence.get("dataset_digest"), reason=reason)
+    history = ([current] if current else []) + history_of(release)
+    body = _with_spec(release, name, namespace, pointer, history, revision + 1)
+    return PublishPlan(str(outcome), reason, revision + 1, candidate_uri, body, create=release is None)
+
+
+def plan_rollback(release: Mapping[str, Any] | None, *, name: str, reason: str, now: str) -> tuple[Pointer,
+                                                                                                   dict[str, Any]]:
+    """The pointer a rollback makes current, and the object to replace `release` with."""
+    if release is None:
+        raise ReleaseError(f"AdapterRelease {name!r} does not exist; nothing to roll back")
+    current, history = current_of(release), history_of(release)
+    if current is None:
+        raise ReleaseError(f"AdapterRelease {name!r} has no current adapter; nothing to roll back")
+    index = next((i for i, old in enumerate(history) if not old.rolled_back), None)
+    if index is None:
+        raise ReleaseError(f"AdapterRelease {name!r} has no earlier adapter to roll back to (history: "
+                           f"{len(history)} pointer(s), all rolled back from already); publish a new adapter instead")
+    revision = revision_of(release) + 1
+    pointer = replace(history[index], promoted_at=now, revision=revision,
+                      reason=f"rollback: {reason}" if reason else "rollback")
+    rest = history[:index] + history[index + 1:]
+    body = _with_spec(release, name, release["metadata"].get("namespace", ""), pointer,
+                      [replace(current, rolled_back=True), *rest], revision)
+    return pointer, body
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+# The API side -----------------------------------------------------------------------------------------------------
+
+
+class ClusterReleases:
+    """AdapterReleases in one namespace, through kubernetes.client.CustomObjectsApi; the `Releases` interface
+    the plan's executors use (incumbent, publish) plus rollback and show."""
+
+    def __init__(self, api: Any, namespace: str, *, timeout: tuple[float, float] = (5, 30), attempts: int = 8,
+                 clock: Callable[[], str] = now_rfc3339) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.timeout = timeout
+        self.attempts = attempts
+        self.clock = clock
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, RELEASES, name,
+                                                         _request_timeout=self.timeout)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def incumbent(self, release: str) -> plan.Incumbent | None:
+        return incumbent_of(self.get(release))
+
+    def publish(self, release: str, *, cycle: str, decision: Mapping[str, Any], candidate_uri: str,
+                candidate_digest: str, incumbent: plan.Incumbent | None,
+                evidence: Mapping[str, Any]) -> dict[str, Any]:
+        for _ in range(self.attempts):
+            found = plan_publish(self.get(release), name=release, namespace=self.namespace, cycle=cycle,
+                                 decision=decision, candidate_uri=candidate_uri, candidate_digest=candidate_digest,
+                                 evaluated=incumbent, evidence=evidence, now=self.clock())
+            if found.write is None or self._write(release, found.write, create=found.create):
+                return {"outcome": found.outcome, "reason": found.reason, "revision": found.revision,
+                        "uri": found.uri}
+        raise ReleaseError(f"AdapterRelease {release!r} kept changing during {self.attempts} attempts to publish; "
+                           "the cycle will try again")
+
+    def rollback(self, release: str, *, reason: str = "") -> Pointer:
+        for _ in range(self.attempts):
+            pointer, body = plan_rollback(self.get(release), name=release, reason=reason, now=self.clock())
+            if self._write(release, body, create=False):
+                return pointer
+        raise ReleaseError(f"AdapterRelease {release!r} kept changing during {self.attempts} attempts to roll back")
+
+    def _write(self, name: str, body: dict[str, Any], *, create: bool) -> bool:
+        """Create or replace (guarded by the resourceVersion in `body`); False on 409: read again and re-plan."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            if create:
+                self.api.create_namespaced_custom_object(GROUP, VERSION, self.namespace, RELEASES, body,
+                                                         _request_timeout=self.timeout)
+            else:
+                self.api.replace_namespaced_custom_object(GROUP, VERSION, self.namespace, RELEASES, name, body,
+                                                          _request_timeout=self.timeout)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True

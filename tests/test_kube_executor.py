@@ -1,0 +1,243 @@
+"""The JobExecutor's reconcile against an in-memory API (the real one runs in tests/cluster/test_operator.py):
+the restart cases that a SIGKILL only hits by luck, made to happen on purpose."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from sigma0.kube import executor, jobs
+
+NS = "team"
+NOW = datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
+
+
+class Response:
+    def __init__(self, data: Any) -> None:
+        self.data = json.dumps(data).encode()
+
+
+def _answer(data: Any, kwargs: dict[str, Any]) -> Any:
+    return Response(data) if kwargs.get("_preload_content") is False else copy.deepcopy(data)
+
+
+def _selects(selector: str, obj: dict[str, Any]) -> bool:
+    wanted = dict(part.split("=", 1) for part in selector.split(","))
+    return wanted.items() <= (obj["metadata"].get("labels") or {}).items()
+
+
+class FakeApi:
+    """Just the calls the executor makes, with resourceVersions and 404 / 409 like the API server."""
+
+    def __init__(self) -> None:
+        self.cycles: dict[str, dict[str, Any]] = {}
+        self.releases: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.version = 0
+        self.fail_status_writes = 0
+
+    def _bump(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        obj["metadata"]["resourceVersion"] = str(self.version)
+        return obj
+
+    # custom objects
+    def _store(self, plural: str) -> dict[str, dict[str, Any]]:
+        return self.cycles if plural == "trainingcycles" else self.releases
+
+    def get_namespaced_custom_object(self, group, version, ns, plural, name, **kwargs):
+        if name not in self._store(plural):
+            raise ApiException(status=404)
+        return _answer(self._store(plural)[name], kwargs)
+
+    def list_namespaced_custom_object(self, group, version, ns, plural, **kwargs):
+        return _answer({"items": list(self._store(plural).values())}, kwargs)
+
+    def replace_namespaced_custom_object_status(self, group, version, ns, plural, name, body, **kwargs):
+        if self.fail_status_writes:
+            self.fail_status_writes -= 1
+            raise RuntimeError("the operator died before it wrote the status")
+        stored = self.cycles[name]
+        if body["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"]:
+            raise ApiException(status=409)
+        stored["status"] = copy.deepcopy(body["status"])
+        return copy.deepcopy(self._bump(stored))
+
+    def create_namespaced_custom_object(self, group, version, ns, plural, body, **kwargs):
+        if body["metadata"]["name"] in self.releases:
+            raise ApiException(status=409)
+        self.releases[body["metadata"]["name"]] = self._bump(copy.deepcopy(body))
+
+    def replace_namespaced_custom_object(self, group, version, ns, plural, name, body, **kwargs):
+        if body["metadata"]["resourceVersion"] != self.releases[name]["metadata"]["resourceVersion"]:
+            raise ApiException(status=409)
+        self.releases[name] = self._bump(copy.deepcopy(body))
+
+    # jobs, pods, events
+    def list_namespaced_job(self, ns, label_selector, **kwargs):
+        return _answer({"items": [j for j in self.jobs.values() if _selects(label_selector, j)]}, kwargs)
+
+    def create_namespaced_job(self, ns, body, **kwargs):
+        name = body["metadata"]["name"]
+        if name in self.jobs:
+            raise ApiException(status=409)
+        job = copy.deepcopy(body)
+        job["metadata"]["uid"] = f"uid-{name}"
+        job["status"] = {"startTime": "2026-01-01T00:00:30Z"}
+        self.jobs[name] = job
+        return _answer(job, kwargs)
+
+    def read_namespaced_job(self, name, ns, **kwargs):
+        return _answer(self.jobs[name], kwargs)
+
+    def delete_namespaced_job(self, name, ns, **kwargs):
+        self.jobs.pop(name)
+
+    def list_namespaced_pod(self, ns, label_selector, **kwargs):
+        return _answer({"items": [p for p in self.pods if _selects(label_selector, p)]}, kwargs)
+
+    def create_namespaced_event(self, ns, body, **kwargs):
+        self.events.append(body)
+
+    # what the Job controller and kubelet would do
+    def finish(self, name: str, summary: dict[str, Any]) -> None:
+        job = self.jobs[name]
+        job["status"] |= {"conditions": [{"type": "Complete", "status": "True"}],
+                          "completionTime": "2026-01-01T00:00:50Z"}
+        self.pods.append({"metadata": {"name": f"{name}-x", "creationTimestamp": "2026-01-01T00:00:31Z",
+                                       "labels": job["metadata"]["labels"],
+                                       "ownerReferences": [{"uid": job["metadata"]["uid"]}]},
+                          "status": {"phase": "Succeeded", "containerStatuses": [
+                              {"name": "stage", "state": {"terminated": {"exitCode": 0,
+                                                                        "message": json.dumps(summary)}}}]}})
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    fake = FakeApi()
+    fake.cycles["c1"] = fake._bump({
+        "apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle",
+        "metadata": {"name": "c1", "namespace": NS, "uid": "cycle-uid-1", "generation": 1,
+                     "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"release": "coder", "baseModel": {"name": "tiny://llama"},
+                 "harvest": {"sources": [{"path": "corpus/tasks.jsonl"}]}, "deadlineSeconds": 3600}})
+    return fake
+
+
+def run(api: FakeApi, now: datetime = NOW) -> executor.Result | None:
+    clients = executor.Clients(api, api, api)
+    return executor.JobExecutor(clients, jobs.PodSettings(), clock=lambda: now).reconcile(NS, "c1")
+
+
+def stages(api: FakeApi) -> dict[str, Any]:
+    return api.cycles["c1"]["status"]["stages"]
+
+
+def test_a_first_reconcile_admits_resolves_and_starts_harvest(api: FakeApi) -> None:
+    result = run(api)
+    assert result is not None and result.phase == "Harvesting"
+    assert list(api.jobs) == ["c1-harvest-1"]
+    assert stages(api)["harvest"] == {"job": "c1-harvest-1", "attempt": 1, "state": "running", "summary": {}}
+    status = api.cycles["c1"]["status"]
+    assert status["admitted"] and status["incumbentResolved"] and "resolvedIncumbent" not in status
+    assert {e["reason"] for e in api.events} >= {"Admitted", "IncumbentResolved", "StageStarted", "PhaseHarvesting"}
+    run(api)  # learns the Job's startTime
+    assert stages(api)["harvest"]["startTime"] == "2026-01-01T00:00:30Z"
+    version = api.cycles["c1"]["metadata"]["resourceVersion"]
+    run(api)  # nothing new: nothing written, no second Job
+    assert api.cycles["c1"]["metadata"]["resourceVersion"] == version and list(api.jobs) == ["c1-harvest-1"]
+
+
+def test_a_job_created_by_an_operator_killed_before_its_status_write_is_adopted(api: FakeApi) -> None:
+    run(api)
+    api.finish("c1-harvest-1", {"harvested": 3, "kept": 3, "excluded": 0})
+    api.fail_status_writes = 1  # verify's Job is created, then the operator dies
+    with pytest.raises(RuntimeError):
+        run(api)
+    assert "c1-verify-1" in api.jobs and "verify" not in stages(api)
+    run(api)
+    assert stages(api)["verify"]["job"] == "c1-verify-1" and stages(api)["harvest"]["state"] == "succeeded"
+    assert sorted(api.jobs) == ["c1-harvest-1", "c1-verify-1"]
+    assert any(e["reason"] == "JobAdopted" for e in api.events)
+
+
+def test_a_finished_job_moves_the_cycle_on(api: FakeApi) -> None:
+    run(api)
+    api.finish("c1-harvest-1", {"harvested": 3, "kept": 3, "excluded": 0})
+    result = run(api)
+    assert result is not None and result.phase == "Verifying"
+    assert stages(api)["harvest"]["summary"] == {"harvested": 3, "kept": 3, "excluded": 0}
+    assert stages(api)["harvest"]["completionTime"] == "2026-01-01T00:00:50Z"
+    assert "c1-verify-1" in api.jobs
+
+
+def test_a_job_that_vanished_before_it_finished_gets_another_attempt(api: FakeApi) -> None:
+    run(api)
+    del api.jobs["c1-harvest-1"]
+    run(api)
+    assert list(api.jobs) == ["c1-harvest-2"] and stages(api)["harvest"]["attempt"] == 2
+    assert any(e["reason"] == "JobLost" for e in api.events)
+
+
+def test_a_job_left_by_a_deleted_cycle_of_the_same_name_is_not_adopted(api: FakeApi) -> None:
+    old_labels = {jobs.LABEL_CYCLE: "c1", jobs.LABEL_CYCLE_UID: "an-older-cycle", jobs.LABEL_STEP: "harvest"}
+    api.jobs["c1-harvest-1"] = {"metadata": {"name": "c1-harvest-1", "uid": "old", "labels": old_labels,
+                                             "ownerReferences": [{"uid": "an-older-cycle"}]}, "status": {}}
+    run(api)
+    status = api.cycles["c1"]["status"]
+    assert "harvest" not in status["stages"]
+    assert "earlier cycle of the same name" in status["message"]
+
+
+def test_the_deadline_fails_the_cycle_and_stops_its_job(api: FakeApi) -> None:
+    run(api)
+    result = run(api, now=datetime(2026, 1, 1, 2, 0, tzinfo=UTC))
+    assert result is not None and result.phase == "Failed" and result.finished_now
+    assert api.jobs == {} and stages(api)["harvest"]["state"] == "failed"
+    assert api.cycles["c1"]["status"]["failure"]["reason"] == "DeadlineExceeded"
+    assert run(api) == executor.Result("Failed", "coder")  # terminal: left alone
+
+
+def test_a_status_written_meanwhile_is_a_conflict_not_an_overwrite(api: FakeApi) -> None:
+    original = api.replace_namespaced_custom_object_status
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        api._bump(api.cycles["c1"])  # someone else wrote first
+        return original(*args, **kwargs)
+
+    api.replace_namespaced_custom_object_status = racing  # type: ignore[method-assign]
+    with pytest.raises(executor.Conflict):
+        run(api)
+
+
+def test_a_queued_cycle_waits_for_the_active_one(api: FakeApi) -> None:
+    run(api)
+    api.cycles["c0"] = api._bump({**copy.deepcopy(api.cycles["c1"]), "status": {}})
+    api.cycles["c0"]["metadata"] |= {"name": "c0", "uid": "cycle-uid-0", "creationTimestamp": "2025-12-31T23:59:59Z"}
+    # c1 was admitted first: the older c0 waits behind it
+    clients = executor.Clients(api, api, api)
+    executor.JobExecutor(clients, jobs.PodSettings(), clock=lambda: NOW).reconcile(NS, "c0")
+    assert api.cycles["c0"]["status"]["phase"] == "Queued" and "c1" in api.cycles["c0"]["status"]["message"]
+
+
+def test_only_the_highest_priority_live_replica_resyncs() -> None:
+    from sigma0.kube.handlers import peering_active
+
+    now = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
+    fresh, stale = "2026-01-01T00:09:50+00:00", "2026-01-01T00:00:00+00:00"
+    peers = {"me": {"priority": 1, "lifetime": 60, "lastseen": fresh},
+             "other": {"priority": 2, "lifetime": 60, "lastseen": fresh}}
+    assert not peering_active(peers, "me", 1, now)
+    assert peering_active(peers, "other", 2, now)
+    peers["other"]["lastseen"] = stale  # the higher one died: the lower one takes over
+    assert peering_active(peers, "me", 1, now)
+    peers["other"] = {"priority": 1, "lifetime": 60, "lastseen": fresh}  # equal priorities: both pause, as kopf does
+    assert not peering_active(peers, "me", 1, now)
+    assert not peering_active({}, "me", 5, now)  # not announced yet
