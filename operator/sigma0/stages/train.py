@@ -1,0 +1,159 @@
+"""`sigma0 stage train`: QLoRA-train a LoRA adapter on the dataset's prompt/completion rows.
+
+Writes the adapter folder (adapter_config.json, adapter_model.safetensors, sigma0-adapter.json with the base model,
+dataset digest and hyper-parameters) atomically, and reports its content digest. Run again with the same inputs
+after the adapter was written, it reuses the adapter instead of training twice; a folder holding anything else is
+refused, since adapters are immutable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sigma0.io import file_digest, read_json, read_jsonl, tree_digest, write_json_atomic
+from sigma0.ml.models import DEVICES, QUANTIZATIONS, library_versions, load_base_model, peak_memory, pick_device
+from sigma0.ml.qlora import TrainConfig, encode_example, save_adapter, train_adapter
+from sigma0.stages import StageInputError
+
+MANIFEST = "sigma0-adapter.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    parser.add_argument(
+        "--base-model", required=True, help="a model folder, a hub id, or tiny://llama?layers=2&hidden=64&seed=0"
+    )
+    parser.add_argument("--dataset", required=True, help="train.jsonl with {prompt, completion} rows")
+    parser.add_argument("--output-dir", required=True, help="the adapter folder to create")
+    parser.add_argument("--report", required=True, help="where to write the training report (JSON)")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimizer steps")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--max-seq-length", type=int, default=defaults.max_seq_length)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation)
+    parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
+    parser.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
+    parser.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
+    parser.add_argument(
+        "--target-modules", default=",".join(defaults.target_modules), help="comma-separated module names to adapt"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default="nf4")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    began = time.perf_counter()
+    config = _config(args)
+    rows = read_rows(args.dataset)
+    try:
+        device = pick_device(args.device)
+    except ValueError as error:
+        raise StageInputError(str(error)) from error
+    manifest = {
+        "base_model": args.base_model,
+        "dataset": {"digest": file_digest(args.dataset), "rows": len(rows)},
+        "hyperparameters": asdict(config),
+        "quantization": args.quantization,
+        "device": device.type,
+        "versions": library_versions(),
+    }
+    output_dir = Path(args.output_dir)
+    reused = _reuse(output_dir, Path(args.report), manifest)
+    if reused is not None:
+        return reused
+
+    try:
+        loaded = load_base_model(args.base_model, args.quantization, args.device)
+    except ValueError as error:
+        raise StageInputError(f"--base-model {args.base_model}: {error}") from error
+    examples = [
+        encode_example(loaded.tokenizer, row["prompt"], row["completion"], config.max_seq_length) for row in rows
+    ]
+    result = train_adapter(loaded, examples, config)
+    digest = save_adapter(result.model, output_dir, args.base_model, manifest)
+    summary = {
+        "rows": len(rows),
+        "rows_truncated": sum(example.truncated for example in examples),
+        "steps": config.steps,
+        "loss_first": round(result.losses[0], 4),
+        "loss_last": round(result.losses[-1], 4),
+        "tokens": result.tokens,
+        "tokens_per_second": round(result.tokens / result.seconds, 1),
+        "seconds": round(result.seconds, 2),
+        "total_seconds": round(time.perf_counter() - began, 2),
+        "device": device.type,
+        "quantization": args.quantization,
+        "adapter_digest": digest,
+        **peak_memory(device),
+    }
+    write_json_atomic(args.report, {**summary, "losses": [round(loss, 4) for loss in result.losses]})
+    return summary
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    config = TrainConfig(
+        steps=args.steps,
+        learning_rate=args.learning_rate,
+        max_seq_length=args.max_seq_length,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=tuple(name.strip() for name in args.target_modules.split(",") if name.strip()),
+        seed=args.seed,
+    )
+    try:
+        config.validate()
+    except ValueError as error:
+        raise StageInputError(str(error)) from error
+    return config
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """The dataset's rows; each needs string `prompt` and `completion` fields. None at all is an input error."""
+    if not Path(path).is_file():
+        raise StageInputError(f"dataset {path} does not exist; run the dataset stage first")
+    rows: list[dict[str, Any]] = []
+    try:
+        for number, row in enumerate(read_jsonl(path), start=1):
+            if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
+                raise StageInputError(f"dataset {path}: row {number} needs string 'prompt' and 'completion' fields")
+            rows.append(row)
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        raise StageInputError(f"dataset {path} is not valid JSON lines: {error}") from error
+    if not rows:
+        raise StageInputError(f"dataset {path} has no rows: there is nothing to train on")
+    return rows
+
+
+def _reuse(output_dir: Path, report: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The earlier run's summary if output_dir already holds this very adapter; None if output_dir is free."""
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return None
+    marker = output_dir / MANIFEST
+    if not marker.is_file() or read_json(marker) != json.loads(json.dumps(manifest)):
+        raise StageInputError(
+            f"{output_dir} already holds files that are not this training's adapter; adapters "
+            "are immutable: choose a new --output-dir or remove that folder"
+        )
+    digest = tree_digest(output_dir)
+    previous = read_json(report) if report.is_file() else {}
+    if previous.get("adapter_digest") == digest:
+        summary = {key: value for key, value in previous.items() if key != "losses"}
+    else:  # killed after the adapter was written but before the report was
+        summary = {
+            "rows": manifest["dataset"]["rows"],
+            "steps": manifest["hyperparameters"]["steps"],
+            "device": manifest["device"],
+            "quantization": manifest["quantization"],
+            "adapter_digest": digest,
+        }
+        write_json_atomic(report, summary)
+    return {**summary, "reused": True}
