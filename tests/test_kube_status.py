@@ -97,7 +97,8 @@ def test_a_finished_promotion_shows_every_figure_the_columns_need() -> None:
     obj = {"spec": {"release": "coder"}, "status": found, "metadata": {"creationTimestamp": NOW}}
     shown = {name: lookup(obj, path) for name, path in columns.items()}
     assert shown == {"Release": "coder", "Phase": "Succeeded", "Verified": "24/40", "Candidate": "0.500 (2/4)",
-                     "Incumbent": "0.250 (1/4)", "Decision": "Promoted", "Age": NOW}
+                     "Incumbent": "0.250 (1/4)", "Decision": "Promoted", "Age": NOW,
+                     "Placement": None}  # -o wide only; these stage records name no GPU placement
 
 
 def lookup(obj: dict[str, Any], path: str) -> Any:

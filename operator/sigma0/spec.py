@@ -185,10 +185,28 @@ class ArtifactsSpec(_Model):
 
 
 class GpuPlacement(_Model):
+    """One place GPU pods can run (a GPU pool), with its optional weekly GPU-hour budget (sigma0.placement)."""
+
+    name: str = "default"
+    gpus: int | None = None
+    gpu_resource: str = "nvidia.com/gpu"
     resources: dict[str, Any] | None = None
     node_selector: dict[str, str] | None = None
     tolerations: tuple[dict[str, Any], ...] | None = None
     priority_class_name: str | None = None
+    weekly_gpu_hours: float | None = Field(None, alias="weeklyGPUHours")
+    unschedulable_seconds: int = 600
+
+
+class GpuPlacements(GpuPlacement):
+    """A GPU stage's setting: one placement inline (the simple form), or `placements`, tried in order."""
+
+    placements: tuple[GpuPlacement, ...] = ()
+
+    def ordered(self) -> tuple[GpuPlacement, ...]:
+        if self.placements:
+            return self.placements
+        return (GpuPlacement.model_validate(self.model_dump(exclude={"placements"})),)
 
 
 class SandboxPlacement(_Model):
@@ -199,8 +217,8 @@ class SandboxPlacement(_Model):
 
 
 class PlacementSpec(_Model):
-    train: GpuPlacement | None = None
-    eval: GpuPlacement | None = None
+    train: GpuPlacements | None = None
+    eval: GpuPlacements | None = None
     sandbox: SandboxPlacement = SandboxPlacement()
 
 
@@ -238,11 +256,25 @@ class TrainingCycle(BaseModel):
 def _cel_equivalents(spec: dict[str, Any]) -> list[str]:
     """The CEL rules in the CRD that a plain JSON Schema cannot express (transition rules need an old object and
     only apply on the server)."""
+    problems = []
     artifacts = spec.get("artifacts") or {}
     chosen = [key for key in ("path", "pvc", "uri") if key in artifacts]
     if len(chosen) > 1:
-        return [f"spec.artifacts: set at most one of artifacts.path, artifacts.pvc, artifacts.uri (got {chosen})"]
-    return []
+        problems.append(f"spec.artifacts: set at most one of artifacts.path, artifacts.pvc, artifacts.uri "
+                        f"(got {chosen})")
+    for stage in ("train", "eval"):
+        setting = (spec.get("placement") or {}).get(stage) or {}
+        if "placements" not in setting:
+            continue
+        inline = sorted(set(setting) - {"placements"})
+        if inline:
+            problems.append(f"spec.placement.{stage}: set one placement at this level or a list in placements, "
+                            f"not both (got {', '.join(inline)} beside placements)")
+        names = [p.get("name") for p in setting["placements"]]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # x-kubernetes-list-type: map, keyed by name
+            problems.append(f"spec.placement.{stage}.placements: duplicate name(s) {', '.join(twice)}")
+    return problems
 
 
 def _metadata_problems(metadata: Any) -> list[str]:

@@ -3,6 +3,12 @@
 State lives in `<workdir>/cycles/<name>/state.json`, rewritten atomically after every transition, so a killed run
 resumes where it stopped: finished steps are never redone, and an interrupted step is started again (every stage
 command resumes or rewrites its own outputs atomically).
+
+GPU steps run on the placement `local` (this machine; the manifest's cluster placements do not apply here, and
+neither do their budgets). Their hours are accounted as the operator accounts a GPU pod's (sigma0.placement):
+a row in `<workdir>/gpu-ledger.jsonl` written when the step starts and again, with its end and the GPUs it used
+(its summary's device: cuda is one GPU, cpu none), when it ends; a row left open by a killed run is closed at
+the last write to the step's log when the cycle resumes.
 """
 
 from __future__ import annotations
@@ -14,16 +20,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sigma0 import plan
+from sigma0 import placement, plan
 from sigma0.io import read_json, text_digest, write_json_atomic
 from sigma0.spec import TrainingCycle
 
 STATE_FILE = "state.json"
+GPU_LEDGER = "gpu-ledger.jsonl"
 
 
 class Releases(Protocol):
@@ -57,6 +64,7 @@ class CycleRun:
     manifest_digest: str
     started_at: str
     finished: dict[str, Any] | None = None
+    placements: dict[str, str] = field(default_factory=dict)  # GPU step → the placement it ran on
 
 
 def _now() -> str:
@@ -82,6 +90,7 @@ def _state_to_json(run: CycleRun) -> dict[str, Any]:
                   for name, r in state.steps.items()},
         "published": dict(state.published) if state.published is not None else None,
         "finished": run.finished,
+        "placements": dict(run.placements),
     }
 
 
@@ -94,7 +103,8 @@ def _state_from_json(cycle_dir: Path, data: dict[str, Any]) -> CycleRun:
                for name, r in (data.get("steps") or {}).items()},
         published=data.get("published"),
     )
-    return CycleRun(data["name"], cycle_dir, state, data["manifestDigest"], data["startedAt"], data.get("finished"))
+    return CycleRun(data["name"], cycle_dir, state, data["manifestDigest"], data["startedAt"], data.get("finished"),
+                    dict(data.get("placements") or {}))
 
 
 def save(run: CycleRun) -> None:
@@ -158,6 +168,7 @@ class LocalExecutor:
 
     def _drive(self, run: CycleRun) -> CycleRun:
         layout = self.layout(run)
+        self._close_interrupted(run)
         for step in plan.steps(self.spec, run.state, layout) if run.state.incumbent_resolved else []:
             done = run.state.steps.get(step.name)
             if done is not None and done.state == "succeeded":
@@ -194,12 +205,16 @@ class LocalExecutor:
         env = {**os.environ, "SIGMA0_TERMINATION_LOG": str(summary_file), "PYTHONUNBUFFERED": "1"}
         command = [sys.executable, "-m", "sigma0", *step.argv[1:]]
         began = time.monotonic()
+        usage = self._gpu_started(run, step)
         with open(logs / f"{step.name}.log", "ab") as log:
             log.write(f"\n$ {' '.join(step.argv)}   # {_now()}\n".encode())
             log.flush()
             code = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                   env=env, check=False).returncode
         summary = _read_summary(summary_file)
+        if usage is not None:
+            gpus = usage.gpus if "device" not in summary else int(summary["device"] == "cuda")
+            placement.record_local(self.ledger, replace(usage, end=datetime.now(UTC), gpus=gpus))
         if code == 0:
             result = plan.StepResult("succeeded", summary)
         else:
@@ -208,6 +223,33 @@ class LocalExecutor:
         self.reporter.step_finished(step, result, time.monotonic() - began)
         return result
 
+    # GPU hours ---------------------------------------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> Path:
+        return self.workdir / GPU_LEDGER
+
+    def _gpu_started(self, run: CycleRun, step: plan.Step) -> placement.Usage | None:
+        """Record a GPU step's start on this machine (placement `local`); None for other steps."""
+        if step.kind != "gpu":
+            return None
+        run.placements[step.name] = placement.LOCAL
+        start = datetime.now(UTC).replace(microsecond=0)  # as the ledger keeps it
+        usage = placement.Usage(key=f"{run.name}/{step.name}/{placement.format_time(start)}",
+                                placement=placement.LOCAL, stage=step.name, cycle=run.name, start=start, end=None,
+                                gpus=0 if self.spec.train.device == "cpu" else _gpus_here())
+        placement.record_local(self.ledger, usage)
+        save(run)
+        return usage
+
+    def _close_interrupted(self, run: CycleRun) -> None:
+        """Rows this cycle left open when a run was killed end at the last write to that step's log."""
+        for row in placement.read_ledger(self.ledger):
+            if row.cycle == run.name and row.end is None:
+                log = run.cycle_dir / "logs" / f"{row.stage}.log"
+                ended = datetime.fromtimestamp(log.stat().st_mtime, UTC) if log.exists() else row.start
+                placement.record_local(self.ledger, replace(row, end=max(ended, row.start)))
+
     def _evidence(self, run: CycleRun) -> dict[str, Any]:
         steps = run.state.steps
         return {
@@ -215,6 +257,19 @@ class LocalExecutor:
             "suite": self.spec.eval.suite,
             "subset": self.spec.eval.subset,
         }
+
+
+def _gpus_here() -> int:
+    """A GPU step's GPUs before its summary says which device it used: one if this machine shows a GPU."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return 0
+    nvidia = Path("/proc/driver/nvidia/gpus")
+    return 1 if (nvidia.is_dir() and any(nvidia.iterdir())) or Path("/dev/kfd").exists() else 0
+
+
+def local_gpu_hours(workdir: Path, now: datetime | None = None) -> dict[str, dict[str, float]]:
+    """GPU-hours used on this machine in the trailing 7 days, as the operator reports a placement's."""
+    return placement.usage_report(placement.read_ledger(workdir / GPU_LEDGER), (), now or datetime.now(UTC))
 
 
 def _read_summary(path: Path) -> dict[str, Any]:

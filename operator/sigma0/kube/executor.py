@@ -10,6 +10,12 @@ the release is an AdapterRelease. Each reconcile reads the world and converges:
        Job a killed operator created: adopt it), publish the decision, finish
     5. write the status, with the resourceVersion precondition, only if it changed; then post the events
 
+GPU steps (train, generate) go through their ordered placements (sigma0.placement): a placement whose weekly
+budget is zero or spent is skipped; a pod that stays Unschedulable past its placement's patience is deleted and
+the next placement tried (the last usable one keeps waiting); with no placement left the cycle waits, phase
+Waiting, until the earliest time a budget frees. GPU-hours are counted from the GPU pods' real container start
+and end into the namespace's ledger ConfigMap (sigma0.kube.ledger), so budgets survive restarts.
+
 Order makes restarts safe: a Job is created before the status names it, and Job names are deterministic, so no
 step ever gets two Jobs; the release is written before the status records it, and publishing again is
 recognised (sigma0.kube.releases), so a promotion is neither lost nor doubled.
@@ -28,11 +34,21 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from sigma0 import plan
+from sigma0 import placement, plan
 from sigma0.kube import CYCLES, GROUP, VERSION, jobs, queue
+from sigma0.kube.ledger import NAME as LEDGER_NAME
+from sigma0.kube.ledger import ClusterLedger, LedgerError
 from sigma0.kube.releases import ClusterReleases, now_rfc3339
-from sigma0.kube.status import CycleRecord, Situation, StageRecord, read_record, render, same_status
-from sigma0.spec import CycleSpec
+from sigma0.kube.status import (
+    CycleRecord,
+    PlacementWait,
+    Situation,
+    StageRecord,
+    read_record,
+    render,
+    same_status,
+)
+from sigma0.spec import CycleSpec, GpuPlacement
 
 log = logging.getLogger("sigma0.operator")
 
@@ -48,12 +64,22 @@ class Metrics(Protocol):
 
     def decided(self, release: str, outcome: str) -> None: ...
 
+    def gpu_hours(self, namespace: str, report: Mapping[str, Mapping[str, float]]) -> None: ...
+
+    def placement_skipped(self, step: str, placement: str, reason: str) -> None: ...
+
 
 class NoMetrics:
     def stage_finished(self, stage: str, state: str, seconds: float | None) -> None:
         pass
 
     def decided(self, release: str, outcome: str) -> None:
+        pass
+
+    def gpu_hours(self, namespace: str, report: Mapping[str, Mapping[str, float]]) -> None:
+        pass
+
+    def placement_skipped(self, step: str, placement: str, reason: str) -> None:
         pass
 
 
@@ -89,6 +115,8 @@ class _Pass:
     jobs: dict[str, Mapping[str, Any]]
     waiting: tuple[str, str] | None = None
     queued_behind: str | None = None
+    placement_wait: PlacementWait | None = None
+    unschedulable: dict[str, tuple[str, str]] = field(default_factory=dict)  # step → (pod created, why)
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
     def event(self, kind: str, reason: str, message: str) -> None:
@@ -120,6 +148,8 @@ class JobExecutor:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._admission = threading.Lock()
+        self._recorded: dict[tuple[str, str], placement.Usage] = {}  # (namespace, key) → row the ledger holds
+        self._ledger_lock = threading.Lock()
 
     # The entry point -------------------------------------------------------------------------------------------
 
@@ -149,6 +179,7 @@ class JobExecutor:
         pods = self._list(self.clients.core.list_namespaced_pod, ref)
         work = _Pass(record, self._newest_jobs(found))
         self._observe(work, pods)
+        self._account(ref, spec, pods)
 
         deadline = _parse_time(metadata["creationTimestamp"]) + timedelta(seconds=spec.deadline_seconds)
         if self.clock() >= deadline:
@@ -207,10 +238,14 @@ class JobExecutor:
                 work.event("Normal", "JobAdopted", f"{step}: adopted Job {job['metadata']['name']}")
                 stage = StageRecord(job["metadata"]["name"], attempt, "running")
             seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []))
+            on = (job["metadata"].get("labels") or {}).get(jobs.LABEL_PLACEMENT) or stage.placement
             updated = replace(stage, job=job["metadata"]["name"], attempt=attempt, state=seen.state,
-                              summary=seen.summary, message=seen.message, start=seen.start, end=seen.end)
+                              summary=seen.summary, message=seen.message, start=seen.start, end=seen.end,
+                              placement=on)
             if seen.state == "running":
                 work.waiting = seen.waiting or work.waiting
+                if seen.unschedulable_since and seen.waiting:
+                    work.unschedulable[step] = (seen.unschedulable_since, seen.waiting[1])
             elif stage.state == "running":
                 seconds = _seconds_between(seen.start, seen.end)
                 self.metrics.stage_finished(step, seen.state, seconds)
@@ -242,20 +277,23 @@ class JobExecutor:
             elif isinstance(action, plan.RunStep):
                 if spec.suspend:
                     return
-                if not self._start(spec, ref, action.step, 1, deadline, work):
+                if not self._begin(spec, ref, action.step, 1, deadline, work):
                     return
             elif isinstance(action, plan.AwaitStep):
                 stage = work.record.stages[action.step.name]
                 if action.step.name in work.jobs:
+                    gpu_waits = action.step.kind == "gpu" and action.step.name in work.unschedulable
+                    if gpu_waits and self._fall_back(spec, ref, action.step, stage, deadline, work):
+                        continue
                     return
                 # the Job is gone before it finished (deleted, or removed by its TTL while nobody watched)
-                if stage.attempt >= MAX_ATTEMPTS:
+                if stage.attempt - stage.fallbacks >= MAX_ATTEMPTS:
                     work.record = replace(work.record, failure=(
                         "JobLost", f"{action.step.name}: {MAX_ATTEMPTS} Jobs vanished before they finished"))
                     return
                 work.event("Warning", "JobLost", f"{action.step.name}: Job {stage.job} is gone before it "
                            "finished; starting another attempt")
-                if not self._start(spec, ref, action.step, stage.attempt + 1, deadline, work):
+                if not self._begin(spec, ref, action.step, stage.attempt + 1, deadline, work, stage.skipped):
                     return
             elif isinstance(action, plan.Publish):
                 published = releases.publish(
@@ -274,14 +312,81 @@ class JobExecutor:
                 return
         raise RuntimeError("the plan did not settle in 64 actions; this is a bug in sigma0.plan")
 
+    def _begin(self, spec: CycleSpec, ref: jobs.CycleRef, step: plan.Step, attempt: int, deadline: datetime,
+               work: _Pass, skipped: tuple[Mapping[str, Any], ...] = ()) -> bool:
+        """Start a step: a GPU step on the first placement with budget left (or not at all: the cycle waits)."""
+        if step.kind != "gpu":
+            return self._start(spec, ref, step, attempt, deadline, work)
+        choice = self._choose(spec, ref, step, work)
+        if choice is None:
+            return False
+        if choice.placement is None:
+            until = choice.frees_at
+            work.placement_wait = PlacementWait(step.name, "GPUBudgetExhausted", choice.reason(step.name),
+                                                placement.format_time(until) if until else None)
+            return False
+        skipped = (*skipped, *self._skips(step, choice, work))
+        return self._start(spec, ref, step, attempt, deadline, work, choice.placement, skipped)
+
+    def _fall_back(self, spec: CycleSpec, ref: jobs.CycleRef, step: plan.Step, stage: StageRecord,
+                   deadline: datetime, work: _Pass) -> bool:
+        """A GPU step's pod is Unschedulable: once it has been for longer than its placement allows, delete its
+        Job and start the next usable placement. False (and the pod keeps waiting) while it may wait longer, or
+        when no other placement is left to try."""
+        since, why = work.unschedulable[step.name]
+        now = self.clock()
+        options = placement.options_for(spec, step.stage)
+        current = next((o for o in options if o.name == stage.placement), GpuPlacement())  # (gone from the spec)
+        waited = (now - placement.parse_time(since)).total_seconds()
+        if waited < current.unschedulable_seconds:
+            return False
+        tried = {str(s.get("placement")) for s in stage.skipped if s.get("reason") == "Unschedulable"}
+        choice = self._choose(spec, ref, step, work, exclude=tried | {stage.placement or ""})
+        if choice is None:
+            return False
+        if choice.placement is None:
+            others = "; ".join(f"{s.placement}: {s.message}" for s in choice.skipped)
+            work.waiting = ("Unschedulable", f"{why} (no other placement to fall back to{': ' if others else ''}"
+                            f"{others})")
+            return False
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.clients.batch.delete_namespaced_job(stage.job, ref.namespace, propagation_policy="Background",
+                                                     _request_timeout=self.clients.timeout)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        work.jobs.pop(step.name, None)
+        work.unschedulable.pop(step.name, None)
+        work.waiting = None
+        left = {"placement": stage.placement, "reason": "Unschedulable",
+                "message": f"its pod stayed Unschedulable for {waited:.0f} s: {why}"[:1000],
+                "time": placement.format_time(now)}
+        self.metrics.placement_skipped(step.name, str(stage.placement), "Unschedulable")
+        work.event("Warning", "PlacementFallback", f"{step.name}: the pod of Job {stage.job} stayed Unschedulable on "
+                   f"placement {stage.placement} for {waited:.0f} s ({why}); deleted the Job, trying placement "
+                   f"{choice.placement.name}"[:1000])
+        skipped = (*stage.skipped, left, *self._skips(step, choice, work))
+        return self._start(spec, ref, step, stage.attempt + 1, deadline, work, choice.placement, skipped)
+
+    def _skips(self, step: plan.Step, choice: placement.Choice, work: _Pass) -> list[dict[str, Any]]:
+        """The budget skips of a choice, as status entries; each one is an Event and a metric."""
+        now = self.clock()
+        for skip in choice.skipped:
+            self.metrics.placement_skipped(step.name, skip.placement, skip.reason)
+            work.event("Normal", "PlacementSkipped", f"{step.name}: placement {skip.placement} skipped: "
+                       f"{skip.message}"[:1000])
+        return [skip.to_status(now) for skip in choice.skipped]
+
     def _start(self, spec: CycleSpec, ref: jobs.CycleRef, step: plan.Step, attempt: int, deadline: datetime,
-               work: _Pass) -> bool:
+               work: _Pass, on: GpuPlacement | None = None, skipped: tuple[Mapping[str, Any], ...] = ()) -> bool:
         """Create the step's Job (or adopt the one a killed operator created); False if it cannot start yet."""
         from kubernetes.client.exceptions import ApiException
 
         remaining = int((deadline - self.clock()).total_seconds())
         body = jobs.build_job(step, cycle=ref, spec=spec, settings=self.settings, attempt=attempt,
-                              active_deadline_seconds=remaining)
+                              active_deadline_seconds=remaining, placement=on)
         name = body["metadata"]["name"]
         try:
             job = _raw(self.clients.batch.create_namespaced_job(ref.namespace, body, _preload_content=False,
@@ -298,9 +403,110 @@ class JobExecutor:
                 return False
         _, isolation = jobs.stage_argv(step, spec.placement.sandbox.runtime_class_name)
         work.jobs[step.name] = job
-        work.record = work.record.with_stage(step.name, StageRecord(name, attempt, "running", isolation=isolation))
-        work.event("Normal", "StageStarted", f"{step.name}: Job {name}" + (f" ({isolation})" if isolation else ""))
+        work.record = work.record.with_stage(step.name, StageRecord(
+            name, attempt, "running", isolation=isolation, placement=on.name if on else None, skipped=skipped))
+        where = f" on placement {on.name}" if on else ""
+        work.event("Normal", "StageStarted", f"{step.name}: Job {name}{where}" +
+                   (f" ({isolation})" if isolation else ""))
         return True
+
+    # GPU hours ---------------------------------------------------------------------------------------------------
+
+    def _choose(self, spec: CycleSpec, ref: jobs.CycleRef, step: plan.Step, work: _Pass,
+                exclude: set[str] | None = None) -> placement.Choice | None:
+        """The placement for a GPU step now, from the ledger brought up to date with the namespace's pods; None
+        (and the cycle waits, saying why) when the ledger cannot be read or written: budgets are never guessed."""
+        from kubernetes.client.exceptions import ApiException
+
+        now = self.clock()
+        try:
+            rows = self._sync(ref.namespace, now)
+        except (ApiException, LedgerError) as error:
+            detail = f"{error.status} {error.reason}" if isinstance(error, ApiException) else str(error)
+            message = (f"{step.name} waits: the GPU ledger (ConfigMap {ref.namespace}/{LEDGER_NAME}) cannot be "
+                       f"used: {detail}; the operator needs get, create and update on configmaps")
+            work.waiting = ("GPULedgerUnavailable", message[:1000])
+            return None
+        self._report(ref.namespace, rows, [spec], now)
+        return placement.choose(placement.options_for(spec, step.stage), rows, now, exclude or ())
+
+    def _sync(self, namespace: str, now: datetime) -> list[placement.Usage]:
+        """Record every GPU pod of the namespace in its ledger and close the rows of pods that are gone."""
+        pods = _raw(self.clients.core.list_namespaced_pod(
+            namespace, label_selector=f"{jobs.MANAGED_BY[0]}={jobs.MANAGED_BY[1]},{jobs.LABEL_KIND}=gpu",
+            _preload_content=False, _request_timeout=self.clients.timeout)).get("items") or []
+        seen = [u for u in (jobs.gpu_usage(p) for p in pods) if u is not None]
+        alive = {u.key for u in seen}
+        return self._update(namespace, lambda rows: placement.close_vanished(placement.merge(rows, seen), alive, now),
+                            now)
+
+    def _account(self, ref: jobs.CycleRef, spec: CycleSpec, pods: list[dict[str, Any]]) -> None:
+        """Record this cycle's GPU pods in the ledger when they start and end (and close the row of one that
+        vanished): only what this operator has not written yet, so most reconciles cost no API call."""
+        now = self.clock()
+        seen = [u for u in (jobs.gpu_usage(p) for p in pods) if u is not None]
+        uids = {str(p["metadata"].get("uid")) for p in pods}
+        with self._ledger_lock:
+            gone = [r for (ns, key), r in self._recorded.items()
+                    if ns == ref.namespace and r.cycle == ref.name and r.end is None and key not in uids]
+            changed = [u for u in seen if self._recorded.get((ref.namespace, u.key)) != u]
+        if not changed and not gone:
+            return
+        from kubernetes.client.exceptions import ApiException
+
+        closed = placement.close_vanished(gone, set(), now)
+        try:
+            rows = self._update(ref.namespace, lambda rows: placement.merge(rows, [*changed, *closed]), now)
+        except (ApiException, LedgerError) as error:  # the next reconcile, or the resync, records them
+            log.warning("could not record GPU hours of %s/%s: %s", ref.namespace, ref.name, error)
+            return
+        self._report(ref.namespace, rows, [spec], now)
+
+    def pod_deleted(self, namespace: str, pod: Mapping[str, Any]) -> None:
+        """A GPU pod is gone: its row ends at its container's end, or now if it never reported one."""
+        found = jobs.gpu_usage(pod)
+        if found is None:
+            return
+        now = self.clock()
+        closed = placement.close_vanished([found], set(), now)
+        self._update(namespace, lambda rows: placement.merge(rows, closed), now)
+
+    def refresh_ledgers(self, cycles: list[Mapping[str, Any]]) -> None:
+        """Bring each namespace's ledger up to date and the GPU-hour metrics with it (the resync calls this)."""
+        by_namespace: dict[str, list[CycleSpec]] = {}
+        for found in cycles:
+            specs = by_namespace.setdefault(found["metadata"]["namespace"], [])
+            try:
+                specs.append(CycleSpec.model_validate(found.get("spec") or {}))
+            except ValidationError:
+                continue
+        from kubernetes.client.exceptions import ApiException
+
+        now = self.clock()
+        for namespace, specs in sorted(by_namespace.items()):
+            try:
+                rows = self._sync(namespace, now)
+            except LedgerError as error:
+                log.error("%s", error)
+                continue
+            except ApiException as error:
+                log.warning("could not bring the GPU ledger of %s up to date: %s %s", namespace, error.status,
+                            error.reason)
+                continue
+            self._report(namespace, rows, specs, now)
+
+    def _update(self, namespace: str, change: Callable[[list[placement.Usage]], list[placement.Usage]],
+                now: datetime) -> list[placement.Usage]:
+        rows = ClusterLedger(self.clients.core, namespace, self.clients.timeout).update(change, now)
+        with self._ledger_lock:
+            for key in [k for k in self._recorded if k[0] == namespace]:
+                del self._recorded[key]
+            self._recorded.update({(namespace, row.key): row for row in rows})
+        return rows
+
+    def _report(self, namespace: str, rows: list[placement.Usage], specs: list[CycleSpec], now: datetime) -> None:
+        options = [o for spec in specs for stage in placement.GPU_STAGES for o in placement.options_for(spec, stage)]
+        self.metrics.gpu_hours(namespace, placement.usage_report(rows, options, now))
 
     def _stop_jobs(self, ref: jobs.CycleRef, work: _Pass) -> None:
         for step, stage in work.record.stages.items():
@@ -337,7 +543,8 @@ class JobExecutor:
 
     def _write(self, cycle: dict[str, Any], spec: CycleSpec, ref: jobs.CycleRef, layout: plan.Layout, work: _Pass,
                *, suspended: bool) -> dict[str, Any]:
-        situation = Situation(queued_behind=work.queued_behind, waiting=work.waiting, suspended=suspended)
+        situation = Situation(queued_behind=work.queued_behind, waiting=work.waiting, suspended=suspended,
+                              placement_wait=work.placement_wait)
         old = cycle.get("status") or {}
         new = render(spec, work.record, layout, situation, generation=int(cycle["metadata"].get("generation", 0)),
                      now=now_rfc3339(), previous=old)

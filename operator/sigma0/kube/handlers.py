@@ -7,9 +7,11 @@ so the periodic resync (deadlines, queue hand-over, waiting pods) is a plain thr
 
     TrainingCycle events     reconcile it; on DELETED, hand its release to the next cycle in the queue
     Job and pod events       reconcile the cycle they belong to (label sigma0.dev/cycle), so a finished Job or
-                             an Unschedulable pod shows up in the status at once
-    resync thread            every --resync-seconds: every unfinished cycle, and the phase gauge; with
-                             --peering, only while this replica is the one kopf lets handle events
+                             an Unschedulable pod shows up in the status at once; a deleted GPU pod's hours
+                             are closed in the namespace's GPU ledger
+    resync thread            every --resync-seconds: every unfinished cycle, the phase gauge, and the GPU
+                             ledgers and GPU-hour gauges of the namespaces with cycles; with --peering, only
+                             while this replica is the one kopf lets handle events
 
 With peering, kopf pauses its handlers in every replica but the live one with the highest priority; the resync
 thread is not kopf's, so it reads the same peering object and applies the same rule (`peering_active`).
@@ -17,6 +19,7 @@ thread is not kopf's, so it reads the same peering object and applies the same r
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections import Counter
@@ -146,6 +149,7 @@ def resync_once() -> None:
     for cycle in sorted(cycles, key=lambda c: c["metadata"].get("creationTimestamp") or ""):
         if not _finished(cycle) and not runtime.stop.is_set():
             reconcile(cycle["metadata"]["namespace"], cycle["metadata"]["name"])
+    runtime.executor.refresh_ledgers(cycles)
 
 
 def _resync_loop() -> None:
@@ -206,7 +210,14 @@ def job_event(labels: kopf.Labels, namespace: str, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels={jobs.MANAGED_BY[0]: jobs.MANAGED_BY[1]})
-def pod_event(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+def pod_event(type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str, **_: Any) -> None:
+    if type == "DELETED" and labels.get(jobs.LABEL_KIND) == "gpu":
+        try:
+            _rt().executor.pod_deleted(namespace, copy.deepcopy(dict(body)))
+        except Exception:
+            _rt().metrics.errors.labels("ledger").inc()
+            log.exception("recording the end of GPU pod %s/%s failed; the resync closes it", namespace,
+                          body.get("metadata", {}).get("name"))
     cycle = labels.get(jobs.LABEL_CYCLE)
     if cycle:
         reconcile(namespace, cycle)

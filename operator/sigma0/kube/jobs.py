@@ -10,9 +10,11 @@ What a stage pod looks like, by the step's kind (sigma0.plan.Step.kind):
              and the label that the deny-all NetworkPolicy (manifests/per-namespace/) selects. A failed
              sandbox pod is never retried (podFailurePolicy FailJob on any non-zero exit): the verdict stands.
     plain    harvest, dataset, decide: they only move data. The same hardened pod, without the runtime class.
-    gpu      train, generate: the trainer image with the cycle's GPU placement (resources, nodeSelector,
-             tolerations, priorityClassName). They load the model and never execute model output, so they do
-             not need gVisor (which has no GPU passthrough to speak of) but are otherwise just as locked down.
+    gpu      train, generate: the trainer image with one of the step's GPU placements (GPUs, resources,
+             nodeSelector, tolerations, priorityClassName; which one is the executor's choice, see
+             sigma0.placement), labelled with the placement's name and GPU count, from which the operator counts
+             GPU-hours (`gpu_usage`). They load the model and never execute model output, so they do not need
+             gVisor (which has no GPU passthrough to speak of) but are otherwise just as locked down.
 
 gVisor cannot nest: inside a gVisor pod, `runsc` cannot start another sandbox. So when the pod has a runtime
 class, a sandbox step runs with `--sandbox process` (the stage's warm-worker, rlimits and nonce checks still
@@ -26,6 +28,7 @@ termination message, which `observe` reads from the pod status: the operator nev
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -34,6 +37,7 @@ from typing import Any
 
 from sigma0 import plan
 from sigma0.kube import API_VERSION
+from sigma0.placement import Usage, gpu_count, options_for, parse_time
 from sigma0.spec import CycleSpec, GpuPlacement
 
 CONTAINER = "stage"
@@ -47,13 +51,15 @@ LABEL_STAGE = "sigma0.dev/stage"
 LABEL_KIND = "sigma0.dev/kind"
 LABEL_ATTEMPT = "sigma0.dev/attempt"
 LABEL_NETWORK = "sigma0.dev/network"  # "none": selected by the deny-all-egress NetworkPolicy
+LABEL_PLACEMENT = "sigma0.dev/placement"  # GPU steps: the placement's name
+LABEL_GPUS = "sigma0.dev/gpus"  # GPU steps: how many GPUs the pod holds (GPU-hours = this x hours)
 MANAGED_BY = ("app.kubernetes.io/managed-by", "sigma0-operator")
 
 EXIT_BAD_INPUT = 2  # sigma0.cli: StageInputError; retrying cannot help
 
 SANDBOX_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
 CPU_TRAINER_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
-GPU_RESOURCES = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
+GPU_RESOURCES = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "32Gi"}}  # + the GPUs
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,8 @@ def cycle_selector(cycle: CycleRef) -> str:
     return f"{LABEL_CYCLE}={cycle.name},{LABEL_CYCLE_UID}={cycle.uid}"
 
 
-def labels(step: plan.Step, cycle: CycleRef, attempt: int) -> dict[str, str]:
+def labels(step: plan.Step, cycle: CycleRef, attempt: int, placement: GpuPlacement | None = None,
+           gpus: int = 0) -> dict[str, str]:
     found = {
         "app.kubernetes.io/name": "sigma0",
         "app.kubernetes.io/component": "stage",
@@ -141,6 +148,9 @@ def labels(step: plan.Step, cycle: CycleRef, attempt: int) -> dict[str, str]:
     }
     if step.kind != "gpu":  # GPU pods may need to fetch a hub model; nothing else needs the network
         found[LABEL_NETWORK] = "none"
+    elif placement is not None:
+        found[LABEL_PLACEMENT] = placement.name
+        found[LABEL_GPUS] = str(gpus)
     return found
 
 
@@ -172,31 +182,40 @@ def failure_policy(kind: str) -> dict[str, Any]:
     return {"rules": rules}
 
 
-def _gpu_placement(step: plan.Step, spec: CycleSpec) -> GpuPlacement | None:
-    return spec.placement.train if step.stage == "train" else spec.placement.eval
+def gpu_resources(placement: GpuPlacement, spec: CycleSpec) -> dict[str, Any]:
+    """A GPU pod's container resources on `placement`: its resources (or the defaults), with `gpus` of its
+    gpuResource when set; with neither resources nor gpus, one GPU (none for a cycle that trains on the CPU)."""
+    if placement.resources:
+        found = copy.deepcopy(dict(placement.resources))
+        count = placement.gpus
+    else:
+        found = copy.deepcopy(CPU_TRAINER_RESOURCES if spec.train.device == "cpu" else GPU_RESOURCES)
+        count = placement.gpus if placement.gpus is not None else (0 if spec.train.device == "cpu" else 1)
+    if count is not None:
+        for part in ("limits", "requests"):
+            (found.get(part) or {}).pop(placement.gpu_resource, None)
+        if count:  # an extended resource is asked for in limits; requests, if given, must equal them
+            found.setdefault("limits", {})[placement.gpu_resource] = str(count)
+        found = {part: values for part, values in found.items() if values or part not in ("limits", "requests")}
+    return found
 
 
-def _resources(step: plan.Step, spec: CycleSpec) -> dict[str, Any]:
-    if step.kind != "gpu":
-        return dict(spec.placement.sandbox.resources or SANDBOX_RESOURCES)
-    placement = _gpu_placement(step, spec)
-    if placement is not None and placement.resources:
-        return dict(placement.resources)
-    return dict(CPU_TRAINER_RESOURCES if spec.train.device == "cpu" else GPU_RESOURCES)
+def _resources(spec: CycleSpec, placement: GpuPlacement | None) -> dict[str, Any]:
+    if placement is not None:
+        return gpu_resources(placement, spec)
+    return dict(spec.placement.sandbox.resources or SANDBOX_RESOURCES)
 
 
-def _placement(step: plan.Step, spec: CycleSpec) -> dict[str, Any]:
+def _placement(step: plan.Step, spec: CycleSpec, placement: GpuPlacement | None) -> dict[str, Any]:
     """nodeSelector, tolerations, priorityClassName and runtimeClassName for the pod."""
     found: dict[str, Any] = {}
-    if step.kind == "gpu":
-        placement = _gpu_placement(step, spec)
-        if placement is not None:
-            if placement.node_selector:
-                found["nodeSelector"] = dict(placement.node_selector)
-            if placement.tolerations:
-                found["tolerations"] = [dict(t) for t in placement.tolerations]
-            if placement.priority_class_name:
-                found["priorityClassName"] = placement.priority_class_name
+    if placement is not None:
+        if placement.node_selector:
+            found["nodeSelector"] = dict(placement.node_selector)
+        if placement.tolerations:
+            found["tolerations"] = [dict(t) for t in placement.tolerations]
+        if placement.priority_class_name:
+            found["priorityClassName"] = placement.priority_class_name
         return found
     sandbox = spec.placement.sandbox
     if sandbox.node_selector:
@@ -221,10 +240,15 @@ def _security(settings: PodSettings) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: PodSettings, attempt: int,
-              active_deadline_seconds: int) -> dict[str, Any]:
-    """The Job that runs `step` for `cycle` (attempt 1, 2, ...)."""
+              active_deadline_seconds: int, placement: GpuPlacement | None = None) -> dict[str, Any]:
+    """The Job that runs `step` for `cycle` (attempt 1, 2, ...); a GPU step on `placement` (default: the first
+    of its placements)."""
     name = job_name(cycle.name, step.name, attempt)
-    step_labels = labels(step, cycle, attempt)
+    gpu = step.kind == "gpu"
+    placement = (placement or options_for(spec, step.stage)[0]) if gpu else None
+    resources = _resources(spec, placement)
+    gpus = gpu_count(resources, placement.gpu_resource) if placement is not None else 0
+    step_labels = labels(step, cycle, attempt, placement, gpus)
     argv, _ = stage_argv(step, spec.placement.sandbox.runtime_class_name)
     volume, sub_path = artifacts_volume(spec, settings)
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}]
@@ -249,7 +273,7 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
         "imagePullPolicy": settings.image_pull_policy,
         "command": argv,
         "env": env,
-        "resources": _resources(step, spec),
+        "resources": resources,
         "volumeMounts": mounts,
         "securityContext": container_security,
         "terminationMessagePath": TERMINATION_PATH,
@@ -262,7 +286,7 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
         "securityContext": pod_security,
         "containers": [container],
         "volumes": volumes,
-        **_placement(step, spec),
+        **_placement(step, spec, placement),
     }
     return {
         "apiVersion": "batch/v1",
@@ -289,7 +313,8 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
 
 @dataclass(frozen=True)
 class Observation:
-    """A step's Job as seen now. `waiting` is (reason, message) while its pod cannot run yet."""
+    """A step's Job as seen now. `waiting` is (reason, message) while its pod cannot run yet, and
+    `unschedulable_since` the creation time of that pod while the scheduler finds no node for it."""
 
     state: plan.StepState
     summary: Mapping[str, Any] = field(default_factory=dict)
@@ -297,6 +322,7 @@ class Observation:
     start: str | None = None
     end: str | None = None
     waiting: tuple[str, str] | None = None
+    unschedulable_since: str | None = None
 
 
 def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -388,4 +414,29 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Observ
         summary, message = _failure_message(job, pods)
         end = (_condition(job, "Failed") or {}).get("lastTransitionTime")
         return Observation("failed", summary, message, start, end)
-    return Observation("running", {}, "", start, None, _waiting(job, pods))
+    waiting = _waiting(job, pods)
+    pod = _newest(pods)
+    since = pod["metadata"].get("creationTimestamp") if waiting and waiting[0] == "Unschedulable" and pod else None
+    return Observation("running", {}, "", start, None, waiting, since)
+
+
+def gpu_usage(pod: Mapping[str, Any]) -> Usage | None:
+    """A GPU stage pod's row in the GPU ledger: its placement and GPUs (its labels) from the real start of its
+    container to its end (None while it runs); None for any other pod, or one whose container never started."""
+    metadata = pod["metadata"]
+    pod_labels = metadata.get("labels") or {}
+    if pod_labels.get(LABEL_KIND) != "gpu" or LABEL_PLACEMENT not in pod_labels:
+        return None
+    state: Mapping[str, Any] = {}
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER:
+            state = status.get("state") or {}
+    terminated, running = state.get("terminated") or {}, state.get("running") or {}
+    started = terminated.get("startedAt") or running.get("startedAt")
+    if not started:
+        return None
+    finished = terminated.get("finishedAt")
+    return Usage(key=str(metadata.get("uid") or metadata["name"]), placement=pod_labels[LABEL_PLACEMENT],
+                 stage=pod_labels.get(LABEL_STEP, ""), cycle=pod_labels.get(LABEL_CYCLE, ""),
+                 start=parse_time(started), end=parse_time(finished) if finished else None,
+                 gpus=int(pod_labels.get(LABEL_GPUS, "0")))

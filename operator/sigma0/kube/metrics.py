@@ -5,6 +5,11 @@
     sigma0_decisions_total{release,outcome}        Promoted, Bootstrapped, Rejected, Stale
     sigma0_promotions_total{release}               AdapterRelease writes made by a cycle
     sigma0_reconcile_errors_total{kind}            reconciles that raised (Conflict is counted, and harmless)
+    sigma0_gpu_hours_used{namespace,placement}     GPU-hours a placement's pods used in the trailing 7 days
+    sigma0_gpu_hours_left{namespace,placement}     its weekly budget minus that (placements with a budget only)
+    sigma0_placement_skips_total{step,placement,reason}
+                                                   placements passed over: BudgetSpent, NoBudget, Unschedulable
+                                                   (a pod deleted after waiting too long: a fallback)
 """
 
 from __future__ import annotations
@@ -28,6 +33,12 @@ class OperatorMetrics:
         self.promotions = Counter("sigma0_promotions", "AdapterRelease writes by a cycle", ["release"],
                                   registry=self.registry)
         self.errors = Counter("sigma0_reconcile_errors", "Reconciles that raised", ["kind"], registry=self.registry)
+        self.gpu_used = Gauge("sigma0_gpu_hours_used", "GPU-hours used per placement in the trailing 7 days",
+                              ["namespace", "placement"], registry=self.registry)
+        self.gpu_left = Gauge("sigma0_gpu_hours_left", "Weekly GPU-hour budget left per placement",
+                              ["namespace", "placement"], registry=self.registry)
+        self.skips = Counter("sigma0_placement_skips", "GPU placements passed over, by reason",
+                             ["step", "placement", "reason"], registry=self.registry)
         self._phases: set[str] = set()
 
     def stage_finished(self, stage: str, state: str, seconds: float | None) -> None:
@@ -38,6 +49,16 @@ class OperatorMetrics:
         self.decisions.labels(release, outcome).inc()
         if outcome in PROMOTING:
             self.promotions.labels(release).inc()
+
+    def gpu_hours(self, namespace: str, report: Mapping[str, Mapping[str, float]]) -> None:
+        """Used and left GPU-hours per placement (sigma0.placement.usage_report) of one namespace."""
+        for name, figures in report.items():
+            self.gpu_used.labels(namespace, name).set(figures["used"])
+            if "left" in figures:
+                self.gpu_left.labels(namespace, name).set(figures["left"])
+
+    def placement_skipped(self, step: str, placement: str, reason: str) -> None:
+        self.skips.labels(step, placement, reason).inc()
 
     def set_phases(self, counts: Mapping[str, int]) -> None:
         """Cycles by phase; a phase seen before and now empty reads 0 rather than disappearing."""

@@ -13,6 +13,9 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sigma0.kube import jobs
@@ -21,7 +24,22 @@ ENV = {  # flag → environment variable that sets its default (the Deployment s
     "sandbox_image": "SIGMA0_SANDBOX_IMAGE",
     "trainer_image": "SIGMA0_TRAINER_IMAGE",
     "artifacts_claim": "SIGMA0_ARTIFACTS_CLAIM",
+    "clock_file": "SIGMA0_CLOCK_FILE",  # test only
 }
+
+
+def operator_clock(clock_file: str | None = None) -> Callable[[], datetime]:
+    """The operator's clock: the real one, or (tests only, --clock-file) the real one plus the seconds written in
+    `clock_file`, re-read on every call (no file: no offset). Stage pods' start and end times, which GPU-hours are
+    counted from, stay real: only the operator's idea of now moves."""
+
+    def now() -> datetime:
+        offset = ""
+        if clock_file and Path(clock_file).exists():
+            offset = Path(clock_file).read_text().strip()
+        return datetime.now(UTC) + timedelta(seconds=float(offset or 0))
+
+    return now
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
     parser.add_argument("--peering", metavar="NAME", help="run with kopf peering NAME (default: standalone)")
     parser.add_argument("--priority", type=int, default=0, help="peering priority (higher wins)")
+    parser.add_argument("--clock-file", default=os.environ.get(ENV["clock_file"]), metavar="PATH",
+                        help="TEST ONLY: a file holding seconds to add to the operator's clock, read on every use "
+                        "(GPU budget windows, Unschedulable patience, deadlines); lets a test move a week ahead")
     parser.add_argument("--verbose", action="store_true")
 
 
@@ -86,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
 
     clients = Clients.of(api_client(args.kubeconfig), timeout=(5.0, 30.0))
     metrics = OperatorMetrics()
-    executor = JobExecutor(clients, settings_from(args), metrics=metrics)
+    if args.clock_file:
+        logging.getLogger("sigma0.operator").warning("TEST CLOCK: the operator's time is offset by the seconds "
+                                                     "in %s", args.clock_file)
+    executor = JobExecutor(clients, settings_from(args), metrics=metrics, clock=operator_clock(args.clock_file))
     identity = f"sigma0@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
     peering = None
     if args.peering:

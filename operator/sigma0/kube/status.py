@@ -4,10 +4,12 @@ Pure. The status holds two kinds of fields:
 
     the record   what has been observed and must survive an operator restart: admitted, incumbentResolved,
                  resolvedIncumbent, stages (per step: Job, attempt, state, start, end, summary, message,
-                 isolation), published, failure. `read_record` turns it back into a CycleRecord.
+                 isolation; GPU steps also their placement and the placements skipped, with why), published,
+                 failure. `read_record` turns it back into a CycleRecord.
     the view     derived from the record on every write: phase, message, conditions (Harvested, Verified,
                  Trained, Evaluated, Decided, Ready, Failed), counts, candidate and incumbent pass@1 (with the
-                 display strings the printer columns show), decision, releaseRevision.
+                 display strings the printer columns show), decision, releaseRevision, placement (the
+                 `-o wide` column), placementWait (while no GPU placement has budget left).
 
 kopf keeps nothing in it: the operator uses only event handlers, which store no progress (see handlers.py).
 """
@@ -19,11 +21,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sigma0 import plan
+from sigma0.placement import GPU_STAGES
 from sigma0.spec import CycleSpec
 
 PHASE_QUEUED = "Queued"
 PHASE_SUSPENDED = "Suspended"
 PHASE_PROMOTING = "Promoting"
+PHASE_WAITING = "Waiting"  # a GPU step cannot start: every placement's budget is zero or spent
 
 GROUPS: dict[str, tuple[str, ...]] = {  # condition type → the stages (Step.stage) it covers
     "Harvested": ("harvest",),
@@ -45,14 +49,18 @@ class StageRecord:
     summary: Mapping[str, Any] = field(default_factory=dict)
     message: str = ""
     isolation: str | None = None
+    placement: str | None = None  # GPU steps: the placement the Job runs on
+    skipped: tuple[Mapping[str, Any], ...] = ()  # GPU steps: placements passed over (sigma0.placement.Skip)
 
     def to_status(self) -> dict[str, Any]:
         data: dict[str, Any] = {"job": self.job, "attempt": self.attempt, "state": self.state,
                                 "summary": dict(self.summary)}
         for key, value in (("startTime", self.start), ("completionTime", self.end), ("message", self.message),
-                           ("isolation", self.isolation)):
+                           ("isolation", self.isolation), ("placement", self.placement)):
             if value:
                 data[key] = value
+        if self.skipped:
+            data["skipped"] = [dict(skip) for skip in self.skipped]
         return data
 
     @classmethod
@@ -60,7 +68,13 @@ class StageRecord:
         return cls(job=str(data["job"]), attempt=int(data.get("attempt", 1)), state=data["state"],
                    start=data.get("startTime"), end=data.get("completionTime"),
                    summary=dict(data.get("summary") or {}), message=str(data.get("message") or ""),
-                   isolation=data.get("isolation"))
+                   isolation=data.get("isolation"), placement=data.get("placement"),
+                   skipped=tuple(dict(skip) for skip in data.get("skipped") or ()))
+
+    @property
+    def fallbacks(self) -> int:
+        """Attempts that were ended on purpose: a pod that stayed Unschedulable, deleted for the next placement."""
+        return sum(1 for skip in self.skipped if skip.get("reason") == "Unschedulable")
 
 
 @dataclass(frozen=True)
@@ -124,12 +138,27 @@ def _record_fields(record: CycleRecord) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class PlacementWait:
+    """A GPU step that cannot start: no placement has budget left. `until`: the earliest time one frees."""
+
+    step: str
+    reason: str
+    message: str
+    until: str | None = None
+
+    def to_status(self) -> dict[str, Any]:
+        data = {"step": self.step, "reason": self.reason, "message": self.message[:1000]}
+        return data | ({"until": self.until} if self.until else {})
+
+
+@dataclass(frozen=True)
 class Situation:
     """What the executor knows besides the record: why the cycle waits, if it does."""
 
     queued_behind: str | None = None  # a message naming the cycle(s) ahead in the release's queue
     waiting: tuple[str, str] | None = None  # (reason, message) of a stage pod that cannot run yet
     suspended: bool = False
+    placement_wait: PlacementWait | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +189,9 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
         if situation.suspended:
             return View(PHASE_SUSPENDED, None, PHASE_SUSPENDED,
                         f"suspended before {action.step.name}: set spec.suspend to false to continue")
+        wait = situation.placement_wait
+        if wait is not None and wait.step == action.step.name:
+            return View(PHASE_WAITING, None, wait.reason, wait.message)
         if situation.waiting is not None:
             return View(action.step.phase, None, situation.waiting[0], situation.waiting[1])
         return View(action.step.phase, None, "Starting", f"starting {action.step.name}")
@@ -255,6 +287,9 @@ def _group_condition(kind: str, spec: CycleSpec, record: CycleRecord, layout: pl
         return _condition(kind, "False", "Skipped", "the cycle ended before this stage")
     if current.phase in (PHASE_QUEUED, PHASE_SUSPENDED):
         return _condition(kind, "Unknown", current.phase, current.message)
+    wait = situation.placement_wait
+    if wait is not None and any(s.name == wait.step for s, _ in stages):
+        return _condition(kind, "Unknown", wait.reason, wait.message)
     return _condition(kind, "Unknown", "NotStarted", "not started yet")
 
 
@@ -338,7 +373,21 @@ def render(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation:
         status["decision"] = found
     if record.published is not None and record.published.get("revision") is not None:
         status["releaseRevision"] = int(record.published["revision"])
+    placements = placement_display(record)
+    if placements:
+        status["placement"] = placements
+    if situation.placement_wait is not None and current.phase == PHASE_WAITING:
+        status["placementWait"] = situation.placement_wait.to_status()
     return status
+
+
+def placement_display(record: CycleRecord) -> str:
+    """`train=a100,generate=t4`: where each GPU step ran (or runs), in the plan's order, for `kubectl get tc -o
+    wide`."""
+    order = list(GPU_STAGES)
+    placed = sorted((order.index(name) if name in order else len(order), name, stage.placement)
+                    for name, stage in record.stages.items() if stage.placement)
+    return ",".join(f"{name}={where}" for _, name, where in placed)
 
 
 def same_status(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import builtins
 import collections
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -243,7 +244,13 @@ class Worker:
         # Outside gVisor (not pid 1) the worker becomes the reaper of orphans, and children die with it.
         self.libc = _Libc() if self.grant_read or self.pid != 1 else None
         if self.libc is not None and self.pid != 1:
-            self.libc.call("prctl", 36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+            try:
+                self.libc.call("prctl", 36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+            except OSError as error:
+                # Older gVisor (a worker inside a gVisor pod) lacks it: orphans then go to the pod's init and die
+                # with the pod; each run's process group and slot user are still killed after it.
+                if error.errno != errno.EINVAL:
+                    raise
         self.base = str(config["base"])  # made by the parent, which removes it too
         os.chmod(self.base, 0o711)  # the slot users reach their own folders in it, and nothing else
         self.runs_started = 0
