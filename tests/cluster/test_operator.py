@@ -1,0 +1,547 @@
+"""The operator end to end, on the real control plane (tests/cluster): `sigma0 operator` as a subprocess, under a
+ServiceAccount bound only to manifests/10-rbac.yaml, driving real Jobs whose pods the test pod executor runs
+(sandbox pods under gVisor), with the tiny CPU model.
+
+Every wait is bounded and, on timeout, fails with the cycle's status, its Jobs and pods, the failed pods' logs
+and the operator's log.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+from sigma0.kube import releases as kube_releases
+from sigma0.plan import Incumbent
+
+from .cluster import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "cycle.yaml"
+MANIFESTS = ROOT / "manifests"
+GROUP, VERSION = "sigma0.dev", "v1alpha1"
+POD_USER = 65532
+T = TypeVar("T")
+
+
+# The platform: CRDs, RBAC, RuntimeClass, an artifacts folder, the operator ------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pod_user() -> int:
+    """Stage pods run as the images' non-root user when this machine lets that user run the test's Python;
+    where the interpreter sits in a folder only root can enter, they run as root (a test-harness limit, said in
+    the operator's --run-as-user help; the Job builder's default stays non-root, see tests/test_kube_jobs.py)."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import sigma0"], capture_output=True, check=False,
+                               user=POD_USER, group=POD_USER, extra_groups=[], timeout=60)
+    except PermissionError:
+        return 0
+    return POD_USER if probe.returncode == 0 else 0
+
+
+class Operator:
+    """`python -m sigma0 operator` with the ServiceAccount's kubeconfig; killable and restartable."""
+
+    def __init__(self, kubeconfig: Path, log: Path, run_as_user: int) -> None:
+        self.kubeconfig, self.log, self.run_as_user = kubeconfig, log, run_as_user
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = self.liveness_port = 0
+        self.starts = 0
+
+    def start(self) -> None:
+        self.metrics_port, self.liveness_port = _free_port(), _free_port()
+        command = [sys.executable, "-m", "sigma0", "operator", "--kubeconfig", str(self.kubeconfig),
+                   "--all-namespaces", "--run-as-user", str(self.run_as_user), "--resync-seconds", "3",
+                   "--watch-timeout", "20", "--metrics-port", str(self.metrics_port),
+                   "--liveness-port", str(self.liveness_port), "--job-ttl", "3600"]
+        with open(self.log, "ab") as out:
+            out.write(f"\n==== start {self.starts + 1}: {' '.join(command)}\n".encode())
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, cwd=ROOT)
+        self.starts += 1
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the operator exited with {self.proc.returncode}:\n{self.tail()}", pytrace=False)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        pytest.fail(f"the operator's liveness endpoint did not answer in 90 s:\n{self.tail()}", pytrace=False)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no last status write."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
+            return answer.read().decode()
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Platform:
+    cluster: Cluster
+    operator: Operator
+    artifacts: Path
+    kubeconfig: Path  # the operator's ServiceAccount
+    custom: Any  # CustomObjectsApi as cluster-admin (the test's own reads and writes)
+    batch: Any
+    core: Any
+    sa_custom: Any  # CustomObjectsApi as the operator's ServiceAccount
+
+
+def _kubeconfig(cluster: Cluster, token: str, path: Path) -> Path:
+    assert cluster.control_plane is not None
+    document = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "test", "cluster": {"server": cluster.server,
+                                                  "certificate-authority": str(cluster.control_plane.ca)}}],
+        "users": [{"name": "sigma0-operator", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sigma0-operator"}}],
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.fixture(scope="module")
+def platform(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+    for name in ("00-namespace.yaml", "10-rbac.yaml", "20-runtimeclass.yaml"):
+        cluster.kubectl("apply", "-f", str(MANIFESTS / name))
+    cluster.kubectl("wait", "--for=condition=established", "--timeout=60s",
+                    f"crd/trainingcycles.{GROUP}", f"crd/adapterreleases.{GROUP}")
+    work = tmp_path_factory.mktemp("operator")
+    token = cluster.service_account_token("sigma0-system", "sigma0-operator", seconds=4 * 3600)
+    kubeconfig = _kubeconfig(cluster, token, work / "sa.kubeconfig")
+    artifacts = work / "artifacts"
+    shutil.copytree(ROOT / "examples" / "corpus", artifacts / "corpus")
+    for folder in (artifacts, *artifacts.rglob("*")):
+        folder.chmod(0o777 if folder.is_dir() else 0o666)
+    operator = Operator(kubeconfig, work / "operator.log", _pod_user())
+    operator.start()
+    admin = cluster.api_client()
+    try:
+        yield Platform(cluster, operator, artifacts, kubeconfig, client.CustomObjectsApi(admin),
+                       client.BatchV1Api(admin), client.CoreV1Api(admin),
+                       client.CustomObjectsApi(config.new_client_from_config(config_file=str(kubeconfig))))
+    finally:
+        operator.stop()
+
+
+@pytest.fixture
+def ns(platform: Platform, namespace: str) -> Iterator[str]:
+    """A fresh namespace with the default artifacts claim, bound to the shared artifacts folder."""
+    pv = f"artifacts-{namespace}"
+    platform.core.create_persistent_volume({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(platform.artifacts)}}})
+    platform.core.create_namespaced_persistent_volume_claim(namespace, {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "sigma0-artifacts"},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                 "resources": {"requests": {"storage": "1Gi"}}}})
+    try:
+        yield namespace
+    finally:
+        platform.core.delete_persistent_volume(pv)
+
+
+# Helpers -----------------------------------------------------------------------------------------------------------
+
+
+def example(name: str | None = None, **spec: Any) -> dict[str, Any]:
+    document = yaml.safe_load(EXAMPLE.read_text())
+    if name:
+        document["metadata"]["name"] = name
+    document["spec"].update(copy.deepcopy(spec))
+    return document
+
+
+def apply(platform: Platform, namespace: str, document: dict[str, Any] | Path) -> subprocess.CompletedProcess:
+    """`kubectl apply -f` (a file as it is, or a document through stdin)."""
+    if isinstance(document, Path):
+        return platform.cluster.kubectl("apply", "-n", namespace, "-f", str(document), check=False)
+    return platform.cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(document),
+                                    check=False)
+
+
+def cycle(platform: Platform, namespace: str, name: str) -> dict[str, Any]:
+    return platform.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "trainingcycles", name)
+
+
+def status(platform: Platform, namespace: str, name: str) -> dict[str, Any]:
+    return cycle(platform, namespace, name).get("status") or {}
+
+
+def jobs_of(platform: Platform, namespace: str, name: str) -> list[Any]:
+    return platform.batch.list_namespaced_job(namespace, label_selector=f"sigma0.dev/cycle={name}").items
+
+
+def release(platform: Platform, namespace: str, name: str) -> dict[str, Any] | None:
+    return kube_releases.ClusterReleases(platform.custom, namespace).get(name)
+
+
+def diagnostics(platform: Platform, namespace: str) -> str:
+    parts = []
+    for what in ("tc", "ar", "jobs", "pods"):
+        parts.append(platform.cluster.kubectl("get", what, "-n", namespace, "-o", "wide", check=False).stdout)
+    for item in platform.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "trainingcycles")["items"]:
+        found = item.get("status") or {}
+        stages = {k: (v.get("state"), v.get("message", "")[:300]) for k, v in (found.get("stages") or {}).items()}
+        parts.append(f"{item['metadata']['name']}: phase={found.get('phase')} message={found.get('message')!r}\n"
+                     f"  stages={stages}")
+    for pod in platform.core.list_namespaced_pod(namespace).items:
+        if pod.status.phase == "Failed" or pod.status.phase == "Pending":
+            parts.append(f"--- pod {pod.metadata.name} ({pod.status.phase}):\n"
+                         + platform.cluster.pod_log(namespace, pod.metadata.name)[-2000:])
+    parts.append("--- operator log:\n" + platform.operator.tail())
+    return "\n".join(parts)
+
+
+def wait_for(platform: Platform, namespace: str, what: str, check: Callable[[], T | None],
+             timeout: float = 120, interval: float = 0.25) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{diagnostics(platform, namespace)}",
+                pytrace=False)
+
+
+def phase_is(platform: Platform, namespace: str, name: str, *phases: str) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        found = status(platform, namespace, name)
+        return found if found.get("phase") in phases else None
+    return check
+
+
+def condition(found: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in found["conditions"] if c["type"] == kind)
+
+
+def table(text: str) -> list[dict[str, str]]:
+    """kubectl's table output as rows, cut at the header's column starts (cells may hold spaces)."""
+    header, *rows = text.rstrip("\n").splitlines()
+    names = header.split()
+    starts = [header.index(n) for n in names]
+    ends = [*starts[1:], None]
+    return [{n: row[s:e].strip() for n, s, e in zip(names, starts, ends, strict=True)} for row in rows]
+
+
+# Tests -------------------------------------------------------------------------------------------------------------
+
+
+def test_invalid_manifests_are_rejected_by_the_api_server_with_the_field(platform: Platform, ns: str) -> None:
+    answer = apply(platform, ns, example("bad", train={"steps": 0, "quantization": "int3"}))
+    assert answer.returncode != 0
+    assert "spec.train.steps" in answer.stderr and "greater than or equal to 1" in answer.stderr
+    assert "spec.train.quantization" in answer.stderr
+    # CEL rules run once the schema holds
+    answer = apply(platform, ns, example("bad", artifacts={"path": "/srv/a", "pvc": {"claimName": "x"}}))
+    assert answer.returncode != 0
+    assert "spec.artifacts" in answer.stderr
+    assert "set at most one of artifacts.path, artifacts.pvc, artifacts.uri" in answer.stderr
+    unknown = example("bad2")
+    unknown["spec"]["trian"] = {"steps": 3}
+    answer = apply(platform, ns, unknown)
+    assert answer.returncode != 0 and "trian" in answer.stderr
+    # immutable once created; suspend is not
+    good = example("frozen", suspend=True)
+    assert apply(platform, ns, good).returncode == 0, "a valid manifest must be accepted"
+    patch = platform.cluster.kubectl("patch", "tc", "frozen", "-n", ns, "--type=merge",
+                                     "-p", '{"spec": {"train": {"steps": 5}}}', check=False)
+    assert patch.returncode != 0 and "train is immutable" in patch.stderr
+    patch = platform.cluster.kubectl("patch", "tc", "frozen", "-n", ns, "--type=merge",
+                                     "-p", '{"spec": {"release": "other"}}', check=False)
+    assert patch.returncode != 0 and "release is immutable" in patch.stderr
+    assert platform.cluster.kubectl("patch", "tc", "frozen", "-n", ns, "--type=merge",
+                                    "-p", '{"spec": {"suspend": false, "deadlineSeconds": 120}}').returncode == 0
+    platform.cluster.kubectl("delete", "tc", "frozen", "-n", ns, "--wait=false")
+
+
+A, B, C = ("sha256:" + x * 64 for x in "abc")
+
+
+def _decision(outcome: str, passed: int) -> dict[str, Any]:
+    return {"outcome": outcome, "reason": f"{outcome} in a test", "candidate_pass_at_1": passed / 3,
+            "candidate_passed": passed, "candidate_total": 3}
+
+
+class _ReadTogether:
+    """CustomObjectsApi that makes two threads read the release before either writes: a real race to 409."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+        self.barrier = threading.Barrier(2, timeout=30)
+        self.conflicts = 0
+        self.local = threading.local()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.api, name)
+
+    def get_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> Any:
+        found = self.api.get_namespaced_custom_object(*args, **kwargs)
+        if not getattr(self.local, "met", False):
+            self.local.met = True
+            self.barrier.wait()
+        return found
+
+    def replace_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.api.replace_namespaced_custom_object(*args, **kwargs)
+        except client.ApiException as error:
+            self.conflicts += error.status == 409
+            raise
+
+
+def test_two_racing_promotions_exactly_one_wins_and_rollback_works(platform: Platform, ns: str) -> None:
+    as_operator = kube_releases.ClusterReleases(platform.sa_custom, ns)
+    first = as_operator.publish("raced", cycle="c0", decision=_decision("Bootstrapped", 1), candidate_uri="/a/0",
+                                candidate_digest=A, incumbent=None, evidence={"suite": "humaneval"})
+    assert (first["outcome"], first["revision"]) == ("Bootstrapped", 1)
+    incumbent = as_operator.incumbent("raced")
+    assert incumbent == Incumbent(A, "/a/0", 1 / 3, 1)
+
+    racing = _ReadTogether(platform.sa_custom)
+    contenders = kube_releases.ClusterReleases(racing, ns)
+    results: dict[str, dict[str, Any]] = {}
+
+    def promote(cycle_name: str, digest: str) -> None:
+        results[cycle_name] = contenders.publish(
+            "raced", cycle=cycle_name, decision=_decision("Promoted", 2), candidate_uri=f"/a/{cycle_name}",
+            candidate_digest=digest, incumbent=incumbent, evidence={"suite": "humaneval"})
+
+    threads = [threading.Thread(target=promote, args=args) for args in (("c1", B), ("c2", C))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    outcomes = sorted(r["outcome"] for r in results.values())
+    assert outcomes == ["Promoted", "Stale"], results
+    assert racing.conflicts == 1  # the loser hit the resourceVersion precondition, re-read, and decided again
+    winner = next(name for name, r in results.items() if r["outcome"] == "Promoted")
+    current = release(platform, ns, "raced")
+    assert current is not None
+    assert current["spec"]["revision"] == 2 and current["spec"]["current"]["cycle"] == winner
+    assert [p["digest"] for p in current["spec"]["history"]] == [A]
+    loser = next(r for r in results.values() if r["outcome"] == "Stale")
+    assert "changed since the incumbent was evaluated" in loser["reason"]
+
+    # a rejection writes nothing
+    rejected = as_operator.publish("raced", cycle="c3", decision=_decision("Rejected", 0), candidate_uri="/a/3",
+                                   candidate_digest=C, incumbent=as_operator.incumbent("raced"), evidence={})
+    assert rejected["outcome"] == "Rejected"
+    assert release(platform, ns, "raced")["metadata"]["resourceVersion"] == current["metadata"]["resourceVersion"]
+
+    # `sigma0 release rollback NAME --cluster` works against the cluster as it does locally
+    command = [sys.executable, "-m", "sigma0", "release", "rollback", "raced", "--cluster", "--namespace", ns,
+               "--kubeconfig", str(platform.kubeconfig), "--reason", "test"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert f"now points at {A} (revision 3)" in " ".join(done.stdout.split())  # rich wraps long lines
+    rolled = release(platform, ns, "raced")
+    assert rolled["spec"]["current"]["digest"] == A and rolled["spec"]["revision"] == 3
+    assert rolled["spec"]["history"][0]["rolledBack"] is True
+    history = [sys.executable, "-m", "sigma0", "release", "history", "raced", "--cluster", "--namespace", ns,
+               "--kubeconfig", str(platform.kubeconfig)]
+    shown = subprocess.run(history, capture_output=True, text=True, timeout=60, check=False)
+    assert shown.returncode == 0 and "rev 3" in shown.stdout and winner in " ".join(shown.stdout.split())
+    table_out = platform.cluster.kubectl("get", "adapterreleases", "-n", ns).stdout
+    (row,) = table(table_out)
+    assert list(row) == ["NAME", "ADAPTER", "PASS@1", "CYCLE", "REVISION", "AGE"]
+    assert (row["NAME"], row["ADAPTER"], row["CYCLE"], row["REVISION"]) == ("raced", A, "c0", "3")
+
+
+def test_a_failing_stage_fails_the_cycle_with_its_reason_and_leaves_the_release_alone(platform: Platform,
+                                                                                        ns: str) -> None:
+    before = kube_releases.ClusterReleases(platform.custom, ns).publish(
+        "kept", cycle="c0", decision=_decision("Bootstrapped", 1), candidate_uri="/a/0", candidate_digest=A,
+        incumbent=None, evidence={})
+    assert before["outcome"] == "Bootstrapped"
+    untouched = release(platform, ns, "kept")
+    broken = example("broken", release="kept", harvest={"sources": [{"path": "corpus/missing.json"}]})
+    assert apply(platform, ns, broken).returncode == 0
+    found = wait_for(platform, ns, "the broken cycle to fail", phase_is(platform, ns, "broken", "Failed", "Succeeded"))
+    assert found["phase"] == "Failed"
+    failed = condition(found, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "StageFailed"
+    assert failed["message"].startswith("harvest failed: PodFailurePolicy: exit code 2:")
+    assert "missing.json" in failed["message"]
+    assert condition(found, "Harvested")["status"] == "False"
+    assert condition(found, "Ready")["status"] == "False"
+    (job,) = jobs_of(platform, ns, "broken")
+    pods = platform.core.list_namespaced_pod(ns, label_selector=f"job-name={job.metadata.name}").items
+    assert len(pods) == 1, "bad input (exit 2) must not be retried"
+    assert release(platform, ns, "kept") == untouched
+    events = platform.core.list_namespaced_event(ns, field_selector="involvedObject.name=broken").items
+    assert {"Admitted", "StageStarted", "StageFailed", "PhaseFailed"} <= {e.reason for e in events}
+
+
+NOWHERE = {"sandbox": {"nodeSelector": {"sigma0.dev/pool": "nowhere"}}}  # no node has it: pods stay Pending
+
+
+def test_suspend_pauses_before_the_next_stage_and_delete_removes_the_jobs(platform: Platform, ns: str) -> None:
+    assert apply(platform, ns, example("paused", release="paused", suspend=True, placement=NOWHERE)).returncode == 0
+    wait_for(platform, ns, "Suspended", phase_is(platform, ns, "paused", "Suspended"))
+    time.sleep(4)  # more than a resync: still nothing may start
+    assert jobs_of(platform, ns, "paused") == []
+    platform.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", "paused",
+                                                   {"spec": {"suspend": False}})
+    wait_for(platform, ns, "the harvest Job", lambda: jobs_of(platform, ns, "paused"))
+    assert [j.metadata.name for j in jobs_of(platform, ns, "paused")] == ["paused-harvest-1"]
+    platform.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", "paused")
+    wait_for(platform, ns, "the deleted cycle's Jobs to be removed", lambda: not jobs_of(platform, ns, "paused"),
+             timeout=60)
+    assert release(platform, ns, "paused") is None
+
+
+@pytest.mark.slow
+def test_a_waiting_cycle_says_why_and_fails_at_its_deadline(platform: Platform, ns: str) -> None:
+    assert apply(platform, ns, example("late", release="late", deadlineSeconds=60, placement=NOWHERE)).returncode == 0
+
+    def unschedulable() -> dict[str, Any] | None:
+        found = status(platform, ns, "late")
+        waiting = found.get("conditions") and condition(found, "Harvested")["reason"] == "Unschedulable"
+        return found if waiting else None
+    found = wait_for(platform, ns, "the harvest pod to be reported Unschedulable", unschedulable)
+    assert found["phase"] == "Harvesting"
+    harvested = condition(found, "Harvested")
+    assert "is Pending" in harvested["message"] and "node" in harvested["message"]  # the scheduler's own words
+    assert condition(found, "Ready")["reason"] == "Unschedulable"
+    assert found["message"] == harvested["message"]
+    found = wait_for(platform, ns, "the deadline", phase_is(platform, ns, "late", "Failed"), timeout=90)
+    failed = condition(found, "Failed")
+    assert failed["reason"] == "DeadlineExceeded" and "deadlineSeconds=60" in failed["message"]
+    assert found["stages"]["harvest"]["state"] == "failed"
+
+    def stopped() -> bool:  # deleted by the operator, or failed by its own activeDeadlineSeconds: no pod left running
+        pods = platform.core.list_namespaced_pod(ns, label_selector="sigma0.dev/cycle=late").items
+        return all(j.status.failed or j.status.conditions for j in jobs_of(platform, ns, "late")) and all(
+            p.status.phase in ("Failed", "Succeeded") or p.metadata.deletion_timestamp for p in pods)
+    wait_for(platform, ns, "the stage to be stopped", stopped, timeout=60)
+
+
+@pytest.mark.slow
+def test_two_cycles_of_one_release_through_restarts(platform: Platform, ns: str) -> None:
+    """The example bootstraps the release while a second cycle waits Queued; the operator is killed during
+    verify and during train and resumes with no duplicate Job; the second cycle is evaluated against the first
+    one's adapter and decided; `kubectl get` shows it all."""
+    operator = platform.operator
+    assert apply(platform, ns, EXAMPLE).returncode == 0
+    second = example("sample-coder-2", train={**example()["spec"]["train"], "seed": 1})
+    assert apply(platform, ns, second).returncode == 0
+    queued = wait_for(platform, ns, "the second cycle to be Queued", phase_is(platform, ns, "sample-coder-2", "Queued"))
+    assert "sample-coder-1" in queued["message"]
+
+    def running(job: str) -> Callable[[], bool]:
+        def check() -> bool:
+            found = [j for j in jobs_of(platform, ns, "sample-coder-1") if j.metadata.name == job]
+            return bool(found) and not (found[0].status.succeeded or found[0].status.failed)
+        return check
+
+    for job in ("sample-coder-1-verify-1", "sample-coder-1-train-1"):
+        wait_for(platform, ns, f"{job} to run", running(job), timeout=180, interval=0.1)
+        operator.kill()
+        time.sleep(1.5)
+        operator.start()
+
+    first = wait_for(platform, ns, "the first cycle to end",
+                     phase_is(platform, ns, "sample-coder-1", "Succeeded", "Failed"), timeout=400)
+    assert first["phase"] == "Succeeded", diagnostics(platform, ns)
+    assert first["decision"]["outcome"] == "Bootstrapped"
+    assert first["counts"]["verified"] > 0, "the sandbox verified nothing: " + json.dumps(first["stages"]["verify"])
+    assert first["candidate"]["total"] == 3
+    assert "gvisor" in first["stages"]["verify"]["isolation"]
+    published = release(platform, ns, "sample-coder")
+    assert published is not None and published["spec"]["revision"] == 1 == first["releaseRevision"]
+    assert published["spec"]["current"]["cycle"] == "sample-coder-1"
+    assert published["spec"]["current"]["digest"] == first["candidate"]["digest"]
+
+    final = wait_for(platform, ns, "the second cycle to end",
+                     phase_is(platform, ns, "sample-coder-2", "Succeeded", "Failed"), timeout=400)
+    assert final["phase"] == "Succeeded", diagnostics(platform, ns)
+    assert final["startTime"] >= first["completionTime"], "the second cycle started before the first one ended"
+    assert final["resolvedIncumbent"]["digest"] == first["candidate"]["digest"]
+    assert final["incumbent"]["total"] == 3 and final["candidate"]["total"] == 3
+    outcome = final["decision"]["outcome"]
+    assert outcome in ("Promoted", "Rejected")
+    after = release(platform, ns, "sample-coder")
+    assert after["spec"]["revision"] == (2 if outcome == "Promoted" else 1)
+
+    # one Job per step, never a second attempt, through two SIGKILLs
+    expected = {"harvest", "verify", "dataset", "train", "generate", "score-candidate", "decide"}
+    for name, steps in (("sample-coder-1", expected), ("sample-coder-2", expected | {"score-incumbent"})):
+        names = sorted(j.metadata.name for j in jobs_of(platform, ns, name))
+        assert names == sorted(f"{name}-{step}-1" for step in steps), names
+
+    # kubectl get tc, column by column
+    rows = {row["NAME"]: row for row in table(platform.cluster.kubectl("get", "trainingcycles", "-n", ns).stdout)}
+    assert list(rows["sample-coder-1"]) == ["NAME", "RELEASE", "PHASE", "VERIFIED", "CANDIDATE", "INCUMBENT",
+                                            "DECISION", "AGE"]
+    counts = first["counts"]
+    assert rows["sample-coder-1"] | {"AGE": ""} == {
+        "NAME": "sample-coder-1", "RELEASE": "sample-coder", "PHASE": "Succeeded",
+        "VERIFIED": f"{counts['verified']}/{counts['harvested']}", "CANDIDATE": first["candidate"]["passAt1Display"],
+        "INCUMBENT": "none", "DECISION": "Bootstrapped", "AGE": ""}
+    assert rows["sample-coder-2"]["INCUMBENT"] == final["incumbent"]["passAt1Display"]
+    assert rows["sample-coder-2"]["CANDIDATE"] == final["candidate"]["passAt1Display"]
+    assert rows["sample-coder-2"]["DECISION"] == outcome and rows["sample-coder-2"]["AGE"]
+    ar = table(platform.cluster.kubectl("get", "ar", "-n", ns).stdout)[0]
+    assert (ar["NAME"], ar["CYCLE"], ar["REVISION"]) == ("sample-coder", after["spec"]["current"]["cycle"],
+                                                         str(after["spec"]["revision"]))
+
+    # the operator was last restarted during the first cycle's train: it saw both decisions
+    metrics = operator.metrics()
+    assert 'sigma0_decisions_total{outcome="Bootstrapped",release="sample-coder"} 1.0' in metrics
+    assert f'sigma0_decisions_total{{outcome="{outcome}",release="sample-coder"}} 1.0' in metrics
+    assert 'sigma0_stage_duration_seconds_count{state="succeeded",step="decide"} 2.0' in metrics
+    wait_for(platform, ns, "the phase gauge", lambda: 'sigma0_cycles{phase="Succeeded"}' in operator.metrics())
+
+    # deleting a cycle removes its Jobs and never touches the release
+    platform.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", "sample-coder-2")
+    wait_for(platform, ns, "the second cycle's Jobs to go", lambda: not jobs_of(platform, ns, "sample-coder-2"),
+             timeout=60)
+    assert release(platform, ns, "sample-coder")["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"]
