@@ -5,6 +5,7 @@
     sigma0 stage NAME ...                         one stage command (what a local step or a Job's pod runs)
     sigma0 release show|history|rollback NAME     the local release store (--cluster: the AdapterRelease)
     sigma0 operator [--namespace NS ...]          the Kubernetes operator (kopf): TrainingCycles as Jobs
+    sigma0 cycle create MANIFEST                  create a TrainingCycle in a cluster (what the nightly CronJob runs)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from sigma0 import __version__
-from sigma0.spec import ManifestError, load_manifest
+from sigma0.spec import ManifestError, TrainingCycle, load_manifest
 from sigma0.stages import STAGES, StageInputError, load_stage
 from sigma0.termination import write_summary
 
@@ -53,11 +54,18 @@ def _stage_command(name: str, argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _validate(args: argparse.Namespace, console: Console) -> int:
+def _load(manifest: str, console: Console) -> TrainingCycle | None:
+    """The validated manifest, or None after printing every problem with its field."""
     try:
-        cycle = load_manifest(args.manifest)
+        return load_manifest(manifest)
     except ManifestError as error:
         console.print(f"[red]{error}[/]", highlight=False)
+        return None
+
+
+def _validate(args: argparse.Namespace, console: Console) -> int:
+    cycle = _load(args.manifest, console)
+    if cycle is None:
         return EXIT_BAD_INPUT
     name = cycle.name or f"{cycle.generate_name}…"
     console.print(f"[green]valid[/]: TrainingCycle {name} for release {cycle.spec.release}", highlight=False)
@@ -69,10 +77,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     from sigma0.local_release import LocalReleases
     from sigma0.ui import RichReporter, result_table
 
-    try:
-        cycle = load_manifest(args.manifest)
-    except ManifestError as error:
-        console.print(f"[red]{error}[/]", highlight=False)
+    cycle = _load(args.manifest, console)
+    if cycle is None:
         return EXIT_BAD_INPUT
     workdir = Path(args.workdir)
     try:
@@ -166,6 +172,12 @@ def _operator(args: argparse.Namespace, console: Console) -> int:
     return run(args)
 
 
+def _cycle(args: argparse.Namespace, console: Console) -> int:
+    from sigma0.kube.cronjob import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sigma0", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sigma0.kube.operator import add_arguments as add_operator_arguments
 
     add_operator_arguments(commands.add_parser("operator", help="run the Kubernetes operator (kopf)"))
+
+    from sigma0.kube.cronjob import add_arguments as add_cycle_arguments
+
+    add_cycle_arguments(commands.add_parser("cycle", help="create a TrainingCycle in a cluster from a manifest"))
     return parser
 
 
@@ -204,5 +220,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stage_command(argv[1], argv[2:])
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
-    handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator}
+    handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator, "cycle": _cycle}
     return handlers[args.command](args, console)

@@ -4,6 +4,7 @@
     status.py    pure: TrainingCycle status ⇔ CycleState; conditions, printer-column figures
     queue.py     pure: one active cycle per AdapterRelease, in creation order
     releases.py  the AdapterRelease: incumbent, publish (resourceVersion precondition, Stale), rollback
+    ledger.py    the GPU-hours ledger of a namespace (a ConfigMap), which weekly placement budgets are counted in
     executor.py  JobExecutor: one idempotent reconcile of one TrainingCycle (read the world, act, write status)
     handlers.py  thin kopf handlers that call the executor; metrics.py the Prometheus figures
     operator.py  `sigma0 operator`: settings, login, kopf run

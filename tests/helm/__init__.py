@@ -1,0 +1,1 @@
+"""Tools for the chart's tests: see tools.py."""

@@ -1,0 +1,405 @@
+"""The chart (helm/sigma0) and the plain manifests (manifests/), checked without a cluster.
+
+- `helm lint --strict` is clean, and values.schema.json (plus the chart's own cross-field checks) rejects bad values
+  with the field's name;
+- `helm template` output, for several value sets, validates against the Kubernetes 1.36 schemas
+  (kubernetes-validate, strict: unknown fields fail), and the CronJob's cycle template against the CRD;
+- checkov finds nothing on the rendered output, and every check it skips is one of the expected few, each with the
+  reason written next to it in the template;
+- the chart's CRDs and manifests/crds/ are byte-identical to crds/; `kubectl kustomize manifests/` renders exactly
+  the chart's default objects (plus the namespace and the suspended CronJob); the RBAC rules are the same everywhere;
+- the commands the chart's pods run parse with the sigma0 CLI and name images that have a Dockerfile.
+
+The real install on the test control plane is tests/cluster/test_install.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from helm import tools
+from sigma0 import cli
+from sigma0.kube.ledger import NAME as LEDGER_NAME
+from sigma0.spec import openapi_schema, parse_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "sigma0"
+MANIFESTS = ROOT / "manifests"
+K8S_VERSION = "1.36.0"  # the newest schemas kubernetes-validate 1.37.0 has for the test cluster's v1.36.3
+KUBE_VERSION = "v1.36.3"  # helm template --kube-version: the test cluster's
+RELEASE, NAMESPACE = "sigma0", "sigma0-system"
+HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
+
+# Value sets that between them switch every template branch on.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "namespaced": {
+        "watchNamespaces": ["sigma0-system", "team-a"],
+        "artifacts": {"mode": "existingClaim", "existingClaim": "shared-artifacts"},
+        "cronjob": {"enabled": True, "schedule": "30 3 * * 1-5", "timeZone": "Europe/Paris"},
+        "metrics": {"service": False},
+    },
+    "everything": {
+        "image": {"registry": "registry.example.com/ml", "tag": "0.1.0-rc1"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "cycleNamespaces": ["sigma0-system", "nightly"],
+        "operator": {"priorityClassName": "system-cluster-critical", "nodeSelector": {"pool": "system"},
+                     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "system",
+                                      "effect": "NoSchedule"}],
+                     "podAnnotations": {"example.com/team": "ml"}},
+        "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "sigma0@p.iam.gserviceaccount.com"}},
+        # GKE Sandbox's pool: its label instead of the default one (null removes a default key), and its taint
+        "runtimeClass": {"nodeSelector": {"sigma0.dev/gvisor-pool": None, "sandbox.gke.io/runtime": "gvisor"},
+                         "tolerations": [{"key": "sandbox.gke.io/runtime", "operator": "Equal", "value": "gvisor",
+                                          "effect": "NoSchedule"}]},
+        "artifacts": {"mode": "s3", "s3": {"uri": "s3://models-bucket/sigma0", "credentialsSecret": "s3-creds"}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "cronjob": {"enabled": True, "cycle": {"labels": {"team": "ml"}}},
+    },
+}
+
+
+# Running the tools --------------------------------------------------------------------------------------------------
+
+
+def _run(command: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    if check and done.returncode != 0:
+        pytest.fail(f"{' '.join(command[:3])} ... exited {done.returncode}:\n{done.stdout}\n{done.stderr}",
+                    pytrace=False)
+    return done
+
+
+def _values_file(values: dict[str, Any], folder: Path, name: str) -> Path:
+    path = folder / f"{name}.values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@cache
+def _render_text(values_json: str, release: str, namespace: str, include_crds: bool) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        values = _values_file(json.loads(values_json), Path(tmp), "v")
+        command = [str(tools.helm()), "template", release, str(CHART), "--namespace", namespace,
+                   "--kube-version", KUBE_VERSION, "--values", str(values)]
+        return _run(command + (["--include-crds"] if include_crds else [])).stdout
+
+
+def render(values: dict[str, Any] | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE,
+           include_crds: bool = False) -> list[dict[str, Any]]:
+    text = _render_text(json.dumps(values or {}, sort_keys=True), release, namespace, include_crds)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render_error(values: dict[str, Any], tmp_path: Path) -> str:
+    command = [str(tools.helm()), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+               "--values", str(_values_file(values, tmp_path, "bad"))]
+    done = _run(command, check=False)
+    assert done.returncode != 0, f"helm template accepted bad values {values}"
+    return done.stderr
+
+
+def by_key(documents: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    keyed = {}
+    for doc in documents:
+        key = (doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"])
+        assert key not in keyed, f"two objects are {key}"
+        keyed[key] = doc
+    return keyed
+
+
+def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [d for d in documents if d["kind"] == kind]
+    return found
+
+
+def cycle_template(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    config = next(d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-template"))
+    return yaml.safe_load(config["data"]["cycle.yaml"])
+
+
+# Lint and schema --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_helm_lint_strict_is_clean(name: str, tmp_path: Path) -> None:
+    values = _values_file(VALUE_SETS[name], tmp_path, name)
+    done = _run([str(tools.helm()), "lint", "--strict", str(CHART), "--namespace", NAMESPACE,
+                 "--kube-version", KUBE_VERSION, "--values", str(values)])
+    assert "0 chart(s) failed" in done.stdout
+    assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout, done.stdout
+
+
+BAD_VALUES = [
+    ({"operator": {"replicas": 2}}, "/operator/replicas"),
+    ({"artifacts": {"mode": "nfs"}}, "/artifacts/mode"),
+    ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
+    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ({"cronjob": {"schedule": "nightly"}}, "/cronjob/schedule"),
+    ({"cronjob": {"cycle": {"spec": {"release": "Coder 2"}}}}, "/cronjob/cycle/spec/release"),
+    ({"operator": {"resources": {"requests": {"cpu": "lots"}, "limits": {}}}}, "/operator/resources/requests/cpu"),
+    ({"artifacts": {"s3": {"uri": "https://bucket"}}}, "/artifacts/s3/uri"),
+    ({"runtimeclass": {"create": False}}, "'runtimeclass' not allowed"),  # a typo is an error, not a no-op
+    ({"artifacts": {"mode": "existingClaim"}}, "set artifacts.existingClaim"),
+    ({"artifacts": {"mode": "s3", "s3": {"uri": "s3://bucket/p"}}}, "artifacts.s3.credentialsSecret"),
+    ({"cronjob": {"enabled": True}, "watchNamespaces": ["team-a"]}, "leaves unwatched"),
+    ({"metrics": {"service": False, "serviceMonitor": {"enabled": True}}}, "needs metrics.service"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_VALUES, ids=[m for _, m in BAD_VALUES])
+def test_bad_values_are_rejected_naming_the_field(values: dict[str, Any], message: str, tmp_path: Path) -> None:
+    assert message in render_error(values, tmp_path)
+
+
+# Kubernetes schemas and checkov -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_the_rendered_objects_validate_against_the_kubernetes_schemas(name: str) -> None:
+    documents = render(VALUE_SETS[name], include_crds=True)
+    problems = []
+    for doc in documents:
+        where = f"{doc['kind']} {doc['metadata']['name']}"
+        if doc["kind"] == "ServiceMonitor":  # a Prometheus Operator CRD: no upstream schema; checked below
+            continue
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            problems.append(f"{where}: {'.'.join(map(str, error.path))}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            problems.append(f"{where}: no schema for {doc['apiVersion']} in Kubernetes {K8S_VERSION}")
+    assert not problems, "\n".join(problems)
+    if name == "everything":
+        monitor, service = one(documents, "ServiceMonitor"), one(documents, "Service")
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+@pytest.mark.parametrize("name", [n for n in VALUE_SETS if n != "default"])
+def test_the_cronjob_template_is_a_valid_training_cycle(name: str) -> None:
+    cycle = cycle_template(render(VALUE_SETS[name]))
+    parsed = parse_manifest(cycle, f"{name}: the CronJob's template")
+    assert parsed.name is None and parsed.generate_name == "nightly-"
+    assert parsed.spec.placement.sandbox.runtime_class_name == "gvisor"
+    assert cycle["metadata"]["labels"]["sigma0.dev/created-by"] == "sigma0-cycle"
+    if name == "everything":  # S3 artifacts reach the cycle; the operator gets the credentials Secret's name
+        assert parsed.spec.artifacts.uri == "s3://models-bucket/sigma0"
+        assert cycle["metadata"]["labels"]["team"] == "ml"
+        (container,) = one(render(VALUE_SETS[name]), "Deployment")["spec"]["template"]["spec"]["containers"]
+        assert {"name": "SIGMA0_ARTIFACTS_SECRET", "value": "s3-creds"} in container["env"]
+        assert not [d for d in render(VALUE_SETS[name]) if d["kind"] == "PersistentVolumeClaim"]
+
+
+EXPECTED_SKIPS = {"CKV_K8S_38", "CKV_K8S_43"}  # token mounted where needed; no digest for images not built yet
+
+
+def test_checkov_finds_nothing_and_every_skip_carries_its_reason(tmp_path: Path) -> None:
+    for name, values in VALUE_SETS.items():
+        text = _render_text(json.dumps(values, sort_keys=True), RELEASE, NAMESPACE, True)
+        (tmp_path / f"{name}.yaml").write_text(text)
+    done = _run([str(tools.checkov()), "--directory", str(tmp_path), "--framework", "kubernetes",
+                 "--skip-download", "--output", "json"], check=False)
+    report = json.loads(done.stdout)
+    results = report["results"]
+    failed = [f"{c['check_id']} {c['check_name']}: {c['resource']} ({c['file_path']})"
+              for c in results.get("failed_checks", [])]
+    assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+    assert report["summary"]["parsing_errors"] == 0 and report["summary"]["passed"] > 100
+    assert done.returncode == 0
+    skipped = results.get("skipped_checks", [])
+    assert {c["check_id"] for c in skipped} == EXPECTED_SKIPS
+    for check in skipped:
+        reason = check["check_result"].get("suppress_comment", "")
+        assert len(reason) > 30, f"{check['check_id']} on {check['resource']} is skipped without a reason"
+
+
+# CRDs, manifests, RBAC --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("copy_folder", [CHART / "crds", MANIFESTS / "crds"], ids=["chart", "manifests"])
+def test_the_crd_copies_are_identical_to_crds(copy_folder: Path) -> None:
+    originals = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    copies = {p.name: p.read_bytes() for p in copy_folder.glob("*.yaml")}
+    assert sorted(copies) == sorted(originals)
+    for name, content in originals.items():
+        assert copies[name] == content, f"{copy_folder.relative_to(ROOT)}/{name} differs from crds/{name}: copy it"
+
+
+def _kustomize(folder: Path) -> list[dict[str, Any]]:
+    text = _run([str(tools.kubectl()), "kustomize", str(folder)]).stdout
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def _without_helm_labels(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+
+    def strip(metadata: dict[str, Any]) -> None:
+        for label in HELM_ONLY_LABELS:
+            (metadata.get("labels") or {}).pop(label, None)
+
+    strip(doc["metadata"])
+    spec = doc.get("spec") or {}
+    for template in (spec.get("template"), (spec.get("jobTemplate") or {}),
+                     ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template")):
+        if template and "metadata" in template:
+            strip(template["metadata"])
+    return doc
+
+
+def test_the_manifests_are_the_charts_default_objects_plus_the_namespace_and_the_suspended_cronjob() -> None:
+    default = by_key(render(include_crds=True))
+    with_cronjob = by_key(render({"cronjob": {"enabled": True, "suspend": True}}, include_crds=True))
+    assert default.keys() < with_cronjob.keys()
+    cronjob_objects = with_cronjob.keys() - default.keys()
+    assert {kind for kind, _, _ in cronjob_objects} == {"ConfigMap", "ServiceAccount", "Role", "RoleBinding",
+                                                        "CronJob"}
+    manifests = by_key(_kustomize(MANIFESTS))
+    assert manifests.pop(("Namespace", "", NAMESPACE))  # helm install --create-namespace makes it
+    assert sorted(manifests) == sorted(with_cronjob)
+    for key, expected in with_cronjob.items():
+        assert manifests[key] == _without_helm_labels(expected), f"manifests/ and the chart differ on {key}"
+    assert one(list(manifests.values()), "CronJob")["spec"]["suspend"] is True
+
+
+def test_the_per_namespace_kustomization_takes_the_namespace_it_is_applied_to() -> None:
+    documents = _kustomize(MANIFESTS / "per-namespace")
+    assert sorted(d["kind"] for d in documents) == ["NetworkPolicy", "PersistentVolumeClaim"]
+    assert all("namespace" not in d["metadata"] for d in documents)
+
+
+def _rules(documents: list[dict[str, Any]], kind: str) -> list[list[dict[str, Any]]]:
+    return [d["rules"] for d in documents if d["kind"] == kind and d["metadata"]["name"] == "sigma0-operator"]
+
+
+def test_the_operator_rbac_is_the_same_cluster_wide_namespaced_and_in_the_plain_manifests() -> None:
+    (manifest_rules,) = _rules(list(yaml.safe_load_all((MANIFESTS / "10-rbac.yaml").read_text())), "ClusterRole")
+    (cluster_rules,) = _rules(render(), "ClusterRole")
+    assert cluster_rules == manifest_rules
+    # least privilege: no wildcard, no secrets, nothing written but status, Jobs, releases, events and the GPU
+    # ledger (a new permission belongs in this list on purpose, and in manifests/10-rbac.yaml and the chart alike)
+    for rule in cluster_rules:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+        assert not {"secrets", "pods/exec", "pods/attach", "nodes"} & set(rule["resources"])
+    writable = {r for rule in cluster_rules if set(rule["verbs"]) - {"get", "list", "watch"} for r in rule["resources"]}
+    assert writable == {"trainingcycles/status", "trainingcycles/finalizers", "adapterreleases", "jobs", "events",
+                        "configmaps"}
+    # the one ConfigMap it reads and replaces is the GPU ledger (sigma0.kube.ledger), named
+    (ledger,) = [r for r in cluster_rules if "configmaps" in r["resources"] and "update" in r["verbs"]]
+    assert ledger["resourceNames"] == [LEDGER_NAME] and set(ledger["verbs"]) == {"get", "update"}
+
+    namespaced = render(VALUE_SETS["namespaced"])
+    assert not [d for d in namespaced if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    roles = [d for d in namespaced if d["kind"] == "Role" and d["metadata"]["name"] == "sigma0-operator"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["sigma0-system", "team-a"]
+    assert all(r["rules"] == manifest_rules for r in roles)
+    bindings = [d for d in namespaced if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "sigma0-operator"]
+    assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": "sigma0-operator", "namespace": NAMESPACE}]
+               for b in bindings) and len(bindings) == 2
+    (container,) = one(namespaced, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "--namespace=sigma0-system" in container["args"] and "--namespace=team-a" in container["args"]
+    assert "--all-namespaces" not in container["args"]
+    # the CronJob may create cycles, nothing else
+    creator = next(d for d in namespaced if d["kind"] == "Role" and d["metadata"]["name"] == "sigma0-cycle")
+    assert creator["rules"] == [{"apiGroups": ["sigma0.dev"], "resources": ["trainingcycles"], "verbs": ["create"]}]
+
+
+def test_per_namespace_objects_go_to_every_cycle_namespace() -> None:
+    def placed(documents: list[dict[str, Any]], kind: str) -> list[str]:
+        return sorted(d["metadata"]["namespace"] for d in documents
+                      if d["kind"] == kind and d["metadata"]["name"] in ("sigma0-stage-deny-all", "sigma0-artifacts"))
+
+    assert placed(render(), "NetworkPolicy") == [NAMESPACE] == placed(render(), "PersistentVolumeClaim")
+    assert placed(render(VALUE_SETS["namespaced"]), "NetworkPolicy") == ["sigma0-system", "team-a"]
+    assert placed(render(VALUE_SETS["namespaced"]), "PersistentVolumeClaim") == []  # an existing claim
+    assert placed(render(VALUE_SETS["everything"]), "NetworkPolicy") == ["nightly", "sigma0-system"]
+    policy = next(d for d in render() if d["metadata"]["name"] == "sigma0-stage-deny-all")
+    assert policy["spec"] == {"podSelector": {"matchLabels": {"sigma0.dev/network": "none"}},
+                              "policyTypes": ["Ingress", "Egress"]}  # no rules: nothing in, nothing out
+    claim = one(render(), "PersistentVolumeClaim")
+    assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_the_runtime_class_schedules_sandbox_pods_onto_a_tainted_gvisor_pool() -> None:
+    runtime = one(render(VALUE_SETS["everything"]), "RuntimeClass")
+    assert runtime["handler"] == "runsc" and runtime["metadata"]["name"] == "gvisor"
+    assert runtime["scheduling"]["nodeSelector"] == {"sandbox.gke.io/runtime": "gvisor"}
+    assert runtime["scheduling"]["tolerations"][0]["key"] == "sandbox.gke.io/runtime"
+    assert not [d for d in render({"runtimeClass": {"create": False}}) if d["kind"] == "RuntimeClass"]
+
+
+def test_the_samples_are_valid_and_the_cycle_is_examples_cycle_yaml() -> None:
+    names = yaml.safe_load((MANIFESTS / "samples" / "kustomization.yaml").read_text())["resources"]
+    samples = {name: yaml.safe_load((MANIFESTS / "samples" / name).read_text()) for name in names}
+    assert samples["trainingcycle.yaml"] == yaml.safe_load((ROOT / "examples" / "cycle.yaml").read_text())
+    parse_manifest(samples["trainingcycle.yaml"])
+    release = samples["adapterrelease.yaml"]
+    assert release["kind"] == "AdapterRelease"
+    assert release["metadata"]["name"] == samples["trainingcycle.yaml"]["spec"]["release"]
+    jsonschema.Draft4Validator(openapi_schema("AdapterRelease")).validate(release)
+
+
+# The commands the chart's pods run --------------------------------------------------------------------------------
+
+
+def test_the_charts_commands_parse_with_the_sigma0_cli_and_name_images_that_exist() -> None:
+    documents = render(VALUE_SETS["everything"])
+    deployment, cronjob = one(documents, "Deployment"), one(documents, "CronJob")
+    (operator,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(operator["command"][1:] + operator["args"])
+    assert operator["command"][0] == "sigma0" and args.command == "operator"
+    assert (args.sandbox_image, args.trainer_image) == ("registry.example.com/ml/sandbox:0.1.0-rc1",
+                                                        "registry.example.com/ml/trainer:0.1.0-rc1")
+    assert args.all_namespaces and args.run_as_user == 65532
+    images = {operator["image"], args.sandbox_image, args.trainer_image}
+    (creator,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    images.add(creator["image"])
+    for reference in images:
+        name = reference.rsplit(":", 1)[0].rsplit("/", 1)[-1]
+        assert (ROOT / "images" / name / "Dockerfile").is_file(), f"{reference}: no images/{name}/Dockerfile"
+    created = cli.build_parser().parse_args(creator["command"][1:])
+    assert (created.command, created.action) == ("cycle", "create")
+    mount = next(m for m in creator["volumeMounts"] if m["name"] == "template")
+    assert created.manifest == f"{mount['mountPath']}/cycle.yaml"
+
+    defaults = cli.build_parser().parse_args(["operator"] + one(render(), "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]["args"])
+    assert defaults.artifacts_claim == one(render(), "PersistentVolumeClaim")["metadata"]["name"]
+    assert defaults.sandbox_image == "ghcr.io/sigma0/sandbox:0.1.0"  # the operator's own default (jobs.PodSettings)
+
+
+def test_the_operator_deployment_is_hardened_and_recreated() -> None:
+    deployment = one(render(), "Deployment")
+    spec = deployment["spec"]
+    assert spec["strategy"] == {"type": "Recreate"} and spec["replicas"] == 1
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    assert pod["serviceAccountName"] == one(render(), "ServiceAccount")["metadata"]["name"]
+
+
+def test_notes_tell_how_to_apply_a_cycle_and_watch_it(tmp_path: Path) -> None:
+    values = _values_file({"cronjob": {"enabled": True}}, tmp_path, "notes")
+    done = _run([str(tools.helm()), "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client",
+                 "--values", str(values)])
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "kubectl apply -n sigma0-system -f examples/cycle.yaml" in notes
+    assert "kubectl get tc -n sigma0-system -w" in notes
+    assert "kubectl create job -n sigma0-system --from=cronjob/sigma0-cycle" in notes
