@@ -4,7 +4,8 @@
 
 SPEC.json: {"argv": [...], "env": {...}, "cwd": "/...", "hostname": "...",
             "mounts": [{"source": "/host/dir", "target": "/container/path", "readonly": false}, ...],
-            "uid": null | int, "gid": null | int, "groups": [int, ...], "namespaces": true}
+            "uid": null | int, "gid": null | int, "groups": [int, ...], "namespaces": true,
+            "keep": ["/host/path", ...]}   # host folders bound back if a volume hides them
 
 With "namespaces": false it only runs argv as a subreaper (the executor starts
 `runsc run` that way, so the sandbox processes runsc leaves behind are reaped).
@@ -80,6 +81,7 @@ def enter_namespaces(spec: dict) -> None:
     # host folders (under /tmp too, often) that later mounts come from. Shallow targets first.
     mounts = sorted(spec["mounts"], key=lambda m: len(m["target"].rstrip("/").split("/")))
     sources = [os.open(m["source"], os.O_PATH | os.O_CLOEXEC) for m in mounts]
+    kept = [(path, os.open(path, os.O_PATH | os.O_CLOEXEC)) for path in spec.get("keep", [])]
     for m, fd in zip(mounts, sources, strict=True):
         src, dst = f"/proc/self/fd/{fd}".encode(), m["target"].encode()
         check(libc.mount(src, dst, None, MS_BIND | MS_REC, None), f"bind {m['source']} on {m['target']}")
@@ -87,6 +89,10 @@ def enter_namespaces(spec: dict) -> None:
             check(
                 libc.mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_REC, None), f"read-only {m['target']}"
             )
+    # Host folders the command itself needs (the venv, the checkout) that a volume just hid: bind them back.
+    for path, fd in kept:
+        os.makedirs(path, exist_ok=True)
+        check(libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None), f"keep {path}")
 
 
 def run(spec: dict) -> None:

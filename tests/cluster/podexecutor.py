@@ -65,6 +65,17 @@ from .node import now
 log = logging.getLogger("sigma0.test.podexecutor")
 
 NSEXEC = Path(__file__).resolve().parent / "_nsexec.py"
+# The host folders a stage command needs: the venv (its `sigma0` command) and the checkout its editable install points
+# into. They stay visible in a container even where a pod volume (an emptyDir at /tmp, say) covers a folder above them.
+HOST_PATHS = tuple(sorted({sys.prefix, str(Path(__file__).resolve().parents[2])}))
+
+
+def shadowed(paths: tuple[str, ...], targets: list[str]) -> list[str]:
+    """The paths that lie at or under one of the mount targets, so a mount there would hide them."""
+    roots = [target.rstrip("/") for target in targets]
+    return [path for path in paths if any(path == root or path.startswith(root + "/") for root in roots)]
+
+
 MAX_MESSAGE = 4096  # kubelet's limit on a termination message
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
 
@@ -547,6 +558,7 @@ class PodWorker:
                             "env": env,
                             "cwd": cwd,
                             "mounts": mounts,
+                            "keep": shadowed(HOST_PATHS, [m["target"] for m in mounts]),
                             "hostname": env["HOSTNAME"],
                             "uid": uid,
                             "gid": gid,
@@ -618,6 +630,8 @@ class PodWorker:
                     "options": ["rbind", "ro" if m["readonly"] else "rw"],
                 }
             )
+        for path in shadowed(HOST_PATHS, ["/tmp", *(m["target"] for m in mounts)]):
+            oci_mounts.append({"destination": path, "type": "bind", "source": path, "options": ["rbind", "ro"]})
         config = {
             "ociVersion": "1.0.0",
             "process": {
