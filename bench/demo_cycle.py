@@ -1,0 +1,138 @@
+"""The local demo cycle end to end on the CPU, per stage: `sigma0 run examples/demo-cycle.yaml` twice in a fresh
+workdir (the first run makes the first release; the second trains again and is decided against it).
+
+    python bench/demo_cycle.py                    # one pair of runs
+    python bench/demo_cycle.py --repeat 3 --json results.json
+
+Each run is the user's command as a subprocess, timed from start to exit. Per-step times come from what the local
+executor leaves in <workdir>/cycles/<name>/: every step's log opens with `$ command   # <start time>` and steps run
+one after another, so a step's time is from the previous step's last log write (or the run's start) to its own
+last log write; that charges the executor's own work between steps to the step after it. The stage's own figure
+(the `seconds` in its summary, where it reports one) is shown beside it. Target: a whole cycle under 3 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFEST = REPO / "examples" / "demo-cycle.yaml"
+TARGET_SECONDS = 180.0
+START_STAMP = re.compile(r"^\$ .*#\s*(\S+)\s*$", re.MULTILINE)
+
+
+def run_cycle(workdir: Path, manifest: Path) -> dict[str, Any]:
+    """One `sigma0 run`; its wall time, outcome and per-step figures read back from the cycle folder."""
+    before = {path.name for path in (workdir / "cycles").glob("*")} if (workdir / "cycles").exists() else set()
+    load = os.getloadavg()[0]
+    began_wall = time.time()
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "sigma0", "run", str(manifest), "--workdir", str(workdir)],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"})  # fmt: skip
+    seconds = time.perf_counter() - began
+    made = sorted({path.name for path in (workdir / "cycles").glob("*")} - before)
+    if len(made) != 1:
+        raise SystemExit(f"expected one new cycle in {workdir}/cycles, found {made}:\n{done.stdout[-3000:]}")
+    cycle_dir = workdir / "cycles" / made[0]
+    state = json.loads((cycle_dir / "state.json").read_text())
+    if done.returncode != 0 or not state.get("finished"):
+        raise SystemExit(f"sigma0 run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return {
+        "cycle": made[0],
+        "seconds": round(seconds, 2),
+        "outcome": state["finished"].get("outcome"),
+        "steps": step_times(cycle_dir, state, began_wall),
+        "load": [round(load, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def step_times(cycle_dir: Path, state: dict[str, Any], began: float) -> dict[str, dict[str, float | None]]:
+    """{step: {wall, stage}} in the order the steps ran (see the module docstring for how wall is measured)."""
+    started: list[tuple[float, str, float]] = []
+    for name in state["steps"]:
+        log = cycle_dir / "logs" / f"{name}.log"
+        stamps = START_STAMP.findall(log.read_text(encoding="utf-8", errors="replace"))
+        if not stamps:
+            raise SystemExit(f"{log} has no start line")
+        started.append((datetime.fromisoformat(stamps[-1]).timestamp(), name, log.stat().st_mtime))
+    times: dict[str, dict[str, float | None]] = {}
+    previous_end = began
+    for _, name, ended in sorted(started):
+        stage = state["steps"][name]["summary"].get("seconds")
+        times[name] = {"wall": round(ended - previous_end, 2), "stage": stage}
+        previous_end = ended
+    return times
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.machine()
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {name: importlib.metadata.version(name) for name in ("sigma0", "torch", "transformers", "peft")}
+    return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu, "python": platform.python_version(), **versions}
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):8.1f}{statistics.median(values):8.1f}{max(values):8.1f}"
+
+
+def print_table(label: str, runs: list[dict[str, Any]]) -> None:
+    print(f"\n{label}: seconds, min / median / max over {len(runs)} repeat(s); outcome {[r['outcome'] for r in runs]}")
+    print(f"{'step':<24}{'wall':>8}{'':>16}{'stage':>8}{'':>16}")
+    for name in runs[0]["steps"]:
+        walls = [run["steps"][name]["wall"] for run in runs if name in run["steps"]]
+        stages = [run["steps"][name]["stage"] for run in runs if run["steps"].get(name, {}).get("stage") is not None]
+        stage = spread(stages) if stages else f"{'—':>8}{'':>16}"
+        print(f"{name:<24}{spread(walls)}{stage}")
+    totals = [run["seconds"] for run in runs]
+    loads = ", ".join(f"{run['load'][0]:.1f}→{run['load'][1]:.1f}" for run in runs)
+    print(f"{'whole run':<24}{spread(totals)}   target < {TARGET_SECONDS:.0f} s: median is "
+          f"{statistics.median(totals) / TARGET_SECONDS:.2f}x of it; load (1 min, start→end) {loads}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs, each pair in a fresh workdir")
+    parser.add_argument("--manifest", type=Path, default=MANIFEST)
+    parser.add_argument("--json", help="also write the raw measurements here")
+    args = parser.parse_args()
+    if args.repeat <= 0:
+        parser.error("--repeat must be positive")
+    info = machine()
+    print(f"machine: {info['cores']} cores, {info['cpu']}")
+    print(f"versions: python {info['python']}, sigma0 {info['sigma0']}, torch {info['torch']}, "
+          f"transformers {info['transformers']}, peft {info['peft']}")  # fmt: skip
+    print(f"command: sigma0 run {args.manifest} --workdir <fresh temp dir>, twice per repeat")
+    first: list[dict[str, Any]] = []
+    second: list[dict[str, Any]] = []
+    for repeat in range(args.repeat):
+        with tempfile.TemporaryDirectory(prefix="demo-bench-") as folder:
+            for runs, label in ((first, "first"), (second, "second")):
+                result = run_cycle(Path(folder), args.manifest)
+                runs.append(result)
+                print(f"repeat {repeat + 1}/{args.repeat} {label} run: {result['seconds']:.1f} s, "
+                      f"{result['outcome']}", file=sys.stderr)  # fmt: skip
+    print_table("first run (no incumbent)", first)
+    print_table("second run (against the first release)", second)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "first": first, "second": second}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
