@@ -1,0 +1,83 @@
+"""The hostile corpus (tests/hostile/corpus.py) against both sandboxes: each case gets its verdict, the good
+candidates in the same batch pass, every case costs no more than its timeout, nothing is left on the host, the host's
+secret never comes back, and what the process fallback cannot hold is asserted as not held.
+
+Each sandbox runs the whole corpus as one batch (module-scoped fixture). The strict checks and the report protocol
+themselves are tested in tests/test_sandbox.py; this file is about what a candidate can do to the machine."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import pytest
+from hostile.corpus import CASES, Case
+from hostile.run import TIMEOUT, Batch, run_corpus
+
+from sigma0.sandbox import Reason
+
+WORKERS = 2
+IN_TEST = [c for c in CASES if c.in_test]
+SANDBOXES = [
+    "process",
+    pytest.param(
+        "gvisor",
+        marks=[pytest.mark.gvisor, pytest.mark.skipif(not shutil.which("runsc"), reason="runsc is not on PATH")],
+    ),
+]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=SANDBOXES)
+def batch(request: pytest.FixtureRequest) -> Batch:
+    if request.param == "process" and os.geteuid() != 0:
+        # The corpus's expectations for the fallback are those of a root worker (a user per candidate). Without root
+        # it holds less (docs/sandbox-guarantees.md) and some cases (kill(-1)) would hit the test runner itself.
+        pytest.skip("the process fallback's corpus expectations need root (a user of its own per candidate)")
+    return run_corpus(IN_TEST, request.param, workers=WORKERS)
+
+
+def test_the_corpus_covers_the_issue() -> None:
+    assert len(IN_TEST) >= 40
+    assert sum(c.good for c in IN_TEST) >= 3
+    for c in CASES:
+        if not (c.contained and c.process_contained):
+            assert c.why_not, f"{c.id} is not contained somewhere and does not say why"
+
+
+@pytest.mark.parametrize("case", IN_TEST, ids=[c.id for c in IN_TEST])
+def test_each_case_gets_its_verdict_and_is_contained_or_said_not_to_be(batch: Batch, case: Case) -> None:
+    outcome = batch.outcomes[case.id]
+    reason, contained = case.expected(batch.sandbox)
+    assert outcome.verdict.reason is reason, outcome.verdict
+    assert outcome.verdict.passed is (reason is Reason.PASSED)
+    # Under gVisor every case but the host reads the corpus lists is held; where the fallback is not, that is
+    # asserted here too: a case it starts holding (or stops) must change the corpus and the guarantees page.
+    assert case.is_contained(outcome.verdict.passed, outcome.problems) is contained, (outcome.problems, case.why_not)
+
+
+def test_the_good_candidates_all_pass_beside_the_hostile_ones(batch: Batch) -> None:
+    good = [c.id for c in IN_TEST if c.good]
+    assert all(batch.outcomes[name].verdict.passed for name in good), {n: batch.outcomes[n].verdict for n in good}
+
+
+def test_the_batch_keeps_to_its_timeouts(batch: Batch) -> None:
+    verdicts = [outcome.verdict for outcome in batch.outcomes.values()]
+    assert all(verdict.seconds < TIMEOUT + 3 for verdict in verdicts), max(verdicts, key=lambda v: v.seconds)
+    slow = sum(verdict.reason is Reason.TIMEOUT for verdict in verdicts)
+    assert batch.seconds < math.ceil(slow / WORKERS) * TIMEOUT + 60
+
+
+def test_nothing_lingers_on_the_host(batch: Batch) -> None:
+    """No process of the batch's candidates or workers, no file in the runs' folders; marker files a candidate
+    left elsewhere are each case's own check above."""
+    assert batch.lingering == []
+
+
+def test_the_host_secret_never_leaks(batch: Batch) -> None:
+    assert batch.leaks == []
+    # The check could have failed: the candidate that prints its environment does get its output into its verdict.
+    printed = batch.outcomes["env_secret_printed"].verdict.detail
+    assert "PATH" in printed and "HOME" in printed
