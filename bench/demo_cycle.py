@@ -14,10 +14,8 @@ last log write; that charges the executor's own work between steps to the step a
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -27,6 +25,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from machine import describe  # bench/machine.py: scripts here run as `python bench/NAME.py`
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = REPO / "examples" / "demo-cycle.yaml"
@@ -78,14 +78,7 @@ def step_times(cycle_dir: Path, state: dict[str, Any], began: float) -> dict[str
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {name: importlib.metadata.version(name) for name in ("sigma0", "torch", "transformers", "peft")}
-    return {"cores": len(os.sched_getaffinity(0)), "cpu": cpu, "python": platform.python_version(), **versions}
+    return describe(("sigma0", "torch", "transformers", "peft"))
 
 
 def spread(values: list[float]) -> str:

