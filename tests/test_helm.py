@@ -63,7 +63,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "runtimeClass": {"nodeSelector": {"sigma0.dev/gvisor-pool": None, "sandbox.gke.io/runtime": "gvisor"},
                          "tolerations": [{"key": "sandbox.gke.io/runtime", "operator": "Equal", "value": "gvisor",
                                           "effect": "NoSchedule"}]},
-        "artifacts": {"mode": "s3", "s3": {"uri": "s3://models-bucket/sigma0", "credentialsSecret": "s3-creds"}},
+        "artifacts": {"mode": "s3", "s3": {"uri": "s3://models-bucket/sigma0", "credentialsSecret": "s3-creds",
+                                           "egress": [{"to": [{"ipBlock": {"cidr": "10.0.5.0/24"}}],
+                                                       "ports": [{"port": 9000, "protocol": "TCP"}]}]}},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "cronjob": {"enabled": True, "cycle": {"labels": {"team": "ml"}}},
     },
@@ -153,6 +155,8 @@ BAD_VALUES = [
     ({"runtimeclass": {"create": False}}, "'runtimeclass' not allowed"),  # a typo is an error, not a no-op
     ({"artifacts": {"mode": "existingClaim"}}, "set artifacts.existingClaim"),
     ({"artifacts": {"mode": "s3", "s3": {"uri": "s3://bucket/p"}}}, "artifacts.s3.credentialsSecret"),
+    ({"artifacts": {"mode": "s3", "s3": {"uri": "s3://bucket/p", "credentialsSecret": "c"}}}, "artifacts.s3.egress"),
+    ({"artifacts": {"s3": {"egress": [{"ports": [{"port": 443}], "podSelector": {}}]}}}, "/artifacts/s3/egress/0"),
     ({"cronjob": {"enabled": True}, "watchNamespaces": ["team-a"]}, "leaves unwatched"),
     ({"metrics": {"service": False, "serviceMonitor": {"enabled": True}}}, "needs metrics.service"),
 ]
@@ -201,6 +205,10 @@ def test_the_cronjob_template_is_a_valid_training_cycle(name: str) -> None:
         (container,) = one(render(VALUE_SETS[name]), "Deployment")["spec"]["template"]["spec"]["containers"]
         assert {"name": "SIGMA0_ARTIFACTS_SECRET", "value": "s3-creds"} in container["env"]
         assert not [d for d in render(VALUE_SETS[name]) if d["kind"] == "PersistentVolumeClaim"]
+        store = [d for d in render(VALUE_SETS[name]) if d["metadata"]["name"].endswith("-stage-object-store")]
+        assert len(store) == 2  # one per cycle namespace, selecting the pods the deny-all policy selects
+        assert store[0]["spec"]["egress"] == VALUE_SETS[name]["artifacts"]["s3"]["egress"]
+        assert store[0]["spec"]["podSelector"] == {"matchLabels": {"sigma0.dev/network": "none"}}
 
 
 EXPECTED_SKIPS = {"CKV_K8S_38", "CKV_K8S_43"}  # token mounted where needed; no digest for images not built yet

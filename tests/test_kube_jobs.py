@@ -167,6 +167,15 @@ def test_artifacts_locations() -> None:
     assert all(v["name"] != "artifacts" for v in pod["volumes"])
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     assert env["SIGMA0_ARTIFACTS_URI"] == "s3://bucket/sigma0/"
+    assert "envFrom" not in pod["containers"][0], "no Secret configured: none referenced"
+    with_secret = jobs.PodSettings(artifacts_secret="s3-credentials")
+    for step in ("harvest", "verify", "train"):
+        job = jobs.build_job(step_named(remote, step), cycle=REF, spec=remote, settings=with_secret, attempt=1,
+                             active_deadline_seconds=60)
+        assert pod_of(job)["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    on_volume = jobs.build_job(step_named(default, "verify"), cycle=REF, spec=default, settings=with_secret,
+                               attempt=1, active_deadline_seconds=60)
+    assert "envFrom" not in pod_of(on_volume)["containers"][0], "a volume cycle never gets the store's credentials"
 
 
 def test_root_only_when_the_operator_is_told_so() -> None:

@@ -142,3 +142,14 @@ def test_every_eval_suite_is_excluded_from_harvest() -> None:
     harvest = plan.steps(cycle_spec, state, LAYOUT)[0].argv
     excluded = [harvest[i + 1] for i, part in enumerate(harvest) if part == "--exclude-suite"]
     assert excluded == ["humaneval", "/abs/extra.jsonl", "/manifests/heldout.jsonl"]
+
+
+def test_on_an_artifacts_uri_every_path_is_a_well_formed_uri() -> None:
+    layout = plan.Layout(cycle_dir="s3://bucket/sigma0/cycles/c1", input_dir="s3://bucket/sigma0",
+                         leaderboard="s3://bucket/sigma0/leaderboard.jsonl")
+    state = plan.CycleState(incumbent_resolved=True, incumbent=INCUMBENT)
+    tokens = [token.partition("=")[2] or token for step in plan.steps(spec(), state, layout) for token in step.argv]
+    uris = [token for token in tokens if "://" in token and not token.startswith("tiny://")]
+    assert "s3://bucket/sigma0/corpus.jsonl" in uris and "s3://bucket/sigma0/cycles/c1/train/adapter" in uris
+    assert "s3://bucket/sigma0/cycles/c1/eval/completions/candidate/gate/completions.jsonl" in uris
+    assert all(uri.startswith("s3://bucket/sigma0/") for uri in uris), uris

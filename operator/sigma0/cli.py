@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sigma0 import __version__
+from sigma0 import __version__, remote
 from sigma0.spec import ManifestError, TrainingCycle, load_manifest
 from sigma0.stages import STAGES, StageInputError, load_stage
 from sigma0.termination import write_summary
@@ -29,7 +30,8 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def _stage_command(name: str, argv: Sequence[str]) -> int:
-    """Run one stage: its summary goes to stdout and to the termination-message file."""
+    """Run one stage: its summary goes to stdout and to the termination-message file. Remote arguments (fsspec
+    URIs, sigma0.remote) are run on local copies: downloaded first, uploaded after."""
     try:
         module = load_stage(name)
     except StageInputError as error:
@@ -38,17 +40,19 @@ def _stage_command(name: str, argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"sigma0 stage {name}", description=(module.__doc__ or "").strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        summary = module.run(args)
-    except StageInputError as error:
-        write_summary({"stage": name, "error": str(error), "kind": "input"})
-        print(f"sigma0 stage {name}: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Exception as error:  # the stage failed: say why in the termination message, keep the traceback in logs
-        traceback.print_exc()
-        write_summary({"stage": name, "error": f"{type(error).__name__}: {error}"})
-        return EXIT_FAILED
+    parser.parse_args(argv)  # usage errors before any download
+    with tempfile.TemporaryDirectory(prefix="sigma0-remote-") as scratch:
+        try:
+            with remote.staged(argv, Path(scratch)) as local_argv:
+                summary = module.run(parser.parse_args(local_argv))
+        except StageInputError as error:
+            write_summary({"stage": name, "error": str(error), "kind": "input"})
+            print(f"sigma0 stage {name}: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except Exception as error:  # the stage failed: say why in the termination message, keep the traceback in logs
+            traceback.print_exc()
+            write_summary({"stage": name, "error": f"{type(error).__name__}: {error}"})
+            return EXIT_FAILED
     write_summary({"stage": name, **summary})
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return EXIT_OK

@@ -75,10 +75,19 @@ class Layout:
     leaderboard: str
 
     def at(self, *parts: str) -> str:
-        return str(PurePosixPath(self.cycle_dir, *parts))
+        return join(self.cycle_dir, *parts)
 
     def source(self, path: str) -> str:
-        return path if PurePosixPath(path).is_absolute() or "://" in path else str(PurePosixPath(self.input_dir, path))
+        return path if PurePosixPath(path).is_absolute() or "://" in path else join(self.input_dir, path)
+
+
+def join(base: str, *parts: str) -> str:
+    """A path or a URI (`s3://bucket/prefix`) joined with relative parts; PurePosixPath alone would turn `s3://`
+    into `s3:/`."""
+    scheme, sep, rest = base.partition("://")
+    if not sep:
+        return str(PurePosixPath(base, *parts))
+    return f"{scheme}://{PurePosixPath(rest, *parts)}"
 
 
 # Actions ----------------------------------------------------------------------------------------------------------
@@ -175,7 +184,7 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
         generate += ["--suite", f"{label}={_suite_arg(suite, layout)}"]
 
     def score(adapter: str, label: str, suite: str, digest: str) -> list[str]:
-        return ["score", "--completions", str(PurePosixPath(completions, adapter, label, "completions.jsonl")),
+        return ["score", "--completions", join(completions, adapter, label, "completions.jsonl"),
                 "--output", layout.at("eval", "results", f"{adapter}-{label}.jsonl"),
                 "--report", layout.at("eval", "results", f"{adapter}-{label}.json"),
                 "--suite", _suite_arg(suite, layout), "--subset", e.subset,

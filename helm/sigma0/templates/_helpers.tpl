@@ -67,6 +67,9 @@ app.kubernetes.io/component: operator
 {{- if and (eq .Values.artifacts.mode "s3") (or (not .Values.artifacts.s3.uri) (not .Values.artifacts.s3.credentialsSecret)) -}}
 {{- fail "artifacts.mode is s3: set artifacts.s3.uri (s3://bucket/prefix) and artifacts.s3.credentialsSecret" -}}
 {{- end -}}
+{{- if and (eq .Values.artifacts.mode "s3") .Values.networkPolicy.create (not .Values.artifacts.s3.egress) -}}
+{{- fail "artifacts.mode is s3 and networkPolicy.create: list the object store in artifacts.s3.egress, or the deny-all policy keeps stage pods from reaching it" -}}
+{{- end -}}
 {{- if and .Values.cronjob.enabled .Values.watchNamespaces (not (has .Release.Namespace .Values.watchNamespaces)) -}}
 {{- fail (printf "cronjob.enabled: its cycles are created in the release namespace %s, which watchNamespaces %v leaves unwatched" .Release.Namespace .Values.watchNamespaces) -}}
 {{- end -}}

@@ -22,8 +22,12 @@ apply) and the pod's runtime class is the isolation boundary; `stage_argv` rewri
 and the executor records it in the stage's status (`isolation`).
 
 Every pod mounts the artifacts volume at /artifacts (a PersistentVolumeClaim, or a node folder for
-`artifacts.path`), or gets the fsspec URI in SIGMA0_ARTIFACTS_URI, and reports its summary through its
-termination message, which `observe` reads from the pod status: the operator never reads the shared disk.
+`artifacts.path`), or, with an fsspec URI (`artifacts.uri`, e.g. s3://), gets URIs in its command line, which
+`sigma0 stage` runs on local copies in /tmp (sigma0.remote), and the store's credentials from the operator's
+`--artifacts-secret` as environment variables (envFrom; s3fs reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_ENDPOINT_URL). A sandbox stage takes them out of its environment, and makes itself non-dumpable, before it
+runs any candidate. Every pod reports its summary through its termination message, which `observe` reads from
+the pod status: the operator never reads the shared disk.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class PodSettings:
     image_pull_policy: str = "IfNotPresent"
     mount_path: str = "/artifacts"
     default_claim: str = "sigma0-artifacts"  # when a cycle names no artifacts location
+    artifacts_secret: str = ""  # with an artifacts URI: the Secret whose keys stage pods get as environment variables
     run_as_user: int = 65532  # the images' non-root user; 0 only for test harnesses that cannot do better
     ttl_seconds_after_finished: int = 86400
     backoff_limit: int = 1  # retries of plain and GPU pods on exit code 1 (never on 2, never for sandbox)
@@ -256,9 +261,12 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
     env = [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
            {"name": "SIGMA0_TERMINATION_LOG", "value": TERMINATION_PATH},
            {"name": "SIGMA0_CYCLE", "value": cycle.name}, {"name": "SIGMA0_STEP", "value": step.name}]
+    env_from: list[dict[str, Any]] = []
     if volume is None:
         env += [{"name": "SIGMA0_ARTIFACTS_URI", "value": spec.artifacts.uri or ""},
                 {"name": "SIGMA0_MODEL_CACHE", "value": "/tmp/models"}]
+        if settings.artifacts_secret:
+            env_from.append({"secretRef": {"name": settings.artifacts_secret}})
     else:
         volumes.append(volume)
         mount = {"name": "artifacts", "mountPath": settings.mount_path}
@@ -273,6 +281,7 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
         "imagePullPolicy": settings.image_pull_policy,
         "command": argv,
         "env": env,
+        **({"envFrom": env_from} if env_from else {}),
         "resources": resources,
         "volumeMounts": mounts,
         "securityContext": container_security,

@@ -24,6 +24,7 @@ ENV = {  # flag → environment variable that sets its default (the Deployment s
     "sandbox_image": "SIGMA0_SANDBOX_IMAGE",
     "trainer_image": "SIGMA0_TRAINER_IMAGE",
     "artifacts_claim": "SIGMA0_ARTIFACTS_CLAIM",
+    "artifacts_secret": "SIGMA0_ARTIFACTS_SECRET",
     "clock_file": "SIGMA0_CLOCK_FILE",  # test only
 }
 
@@ -55,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image of train and generate pods")
     parser.add_argument("--artifacts-claim", default=os.environ.get(ENV["artifacts_claim"], defaults.default_claim),
                         help="the PersistentVolumeClaim of cycles that name no artifacts location")
+    parser.add_argument("--artifacts-secret", default=os.environ.get(ENV["artifacts_secret"], ""), metavar="SECRET",
+                        help="for cycles with an artifacts URI (s3://...): a Secret in the cycle's namespace whose "
+                        "keys stage pods get as environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+                        "AWS_ENDPOINT_URL, ...)")
     parser.add_argument("--run-as-user", type=int, default=defaults.run_as_user,
                         help="uid of stage pods (non-root; 0 only where the images cannot run otherwise)")
     parser.add_argument("--job-ttl", type=int, default=defaults.ttl_seconds_after_finished,
@@ -77,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
     return jobs.PodSettings(sandbox_image=args.sandbox_image, trainer_image=args.trainer_image,
-                            default_claim=args.artifacts_claim, run_as_user=args.run_as_user,
+                            default_claim=args.artifacts_claim, artifacts_secret=args.artifacts_secret,
+                            run_as_user=args.run_as_user,
                             ttl_seconds_after_finished=args.job_ttl, backoff_limit=args.backoff_limit)
 
 

@@ -1,0 +1,120 @@
+"""Artifacts in an S3 bucket instead of a volume, end to end on the real control plane: `spec.artifacts.uri`, the
+operator's `--artifacts-secret` (from SIGMA0_ARTIFACTS_SECRET, as the chart's Deployment sets it), stage pods that get
+the Secret's keys through envFrom and run every stage on local copies (sigma0.remote), and an AdapterRelease whose
+adapter URI is in the bucket.
+
+The bucket is a real S3 REST endpoint (moto's server, tests/s3server.py) on 127.0.0.1. The test's stage pods run as
+host processes, which share the host's network, so they reach it; gVisor pods of the test node have no network at
+all, so this module runs the sandbox steps with the stage's own process sandbox in plain pods (the sandbox itself
+is tested in test_operator.py and tests/test_remote.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from s3server import SECRET_KEY, S3Server
+
+from sigma0.io import tree_digest
+
+from . import test_operator
+from .test_operator import GROUP, VERSION, Platform, apply, example, jobs_of, phase_is, release, wait_for
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "sigma0-cycles"
+SECRET = "s3-credentials"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    try:
+        server.create_bucket(BUCKET)
+        store = server.filesystem()
+        for name in ("agent_corpus.json", "tasks.jsonl", "base_train.jsonl"):
+            store.put_file(str(ROOT / "examples" / "corpus" / name), f"{BUCKET}/sigma0/corpus/{name}")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def artifacts_secret() -> Iterator[None]:
+    """The operator of this module passes the Secret SECRET to stage pods (set before `platform` starts it)."""
+    before = os.environ.get("SIGMA0_ARTIFACTS_SECRET")
+    os.environ["SIGMA0_ARTIFACTS_SECRET"] = SECRET
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SIGMA0_ARTIFACTS_SECRET", None)
+        else:
+            os.environ["SIGMA0_ARTIFACTS_SECRET"] = before
+
+
+platform = test_operator.platform
+ns = test_operator.ns
+
+
+def s3_cycle(name: str, **spec: Any) -> dict[str, Any]:
+    base = example()["spec"]
+    return example(name, release="s3-coder", artifacts={"uri": f"s3://{BUCKET}/sigma0"},
+                   placement={"sandbox": {"runtimeClassName": ""}},
+                   verify={**base["verify"], "sandbox": "process"}, eval={**base["eval"], "sandbox": "process"},
+                   **spec)
+
+
+def test_a_cycle_on_s3_artifacts_bootstraps_then_a_second_is_judged_against_the_adapter_in_the_bucket(
+        platform: Platform, ns: str, s3: S3Server, tmp_path: Path) -> None:
+    platform.core.create_namespaced_secret(ns, {"apiVersion": "v1", "kind": "Secret",
+                                                "metadata": {"name": SECRET}, "stringData": s3.environment()})
+    assert apply(platform, ns, s3_cycle("s3-one")).returncode == 0
+    first = wait_for(platform, ns, "the first S3 cycle to end", phase_is(platform, ns, "s3-one", "Succeeded", "Failed"),
+                     timeout=400)
+    assert first["phase"] == "Succeeded" and first["decision"]["outcome"] == "Bootstrapped", first.get("message")
+    assert first["counts"]["verified"] > 0
+
+    published = release(platform, ns, "s3-coder")
+    assert published is not None
+    current = published["spec"]["current"]
+    assert current["uri"].startswith(f"s3://{BUCKET}/sigma0/cycles/{ns}/s3-one-"), current
+    assert current["uri"].endswith("/train/adapter")
+    store = s3.filesystem()
+    local = tmp_path / "adapter"
+    store.get(current["uri"].removeprefix("s3://") + "/", str(local), recursive=True)
+    assert tree_digest(local) == current["digest"], "the adapter in the bucket is the one the release names"
+    cycle_prefix = current["uri"].removeprefix("s3://").removesuffix("/train/adapter")
+    for output in ("harvest/candidates.jsonl", "verify/verified.jsonl", "dataset/train.jsonl",
+                   "eval/results/candidate-gate.jsonl", "decide/decision.json"):
+        assert store.exists(f"{cycle_prefix}/{output}"), output
+    assert store.exists(f"{BUCKET}/sigma0/leaderboard.jsonl")
+
+    # the second cycle generates with the incumbent adapter downloaded from the bucket
+    assert apply(platform, ns, s3_cycle("s3-two", train={**example()["spec"]["train"], "seed": 1})).returncode == 0
+    second = wait_for(platform, ns, "the second S3 cycle to end",
+                      phase_is(platform, ns, "s3-two", "Succeeded", "Failed"), timeout=400)
+    assert second["phase"] == "Succeeded", second.get("message")
+    assert second["resolvedIncumbent"]["uri"] == current["uri"]
+    assert second["incumbent"]["total"] == 3 and second["decision"]["outcome"] in ("Promoted", "Rejected")
+
+    # every stage pod got the credentials from the Secret, and the secret shows up nowhere it could be read back
+    pods = platform.core.list_namespaced_pod(ns).items
+    assert len(pods) >= 15
+    for pod in pods:
+        (container,) = pod.spec.containers
+        assert [source.secret_ref.name for source in container.env_from or []] == [SECRET], pod.metadata.name
+        assert SECRET_KEY not in platform.cluster.pod_log(ns, pod.metadata.name)
+        for state in pod.status.container_statuses or []:
+            assert SECRET_KEY not in json.dumps(state.to_dict(), default=str)
+    for name in ("s3-one", "s3-two"):
+        found = platform.custom.get_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", name)
+        assert SECRET_KEY not in json.dumps(found)
+        assert len(jobs_of(platform, ns, name)) == len({j.metadata.labels["sigma0.dev/step"]
+                                                        for j in jobs_of(platform, ns, name)})

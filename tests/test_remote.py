@@ -1,0 +1,159 @@
+"""Stages on an fsspec artifacts URI (sigma0.remote): remote arguments run on local copies, outputs go back, and the
+store's credentials stay out of reach of the code a sandbox stage executes.
+
+The S3 tests talk to a real S3 REST endpoint (moto's server, tests/s3server.py) through s3fs, with the endpoint and
+credentials in the environment, as a stage pod gets them from the chart's Secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pytest
+from s3server import SECRET_KEY, S3Server
+
+from sigma0 import remote
+
+BUCKET = "sigma0-artifacts"
+
+
+# Pure: which arguments are remote and where their copies go ------------------------------------------------------
+
+
+def test_remote_arguments_are_rewritten_to_local_copies_and_nothing_else_is(tmp_path: Path) -> None:
+    argv = ["--source", "s3://bucket/corpus/tasks.jsonl", "--output", "/artifacts/out.jsonl", "--base-model",
+            "tiny://llama", "--adapter", "candidate=s3://bucket/cycles/c/train/adapter/", "--suite", "gate=humaneval",
+            "--adapter", "incumbent=/srv/adapters/x", "--timeout", "10", "--label", "candidate/gate"]
+    planned = remote.plan_copies(argv, tmp_path)
+    assert planned.argv == ("--source", str(tmp_path / "s3/bucket/corpus/tasks.jsonl"), "--output",
+                            "/artifacts/out.jsonl", "--base-model", "tiny://llama", "--adapter",
+                            f"candidate={tmp_path / 's3/bucket/cycles/c/train/adapter'}", "--suite", "gate=humaneval",
+                            "--adapter", "incumbent=/srv/adapters/x", "--timeout", "10", "--label", "candidate/gate")
+    assert [c.uri for c in planned.copies] == ["s3://bucket/corpus/tasks.jsonl", "s3://bucket/cycles/c/train/adapter"]
+
+
+def test_a_uri_cannot_place_its_copy_outside_the_scratch_folder(tmp_path: Path) -> None:
+    copy = remote.local_path("s3://bucket/../../../etc/passwd", tmp_path)
+    assert copy == tmp_path / "s3/etc/passwd" and copy.is_relative_to(tmp_path)
+    assert remote.protocol_of("tiny://llama") is None and remote.protocol_of("file:///x") is None
+    assert remote.protocol_of("relative/path") is None and remote.protocol_of("S3://b/k") == "s3"
+
+
+def test_pull_then_push_uploads_only_what_changed(tmp_path: Path) -> None:
+    store = fsspec.filesystem("memory")
+    store.pipe("/run1/inputs/a.jsonl", b'{"a": 1}\n')
+    store.pipe("/run1/adapter/weights.bin", b"w")
+    store.pipe("/run1/adapter/sub/config.json", b"{}")
+    planned = remote.plan_copies(["--input", "memory://run1/inputs/a.jsonl", "--adapter", "memory://run1/adapter",
+                                  "--output", "memory://run1/out/result.jsonl"], tmp_path)
+    before = remote.pull(planned.copies)
+    local_input, local_adapter, local_output = (c.local for c in planned.copies)
+    assert local_input.read_bytes() == b'{"a": 1}\n'
+    assert (local_adapter / "sub" / "config.json").read_bytes() == b"{}"
+    assert not local_output.exists() and local_output.parent.is_dir()
+
+    local_output.write_text("result\n")
+    (local_adapter / "weights.bin").write_bytes(b"changed")
+    uploaded = remote.push(planned.copies, before)
+    assert sorted(uploaded) == ["memory://run1/adapter/weights.bin", "memory://run1/out/result.jsonl"]
+    assert store.cat("/run1/out/result.jsonl") == b"result\n"
+    assert store.cat("/run1/adapter/weights.bin") == b"changed"
+
+
+# Against S3 --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    try:
+        server.create_bucket(BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = {"fn": "add", "instruction": "Add two numbers.", "code": "def add(a, b):\n    return a + b\n",
+        "asserts": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}
+# Passes only if it finds no trace of the store's secret in any process's environment or in its own.
+SNOOP = {"fn": "snoop", "instruction": "Return how many processes expose the secret.",
+         "code": ("import os\n\ndef snoop():\n    found = 0\n    for pid in os.listdir('/proc'):\n"
+                  "        if not pid.isdigit():\n            continue\n        try:\n"
+                  "            with open(f'/proc/{pid}/environ', 'rb') as f:\n"
+                  "                found += b'sigma0-test-secret' in f.read()\n"
+                  "        except OSError:\n            pass\n"
+                  "    return found + sum('sigma0-test-secret' in v for v in os.environ.values())\n"),
+         "asserts": ["assert snoop() == 0"]}
+
+
+def _stage(name: str, args: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`sigma0 stage NAME` as a pod runs it: root without any capability (setpriv), the store's credentials in
+    the environment, a termination-message file."""
+    command = ["setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--ambient-caps", "-all", "--",
+               sys.executable, "-m", "sigma0", "stage", name, *args]
+    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "SIGMA0_TERMINATION_LOG":
+               str(tmp_path / f"{name}.termination"), **env}
+    return subprocess.run(command, capture_output=True, text=True, env=environ, cwd=ROOT, timeout=300, check=False)
+
+
+def _verify_args(source: str, out: str) -> list[str]:
+    return ["--input", source, "--output", f"{out}/verified.jsonl", "--report", f"{out}/report.json",
+            "--sandbox", "process", "--timeout", "10", "--workers", "1"]
+
+
+@pytest.mark.slow
+def test_harvest_and_verify_read_and_write_s3_and_the_secret_stays_out_of_reach(s3: S3Server, tmp_path: Path) -> None:
+    store = s3.filesystem()
+    store.pipe(f"{BUCKET}/corpus/tasks.jsonl", "".join(json.dumps(r) + "\n" for r in (GOOD, SNOOP)).encode())
+    cycle = f"s3://{BUCKET}/cycles/c1"
+    harvest = _stage("harvest", ["--source", f"s3://{BUCKET}/corpus/tasks.jsonl", "--output",
+                                 f"{cycle}/harvest/candidates.jsonl", "--report", f"{cycle}/harvest/report.json"],
+                     s3.environment(), tmp_path)
+    assert harvest.returncode == 0, harvest.stderr
+    assert store.exists(f"{BUCKET}/cycles/c1/harvest/candidates.jsonl")
+
+    verify = _stage("verify", _verify_args(f"{cycle}/harvest/candidates.jsonl", f"{cycle}/verify"),
+                    s3.environment(), tmp_path)
+    assert verify.returncode == 0, verify.stderr
+    report = json.loads(store.cat(f"{BUCKET}/cycles/c1/verify/report.json"))
+    verified = [json.loads(line) for line in store.cat(f"{BUCKET}/cycles/c1/verify/verified.jsonl").splitlines()]
+    assert sorted(row["fn"] for row in verified) == ["add", "snoop"], report
+    termination = (tmp_path / "verify.termination").read_text()
+    for text in (harvest.stdout, harvest.stderr, verify.stdout, verify.stderr, termination,
+                 store.cat(f"{BUCKET}/cycles/c1/verify/report.json").decode()):
+        assert SECRET_KEY not in text
+    assert not list(tmp_path.glob("sigma0-remote-*")), "the local copies are removed"
+
+
+@pytest.mark.slow
+def test_without_the_hold_the_snooping_candidate_does_find_the_secret(tmp_path: Path) -> None:
+    """The control for the test above: the same stage on local files, with the secret in its environment but no
+    remote argument (so nothing takes it out), lets the candidate read it, and the candidate fails."""
+    source = tmp_path / "tasks.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in (GOOD, SNOOP)))
+    env = {"AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    harvest = _stage("harvest", ["--source", str(source), "--output", str(tmp_path / "candidates.jsonl"),
+                                 "--report", str(tmp_path / "harvest.json")], env, tmp_path)
+    assert harvest.returncode == 0, harvest.stderr
+    verify = _stage("verify", _verify_args(str(tmp_path / "candidates.jsonl"), str(tmp_path)), env, tmp_path)
+    assert verify.returncode == 0, verify.stderr
+    verified = [json.loads(line)["fn"] for line in (tmp_path / "verified.jsonl").read_text().splitlines()]
+    assert verified == ["add"]
+
+
+def test_an_unreachable_store_is_a_clear_failure(tmp_path: Path) -> None:
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+           "AWS_DEFAULT_REGION": "eu-west-1", "AWS_MAX_ATTEMPTS": "1"}
+    done = _stage("harvest", ["--source", f"s3://{BUCKET}/corpus/tasks.jsonl", "--output",
+                              f"s3://{BUCKET}/c/candidates.jsonl", "--report", f"s3://{BUCKET}/c/report.json"],
+                  env, tmp_path)
+    assert done.returncode == 1
+    summary = json.loads((tmp_path / "harvest.termination").read_text())
+    assert summary["error"].startswith("RemoteError: cannot read s3://sigma0-artifacts/corpus/tasks.jsonl")
