@@ -1,6 +1,6 @@
 """The `sigma0` command.
 
-    sigma0 validate MANIFEST                      check a TrainingCycle against the CRD schema (exit 2 if invalid)
+    sigma0 validate MANIFEST                      check TrainingCycles / AdapterReleases against the CRDs (exit 2)
     sigma0 run MANIFEST [--workdir DIR]           run the whole cycle on this machine, resumably
     sigma0 stage NAME ...                         one stage command (what a local step or a Job's pod runs)
     sigma0 release show|history|rollback NAME     the local release store (--cluster: the AdapterRelease)
@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from sigma0 import __version__, remote
-from sigma0.spec import ManifestError, TrainingCycle, load_manifest
+from sigma0.spec import ManifestError, TrainingCycle, load_manifest, validate_file
 from sigma0.stages import STAGES, StageInputError, load_stage
 from sigma0.termination import write_summary
 
@@ -68,11 +68,13 @@ def _load(manifest: str, console: Console) -> TrainingCycle | None:
 
 
 def _validate(args: argparse.Namespace, console: Console) -> int:
-    cycle = _load(args.manifest, console)
-    if cycle is None:
+    try:
+        checked = validate_file(args.manifest)
+    except ManifestError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
         return EXIT_BAD_INPUT
-    name = cycle.name or f"{cycle.generate_name}…"
-    console.print(f"[green]valid[/]: TrainingCycle {name} for release {cycle.spec.release}", highlight=False)
+    for item in checked:
+        console.print(f"[green]valid[/]: {item.describe()}", highlight=False)
     return EXIT_OK
 
 
@@ -94,6 +96,10 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"cycle {run.name} already finished ({run.finished['phase']}); its result:")
         console.print(result_table(run.name, run.state, run.finished))
         return EXIT_OK if run.finished["phase"] == "Succeeded" else EXIT_FAILED
+    artifacts = cycle.spec.artifacts
+    if artifacts.uri or artifacts.path or artifacts.pvc:
+        console.print(f"note: spec.artifacts is where a cluster's stage pods keep files; sigma0 run keeps them in "
+                      f"{workdir}", highlight=False)
     verb = "resuming" if run.state.steps else "starting"
     console.print(f"{verb} TrainingCycle [bold]{run.name}[/] for release [bold]{cycle.spec.release}[/] "
                   f"in {run.cycle_dir}", highlight=False)
@@ -188,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sigma0 {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    validate = commands.add_parser("validate", help="check a TrainingCycle manifest against the CRD schema")
+    validate = commands.add_parser("validate", help="check TrainingCycle / AdapterRelease manifests against the CRDs; "
+                                   "a later document naming the same object is checked as an edit of it")
     validate.add_argument("manifest")
 
     run = commands.add_parser("run", help="run a TrainingCycle end to end on this machine")

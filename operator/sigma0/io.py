@@ -7,20 +7,104 @@ import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
+class JsonlError(ValueError):
+    """A line of a JSONL file that is not one JSON object. The message names `file:line` and what is wrong.
+
+    `unfinished` is true for a last line without its newline: what a write cut off by a kill leaves behind.
+    `offset` is the byte offset where the line starts (to cut such a line off).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], line: int, offset: int, problem: str, unfinished: bool) -> None:
+        self.path, self.line, self.offset, self.problem, self.unfinished = str(path), line, offset, problem, unfinished
+        cut = " (the last line, with no newline at its end: its write was cut off)" if unfinished else ""
+        super().__init__(f"{path}:{line}: {problem}{cut}")
+
+
+@dataclass(frozen=True)
+class JsonlRecord:
+    line: int  # 1-based line number in the file
+    offset: int  # byte offset where the line starts
+    text: str  # the line as written, without its line ending
+    data: dict[str, Any]
+    terminated: bool  # the line ends with a newline (only the last line of a file can lack one)
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[JsonlRecord]:
+    """Yield one record per non-blank line of a JSONL file, in order.
+
+    A line that is not UTF-8, not JSON, or JSON but not an object raises JsonlError naming `path:line`. Lines are
+    split on `\\n` only (JSON text may hold a raw U+2028, which `str.splitlines` would split on); a UTF-8 byte
+    order mark and `\\r\\n` endings are accepted. A missing file raises FileNotFoundError, as `open` does.
+    """
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
+            terminated = raw.endswith(b"\n")
+            try:
+                text, data = _parse_line(raw, first=number == 1)
+            except ValueError as failure:
+                raise JsonlError(path, number, start, str(failure), unfinished=not terminated) from None
+            if data is not None:
+                yield JsonlRecord(number, start, text, data, terminated)
+
+
+def _parse_line(raw: bytes, first: bool) -> tuple[str, dict[str, Any] | None]:
+    """(the line's text, its object, None for a blank line); ValueError saying what is wrong with it."""
+    try:
+        text = raw.decode("utf-8-sig" if first else "utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as failure:
+        raise ValueError(f"not UTF-8 text ({failure.reason} at byte {failure.start + 1} of the line)") from None
+    if not text.strip():
+        return text, None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as failure:
+        raise ValueError(f"not valid JSON ({failure.msg}: column {failure.colno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {_json_type(data)}")
+    return text, data
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Yield one object per non-empty line; a line that is not a JSON object raises ValueError naming it."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield row
+    """Yield one object per non-blank line; a bad line raises JsonlError (a ValueError) naming `path:line`."""
+    for record in read_records(path):
+        yield record.data
+
+
+def resume_jsonl(path: str | os.PathLike[str]) -> tuple[list[JsonlRecord], JsonlError | None]:
+    """The records of an append-only JSONL file (see append_jsonl) that an interrupted run left behind, and the
+    last line it removed, if any.
+
+    A last line cut off mid-write (unreadable, no newline at its end) is removed from the file; a complete last
+    line that only lacks its newline gets one, so the next append starts a line of its own. Any other bad line
+    raises JsonlError and leaves the file as it is: rows already accepted are never dropped. No file: no records.
+    """
+    if not os.path.exists(path):
+        return [], None
+    records: list[JsonlRecord] = []
+    try:
+        records.extend(read_records(path))
+    except JsonlError as error:
+        if not error.unfinished:
+            raise
+        with open(path, "r+b") as handle:
+            handle.truncate(error.offset)
+        return records, error
+    if records and not records[-1].terminated:
+        with open(path, "ab") as handle:
+            handle.write(b"\n")
+    return records, None
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> int:

@@ -1,14 +1,23 @@
-"""The TrainingCycle manifest: one schema (the CRD in crds/), checked the same way locally and by the API server.
+"""The manifests: one schema (the CRDs in crds/), checked the same way locally and by the API server.
 
 `load_manifest(path)` reads a YAML manifest, applies the CRD's defaults, validates it against the CRD's OpenAPI
 schema (unknown fields rejected, as `kubectl apply` does with strict field validation), checks the rules the API
 server would check with CEL, and returns a typed `TrainingCycle`. Every problem is reported with the field's path.
+
+`validate_file(path)` (what `sigma0 validate` runs) checks every document of a file, TrainingCycle or
+AdapterRelease, each against its own CRD. A document that names the same object as an earlier one in the file is
+an edit of it, as `kubectl apply -f` would apply it: the CRD's transition rules (immutable fields, a revision that
+never decreases) are checked between the two.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import operator
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -28,10 +37,10 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 class ManifestError(ValueError):
     """A manifest that cannot run; `problems` holds one 'field: what is wrong' line each."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, problems: list[str], kind: str = "TrainingCycle") -> None:
         self.source = source
         self.problems = problems
-        super().__init__(f"{source}: invalid TrainingCycle:\n" + "\n".join(f"  - {p}" for p in problems))
+        super().__init__(f"{source}: invalid {kind}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,14 +101,19 @@ def _field_path(path: Any) -> str:
     return text or "(top level)"
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
+def _describe(error: jsonschema.ValidationError) -> list[str]:
+    """One line per problem, each starting with the path of the field it is about (as the API server names it)."""
+    path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         known = ", ".join(sorted(error.schema.get("properties", {})))
-        return f"{_field_path(error.absolute_path)}: unknown field(s) {', '.join(extra)} (known: {known})"
-    if error.validator == "required":
-        return f"{_field_path(error.absolute_path)}: {error.message}"
-    return f"{_field_path(error.absolute_path)}: {error.message}"
+        unknown = ", ".join(_field_path([*path, name]) for name in extra)
+        return [f"{_field_path(path)}: unknown field(s) {', '.join(extra)} (not in the schema: {unknown}; "
+                f"known: {known})"]
+    if error.validator == "required":  # one error per object: name each missing field by its own path
+        missing = [name for name in error.validator_value if name not in error.instance]
+        return [f"{_field_path([*path, name])}: {name!r} is a required property" for name in missing]
+    return [f"{_field_path(path)}: {error.message}"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,9 +267,34 @@ class TrainingCycle(BaseModel):
 # Loading
 
 
-def _cel_equivalents(spec: dict[str, Any]) -> list[str]:
-    """The CEL rules in the CRD that a plain JSON Schema cannot express (transition rules need an old object and
-    only apply on the server)."""
+KINDS = ("TrainingCycle", "AdapterRelease")
+
+# The CRDs' CEL rules, in Python (tests/test_bad_input.py checks that every rule in crds/ is one of these).
+# Rules that only look at the new object: checked by _cel_equivalents, after the schema holds.
+CEL_RULES = {
+    "TrainingCycle": (
+        "[has(self.path), has(self.pvc), has(self.uri)].filter(x, x).size() <= 1",
+        "!has(self.placements) || [has(self.name), has(self.gpus), has(self.gpuResource), has(self.resources), "
+        "has(self.nodeSelector), has(self.tolerations), has(self.priorityClassName), has(self.weeklyGPUHours), "
+        "has(self.unschedulableSeconds)].all(x, !x)",
+    ),
+    "AdapterRelease": ("!has(self.passed) || !has(self.total) || self.passed <= self.total",),
+}
+# Transition rules (they read oldSelf): checked on an edit, between the object as it is and as it will be.
+TRANSITION_RULES: dict[str, Callable[[Any, Any], bool]] = {  # rule → predicate(self, oldSelf)
+    "self == oldSelf": operator.eq,
+    "self >= oldSelf": operator.ge,
+}
+
+
+def _cel_equivalents(kind: str, spec: dict[str, Any]) -> list[str]:
+    """The CEL rules in the CRD that a plain JSON Schema cannot express, other than transition rules."""
+    if kind == "AdapterRelease":
+        pointers = [("spec.current", spec.get("current"))]
+        pointers += [(f"spec.history[{index}]", item) for index, item in enumerate(spec.get("history") or [])]
+        return [f"{where}: passed cannot exceed total (passed {pointer['passed']}, total {pointer['total']})"
+                for where, pointer in pointers
+                if pointer and "passed" in pointer and "total" in pointer and pointer["passed"] > pointer["total"]]
     problems = []
     artifacts = spec.get("artifacts") or {}
     chosen = [key for key in ("path", "pvc", "uri") if key in artifacts]
@@ -277,6 +316,41 @@ def _cel_equivalents(spec: dict[str, Any]) -> list[str]:
     return problems
 
 
+def transition_problems(kind: str, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The CRD's transition rules between two defaulted objects, as the API server checks them on an update: a
+    rule on a field applies only where the old and the new object both have it. Only object fields are walked, not
+    list items or map values: the CRDs have no transition rule there."""
+    problems = []
+
+    def walk(schema: dict[str, Any], old: Any, new: Any, path: list[str]) -> None:
+        for rule in schema.get("x-kubernetes-validations", []):
+            if "oldSelf" in rule["rule"] and not TRANSITION_RULES[rule["rule"]](new, old):
+                changed = "; ".join(_changes(old, new, path)[:3])
+                problems.append(f"{_field_path(path)}: {rule['message']} ({changed})")
+        if isinstance(old, dict) and isinstance(new, dict):
+            for name, sub in schema.get("properties", {}).items():
+                if name in old and name in new:
+                    walk(sub, old[name], new[name], [*path, name])
+
+    walk(openapi_schema(kind), old, new, [])
+    return problems
+
+
+def _changes(old: Any, new: Any, path: list[Any]) -> list[str]:
+    """What an edit changed, one 'field: old → new' line per changed value (recursing into objects)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(old.keys() | new.keys(), key=str)
+                for line in _changes(old.get(key), new.get(key), [*path, key])]
+    if old == new:
+        return []
+    return [f"{_field_path(path)}: {_short(old)} → {_short(new)}"]
+
+
+def _short(value: Any) -> str:
+    text = "(unset)" if value is None else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 def _metadata_problems(metadata: Any) -> list[str]:
     if not isinstance(metadata, dict):
         return ["metadata: required, with a name or a generateName"]
@@ -293,22 +367,33 @@ def _metadata_problems(metadata: Any) -> list[str]:
     return problems
 
 
-def parse_manifest(document: Any, source: str = "<manifest>") -> TrainingCycle:
-    """Validate one manifest document (already parsed YAML) and return the typed cycle, or raise ManifestError."""
+def _problems(document: Any, kind: str) -> tuple[list[str], dict[str, Any]]:
+    """Everything wrong with one document as a `kind`, each line naming its field; and the defaulted document."""
     if not isinstance(document, dict):
-        raise ManifestError(source, ["(top level): a TrainingCycle manifest must be a YAML mapping"])
+        return [f"(top level): a {kind} manifest must be a YAML mapping"], {}
     problems: list[str] = []
     if document.get("apiVersion") != API_VERSION:
         problems.append(f"apiVersion: must be {API_VERSION}, got {document.get('apiVersion')!r}")
-    if document.get("kind") != "TrainingCycle":
-        problems.append(f"kind: must be TrainingCycle, got {document.get('kind')!r}")
+    if document.get("kind") != kind:
+        problems.append(f"kind: must be {kind}, got {document.get('kind')!r}")
     problems += _metadata_problems(document.get("metadata"))
-    defaulted = apply_defaults(openapi_schema("TrainingCycle"), copy.deepcopy(document))
-    problems += [_describe(e) for e in sorted(_validator("TrainingCycle").iter_errors(defaulted), key=str)]
+    defaulted = apply_defaults(openapi_schema(kind), copy.deepcopy(document))
+    for error in sorted(_validator(kind).iter_errors(defaulted), key=str):
+        problems += _describe(error)
     if not problems:
-        problems += _cel_equivalents(defaulted["spec"])
+        problems += _cel_equivalents(kind, defaulted.get("spec") or {})
+    return list(dict.fromkeys(problems)), defaulted
+
+
+def parse_manifest(document: Any, source: str = "<manifest>") -> TrainingCycle:
+    """Validate one manifest document (already parsed YAML) and return the typed cycle, or raise ManifestError."""
+    problems, defaulted = _problems(document, "TrainingCycle")
     if problems:
         raise ManifestError(source, problems)
+    return _typed(defaulted)
+
+
+def _typed(defaulted: dict[str, Any]) -> TrainingCycle:
     metadata = defaulted["metadata"]
     return TrainingCycle(
         name=metadata.get("name"),
@@ -319,17 +404,94 @@ def parse_manifest(document: Any, source: str = "<manifest>") -> TrainingCycle:
     )
 
 
-def load_manifest(path: str | Path) -> TrainingCycle:
-    path = Path(path)
+@dataclass(frozen=True)
+class Checked:
+    """A document that passed `check_documents`: its kind and the document with the CRD's defaults applied."""
+
+    kind: str
+    document: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str, str] | None:
+        """What names the object in a cluster (None for a generateName: each apply makes a new one)."""
+        metadata = self.document["metadata"]
+        name = metadata.get("name")
+        return (self.kind, metadata.get("namespace") or "", name) if name else None
+
+    def describe(self) -> str:
+        metadata, spec = self.document["metadata"], self.document["spec"]
+        name = metadata.get("name") or f"{metadata['generateName']}…"
+        if self.kind == "TrainingCycle":
+            return f"TrainingCycle {name} for release {spec['release']}"
+        return f"AdapterRelease {name} at revision {spec['revision']}"
+
+
+def _is_ours(document: Any, only: bool) -> bool:
+    """Is this document one for us to check? The only document of a file always is; among several, those of our
+    kinds or API group are (a file may hold other Kubernetes objects beside a cycle)."""
+    if only or not isinstance(document, dict):
+        return True
+    return document.get("kind") in KINDS or str(document.get("apiVersion", "")).startswith(f"{GROUP}/")
+
+
+def check_documents(documents: list[Any], source: str = "<manifest>") -> list[Checked]:
+    """Check every sigma0 document of a file against its kind's CRD, in order. A document that names the same
+    object as an earlier one is an edit of it, as `kubectl apply -f` would apply it: the transition rules
+    (immutable fields) are checked between the two. Raises ManifestError naming every problem and its field."""
+    checked: list[Checked] = []
+    problems: list[str] = []
+    latest: dict[tuple[str, str, str], Checked] = {}
+    ours = [doc for doc in documents if _is_ours(doc, only=len(documents) == 1)]
+    for number, document in enumerate(ours, start=1):
+        prefix = f"document {number}: " if len(ours) > 1 else ""
+        if not isinstance(document, dict):
+            problems.append(f"{prefix}(top level): a manifest must be a YAML mapping, got {type(document).__name__}")
+            continue
+        kind = document.get("kind")
+        if kind not in KINDS:
+            problems.append(f"{prefix}kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+            continue
+        found, defaulted = _problems(document, kind)
+        item = Checked(kind, defaulted)
+        if not found and item.key in latest:
+            found = transition_problems(kind, latest[item.key].document, defaulted)
+        problems += [prefix + problem for problem in found]
+        if not found:
+            checked.append(item)
+            if item.key is not None:
+                latest[item.key] = item
+    if problems:
+        kinds = sorted({doc.get("kind") for doc in ours if isinstance(doc, dict)} & set(KINDS))
+        raise ManifestError(source, problems, kind=kinds[0] if len(kinds) == 1 else "manifest")
+    return checked
+
+
+def read_documents(path: str | Path) -> list[Any]:
+    """The YAML documents of a manifest file (empty ones left out), or ManifestError if it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ManifestError(str(path), [f"(file): cannot read it: {error.strerror}"]) from error
+    except UnicodeDecodeError as error:
+        raise ManifestError(str(path), [f"(file): not UTF-8 text ({error.reason} at byte {error.start})"]) from error
     try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as error:
         raise ManifestError(str(path), [f"(file): not valid YAML: {error}"]) from error
-    cycles = [doc for doc in documents if isinstance(doc, dict) and doc.get("kind") == "TrainingCycle"]
-    if len(documents) != 1 and len(cycles) != 1:
+
+
+def validate_file(path: str | Path) -> list[Checked]:
+    """What `sigma0 validate` checks: every TrainingCycle and AdapterRelease in the file (see check_documents)."""
+    documents = read_documents(path)
+    if not documents:
+        raise ManifestError(str(path), ["(file): no documents in it"], kind="manifest")
+    return check_documents(documents, str(path))
+
+
+def load_manifest(path: str | Path) -> TrainingCycle:
+    """The one TrainingCycle of a manifest file, after every sigma0 document in it has been checked."""
+    checked = validate_file(path)
+    cycles = [item for item in checked if item.kind == "TrainingCycle"]
+    if len(cycles) != 1:
         raise ManifestError(str(path), [f"(file): expected one TrainingCycle document, found {len(cycles)}"])
-    return parse_manifest(cycles[0] if cycles else documents[0], str(path))
+    return _typed(cycles[0].document)

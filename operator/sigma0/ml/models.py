@@ -177,6 +177,22 @@ def resolve_base_model(name: str) -> str:
     return name  # a hub id, e.g. Qwen/Qwen2.5-Coder-0.5B
 
 
+def check_model_folder(folder: Path) -> None:
+    """ValueError unless `folder` looks like a saved transformers model; transformers' own errors for an empty
+    folder or a broken config.json talk about hub repositories and a missing `model_type`."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ValueError(f"base model folder {folder} is not a model: it has no config.json")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"base model folder {folder}: its config.json is not valid JSON ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ValueError(
+            f"base model folder {folder} is not a model: its config.json has no model_type (not a transformers config)"
+        )
+
+
 def pick_device(requested: str) -> torch.device:
     if requested not in DEVICES:
         raise ValueError(f"unknown device {requested!r}; use one of {', '.join(DEVICES)}")
@@ -209,6 +225,9 @@ def load_base_model(name: str, quantization: str = "nf4", device: str = "auto") 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r}; use one of {', '.join(QUANTIZATIONS)}")
     path = resolve_base_model(name)
+    local = Path(path).is_dir()
+    if local:
+        check_model_folder(Path(path))
     target = pick_device(device)
     dtype = compute_dtype(target)
     quantization_config = None
@@ -219,12 +238,17 @@ def load_base_model(name: str, quantization: str = "nf4", device: str = "auto") 
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-    model = AutoModelForCausalLM.from_pretrained(
-        path, quantization_config=quantization_config, dtype=dtype, device_map={"": str(target)}
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quantization_config, dtype=dtype, device_map={"": str(target)}
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        if not local:  # a hub id: the hub's own error (not found, no network) says it best
+            raise
+        raise ValueError(f"base model folder {path} cannot be loaded as a causal language model: {error}") from error
     # What the user named, not a cache folder: peft writes it into the adapter's files.
     model.name_or_path = model.config.name_or_path = name
-    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(name, model, tokenizer, target, dtype, quantization)

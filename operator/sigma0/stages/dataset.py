@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
-import json
 import os
 from typing import Any
 
 from sigma0.candidates import char_column, newlines
-from sigma0.io import file_digest, text_digest, write_json_atomic, write_jsonl_atomic
+from sigma0.io import JsonlError, file_digest, read_records, text_digest, write_json_atomic, write_jsonl_atomic
 from sigma0.stages import StageInputError
 
 
@@ -131,24 +130,13 @@ def _docstring(instruction: str, indent: str) -> str:
 
 def _read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
     try:
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().split("\n")
+        return [(record.line, record.data) for record in read_records(path)]
     except FileNotFoundError:
         raise StageInputError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise StageInputError(f"{path} cannot be read: {error}") from None
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise StageInputError(f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno})") from None
-        if not isinstance(row, dict):
-            raise StageInputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append((number, row))
-    return rows
+    except JsonlError as error:
+        raise StageInputError(str(error)) from None
+    except OSError as error:
+        raise StageInputError(f"{path} cannot be read: {error.strerror or error}") from None
 
 
 def _check_unique_ids(rows: list[dict[str, str]]) -> None:

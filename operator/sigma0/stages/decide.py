@@ -9,12 +9,11 @@ Nothing else is read or written; publishing the decision is the release store's 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from sigma0.gate import Decision, Policy, decide
-from sigma0.io import file_digest, write_json_atomic
+from sigma0.io import JsonlError, file_digest, read_records, write_json_atomic
 from sigma0.stages import StageInputError
 
 
@@ -72,30 +71,21 @@ def read_results(path: str) -> dict[str, bool]:
     results: dict[str, bool] = {}
     first_seen: dict[str, int] = {}
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                task_id, passed = _parse_row(line, f"{path}:{number}")
-                if task_id in results:
-                    raise StageInputError(
-                        f"{path}:{number}: task {task_id!r} appears again (first on line "
-                        f"{first_seen[task_id]}); each problem must be scored once"
-                    )
-                results[task_id] = passed
-                first_seen[task_id] = number
-    except UnicodeDecodeError as error:
-        raise StageInputError(f"{path} is not UTF-8 text ({error})") from error
+        for record in read_records(path):
+            task_id, passed = _parse_row(record.data, f"{path}:{record.line}")
+            if task_id in results:
+                raise StageInputError(
+                    f"{path}:{record.line}: task {task_id!r} appears again (first on line "
+                    f"{first_seen[task_id]}); each problem must be scored once"
+                )
+            results[task_id] = passed
+            first_seen[task_id] = record.line
+    except JsonlError as error:
+        raise StageInputError(str(error)) from error
     return results
 
 
-def _parse_row(line: str, where: str) -> tuple[str, bool]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise StageInputError(f"{where}: not valid JSON ({error.msg})") from error
-    if not isinstance(row, dict):
-        raise StageInputError(f"{where}: expected a JSON object with task_id and passed")
+def _parse_row(row: dict[str, Any], where: str) -> tuple[str, bool]:
     task_id, passed = row.get("task_id"), row.get("passed")
     if not isinstance(task_id, str) or not task_id:
         raise StageInputError(f"{where}: task_id must be a non-empty string, got {task_id!r}")

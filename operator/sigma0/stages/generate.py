@@ -11,7 +11,6 @@ text only: the score stage runs them in the sandbox.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from collections.abc import Sequence
@@ -21,7 +20,8 @@ from typing import Any
 
 from peft import PeftModel
 
-from sigma0.io import append_jsonl, file_digest, read_json, tree_digest, write_json_atomic
+from sigma0.io import JsonlError, append_jsonl, file_digest, read_json, resume_jsonl, tree_digest, write_json_atomic
+from sigma0.ml.adapters import AdapterMismatch, check_adapter_fits
 from sigma0.ml.generation import HUMAN_EVAL_STOP_SEQUENCES, generate_completions
 from sigma0.ml.models import DEVICES, QUANTIZATIONS, LoadedModel, load_base_model, peak_memory
 from sigma0.stages import StageInputError
@@ -68,6 +68,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loaded = load_base_model(args.base_model, args.quantization, args.device)
     except ValueError as error:
         raise StageInputError(f"--base-model {args.base_model}: {error}") from error
+    for label, path in adapters.items():
+        if path is not None:
+            try:
+                check_adapter_fits(loaded.model, path)
+            except AdapterMismatch as error:
+                raise StageInputError(f"--adapter {label}: {error}; --base-model is {args.base_model}") from error
     model = _attach_adapters(loaded, adapters)
     model.eval()
 
@@ -137,24 +143,18 @@ def _generate_suite(
 
 def completed_task_ids(path: Path) -> set[str]:
     """Task ids already in a completions file. A last line cut off by a kill is dropped from the file."""
-    if not path.is_file():
-        return set()
-    data = path.read_bytes()
+    try:
+        records, _ = resume_jsonl(path)
+    except JsonlError as error:
+        raise StageInputError(f"{error}; remove the file to generate again") from error
     done: set[str] = set()
-    offset = 0
-    for line in data.splitlines(keepends=True):
-        try:
-            row = json.loads(line)
-            done.add(row["task_id"])
-        except (ValueError, KeyError, TypeError) as error:
-            if line.endswith(b"\n"):
-                raise StageInputError(
-                    f"{path}: unreadable row at byte {offset} ({error}); remove the file to generate again"
-                ) from error
-            with open(path, "r+b") as handle:  # an unfinished last row: cut it off, keep the rest
-                handle.truncate(offset)
-            break
-        offset += len(line)
+    for record in records:
+        task_id = record.data.get("task_id")
+        if not isinstance(task_id, str):
+            raise StageInputError(
+                f"{path}:{record.line}: a row without a string task_id; remove the file to generate again"
+            )
+        done.add(task_id)
     return done
 
 

@@ -8,7 +8,8 @@ Every row read ends in exactly one bucket, so harvested = kept + excluded + dupl
   excluded    it overlaps a problem of an eval suite (sigma0.contamination says which and how)
   duplicate   an earlier kept row has the same function name and normalised code
   kept        written to --output as {id, fn, instruction, code, asserts, source, code_digest}
-Sources are only read. A source that is missing, unreadable or not a corpus at all stops the stage (exit 2).
+Sources are only read. A source that is missing, unreadable or not a corpus at all (empty, not JSON, or without one
+row that is an object with a code field) stops the stage (exit 2) before anything is written.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sigma0.candidates import Candidate, RawRow, RowError, SourceError, normalise_row, parse_source
+from sigma0.candidates import ALIASES, Candidate, RawRow, RowError, SourceError, normalise_row, parse_source
 from sigma0.contamination import (
     DEFAULT_NGRAM_SIZE,
     DEFAULT_THRESHOLD,
@@ -161,9 +162,29 @@ def _read_sources(sources: list[str]) -> tuple[list[RawRow], dict[str, str]]:
         try:
             formats[path], found = parse_source(text, path)
         except SourceError as error:
-            raise StageInputError(str(error)) from None
+            raise StageInputError(f"source {error}") from None
+        _check_is_a_corpus(path, found)
         rows.extend(found)
     return rows, formats
+
+
+def _check_is_a_corpus(path: str, rows: list[RawRow]) -> None:
+    """Bad rows are dropped one by one, but a source in which not one row even looks like a task (an empty file,
+    text that is not JSON, JSON of another kind) is not a corpus at all: the wrong file, not a pile of drops."""
+    if not rows:
+        raise StageInputError(f"source {path} holds no rows: it is empty; nothing to harvest from it")
+    if all(row.json_error is not None for row in rows):
+        first = rows[0]
+        raise StageInputError(
+            f"source {path} is neither a JSON corpus nor JSON lines: none of its {len(rows)} non-blank line(s) "
+            f"is JSON (line {first.line}, {first.json_error})"
+        )
+    code_names = set(ALIASES["code"])
+    if not any(isinstance(row.data, dict) and code_names & {str(key).lower() for key in row.data} for row in rows):
+        raise StageInputError(
+            f"source {path} holds no task rows: none of its {len(rows)} row(s) is a JSON object with a code field "
+            f"({', '.join(ALIASES['code'])}); a row is {{fn, instruction, code, asserts}}"
+        )
 
 
 def _build_index(suites: list[str], ngram_size: int, threshold: float) -> ContaminationIndex:

@@ -17,16 +17,13 @@ evaluate_functional_correctness with one sample per task.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sigma0.io import append_jsonl, read_jsonl, text_digest, write_json_atomic, write_jsonl_atomic
+from sigma0.io import JsonlError, append_jsonl, read_records, resume_jsonl, text_digest, write_json_atomic
 from sigma0.sandbox import Program, Reason, SandboxUnavailable, for_problem, options, run_programs
 from sigma0.stages import StageInputError
 from sigma0.suites import Problem, Subset, load_suite
@@ -54,9 +51,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settings = options.from_args(args)
         subset = Subset.parse(args.subset)
         problems = load_suite(args.suite, subset)
+        task_ids = {problem.task_id for problem in load_suite(args.suite)}
     except (ValueError, SandboxUnavailable) as error:
         raise StageInputError(str(error)) from error
-    completions = read_completions(args.completions)
+    completions = read_completions(args.completions, args.suite, task_ids)
     done = read_results(args.output, problems, completions)
     todo = [problem for problem in problems if problem.task_id not in done]
     print(
@@ -135,51 +133,53 @@ def leaderboard_row(args: argparse.Namespace, summary: dict[str, Any]) -> dict[s
     }
 
 
-def read_completions(path: str) -> dict[str, str]:
-    """task_id → completion; anything else (no task_id, a non-string completion, a task twice) is bad input."""
+def read_completions(path: str, suite: str, task_ids: set[str]) -> dict[str, str]:
+    """task_id → completion; anything else (no task_id, a non-string completion, a task twice, a task the suite
+    does not have) is bad input."""
     completions: dict[str, str] = {}
     try:
-        for number, row in enumerate(read_jsonl(path), start=1):
+        for record in read_records(path):
+            where, row = f"{path}:{record.line}", record.data
             task_id, completion = row.get("task_id"), row.get("completion")
             if not isinstance(task_id, str) or not isinstance(completion, str):
-                raise StageInputError(f"{path}: row {number} needs a string task_id and completion, got {row!r:.200}")
+                raise StageInputError(f"{where}: the row needs a string task_id and completion, got {row!r:.200}")
+            if task_id not in task_ids:
+                raise StageInputError(
+                    f"{where}: task_id {task_id!r} is not a problem of suite {suite}; "
+                    "were these completions made for another suite?"
+                )
             if task_id in completions:
                 raise StageInputError(
-                    f"{path}: task {task_id!r} has more than one completion; score takes one per task (pass@1)"
+                    f"{where}: task {task_id!r} has more than one completion; score takes one per task (pass@1)"
                 )
             completions[task_id] = completion
     except FileNotFoundError as error:
         raise StageInputError(f"completions file {path} does not exist") from error
-    except (ValueError, UnicodeDecodeError) as error:
-        raise StageInputError(f"{path}: {error}") from error
+    except JsonlError as error:
+        raise StageInputError(str(error)) from error
     return completions
 
 
 def read_results(path: str, problems: list[Problem], completions: dict[str, str]) -> dict[str, dict[str, Any]]:
     """The rows an earlier, interrupted run left in `path`, by task_id; they must fit this run exactly.
 
-    A last line cut off mid-write is dropped (the file is rewritten without it). A row for a task outside this suite
-    or subset, a task scored twice, or a row made from a different completion than this file's is bad input: the
-    results file would no longer say what this run measured.
+    A last line cut off mid-write is removed (sigma0.io.resume_jsonl). Any other unreadable line, a row for a task
+    outside this suite or subset, a task scored twice, or a row made from a different completion than this file's
+    is bad input, and the file is left as it is: the results file would no longer say what this run measured.
     """
-    if not os.path.exists(path):
-        return {}
+    try:
+        records, cut = resume_jsonl(path)
+    except JsonlError as error:
+        raise StageInputError(
+            f"{error}; the results file is left as it is: fix that line or use a new --output"
+        ) from error
+    if cut is not None:
+        print(f"score: dropped an unfinished last line of {path}", file=sys.stderr)
     wanted = {problem.task_id for problem in problems}
     rows: dict[str, dict[str, Any]] = {}
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                write_jsonl_atomic(path, rows.values())
-                print(f"score: dropped an unfinished last line of {path}", file=sys.stderr)
-                break
-            raise StageInputError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-        task_id = row.get("task_id") if isinstance(row, dict) else None
-        where = f"{path}:{number}"
+    for record in records:
+        row, where = record.data, f"{path}:{record.line}"
+        task_id = row.get("task_id")
         if task_id not in wanted:
             raise StageInputError(
                 f"{where}: a result for {task_id!r}, not a task of this suite/subset; use a new --output"

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sigma0.io import file_digest, read_json, read_jsonl, tree_digest, write_json_atomic
+from sigma0.io import JsonlError, file_digest, read_json, read_records, tree_digest, write_json_atomic
 from sigma0.ml.models import DEVICES, QUANTIZATIONS, library_versions, load_base_model, peak_memory, pick_device
 from sigma0.ml.qlora import TrainConfig, encode_example, save_adapter, train_adapter
 from sigma0.stages import StageInputError
@@ -122,12 +122,15 @@ def read_rows(path: str) -> list[dict[str, Any]]:
         raise StageInputError(f"dataset {path} does not exist; run the dataset stage first")
     rows: list[dict[str, Any]] = []
     try:
-        for number, row in enumerate(read_jsonl(path), start=1):
+        for record in read_records(path):
+            row = record.data
             if not isinstance(row.get("prompt"), str) or not isinstance(row.get("completion"), str):
-                raise StageInputError(f"dataset {path}: row {number} needs string 'prompt' and 'completion' fields")
+                raise StageInputError(
+                    f"dataset {path}:{record.line}: row {record.line} needs string 'prompt' and 'completion' fields"
+                )
             rows.append(row)
-    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
-        raise StageInputError(f"dataset {path} is not valid JSON lines: {error}") from error
+    except JsonlError as error:
+        raise StageInputError(f"dataset {error}") from error
     if not rows:
         raise StageInputError(f"dataset {path} has no rows: there is nothing to train on")
     return rows

@@ -13,13 +13,12 @@ A row that is not a JSON object with string `fn` and `code` is bad input (exit 2
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
 from typing import Any
 
-from sigma0.io import atomic_writer, write_json_atomic
+from sigma0.io import JsonlError, atomic_writer, read_records, write_json_atomic
 from sigma0.sandbox import Program, SandboxUnavailable, Verdict, from_asserts, options, run_programs
 from sigma0.stages import StageInputError
 
@@ -73,27 +72,17 @@ def read_rows(path: str) -> tuple[list[str], list[dict[str, Any]]]:
     lines: list[str] = []
     rows: list[dict[str, Any]] = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, raw in enumerate(handle, start=1):
-                line = raw.rstrip("\r\n")
-                if not line.strip():
-                    continue
-                where = f"{path}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise StageInputError(f"{where}: not valid JSON ({error.msg})") from error
-                if not isinstance(row, dict):
-                    raise StageInputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-                for field in ("fn", "code"):
-                    if not isinstance(row.get(field), str) or not row[field]:
-                        raise StageInputError(f"{where}: {field!r} must be a non-empty string, got {row.get(field)!r}")
-                lines.append(line)
-                rows.append(row)
+        for record in read_records(path):
+            for field in ("fn", "code"):
+                value = record.data.get(field)
+                if not isinstance(value, str) or not value:
+                    raise StageInputError(f"{path}:{record.line}: {field!r} must be a non-empty string, got {value!r}")
+            lines.append(record.text)
+            rows.append(record.data)
     except FileNotFoundError as error:
         raise StageInputError(f"input {path} does not exist; run the harvest stage first") from error
-    except UnicodeDecodeError as error:
-        raise StageInputError(f"{path} is not UTF-8 text ({error})") from error
+    except JsonlError as error:
+        raise StageInputError(str(error)) from error
     return lines, rows
 
 

@@ -1,0 +1,1 @@
+"""Bad input: the catalogue of invalid manifests (manifests/catalogue.yaml) and its loader (catalogue.py)."""
