@@ -30,6 +30,13 @@ SUMMARIES = {
 }
 
 
+def summary_of(step: str, incumbent: plan.Incumbent | None) -> dict[str, Any]:
+    if step == "generate":  # the adapters it loaded: the trained one and the release's
+        adapters = {"candidate": SUMMARIES["train"]["adapter_digest"]}
+        return {"adapters": adapters | ({"incumbent": incumbent.digest} if incumbent else {})}
+    return SUMMARIES.get(step, {})
+
+
 def drive(cycle_spec, incumbent: plan.Incumbent | None) -> tuple[list[str], plan.Action]:
     """Run the machine to its end, with every step succeeding; returns the steps run and the last action."""
     state = plan.CycleState()
@@ -40,7 +47,7 @@ def drive(cycle_spec, incumbent: plan.Incumbent | None) -> tuple[list[str], plan
             state = plan.CycleState(incumbent_resolved=True, incumbent=incumbent)
         elif isinstance(action, plan.RunStep):
             ran.append(action.step.name)
-            result = plan.StepResult("succeeded", SUMMARIES.get(action.step.name, {}))
+            result = plan.StepResult("succeeded", summary_of(action.step.name, incumbent))
             state = plan.CycleState(True, incumbent, {**state.steps, action.step.name: result}, None)
         else:
             return ran, action
@@ -153,3 +160,16 @@ def test_on_an_artifacts_uri_every_path_is_a_well_formed_uri() -> None:
     assert "s3://bucket/sigma0/corpus.jsonl" in uris and "s3://bucket/sigma0/cycles/c1/train/adapter" in uris
     assert "s3://bucket/sigma0/cycles/c1/eval/completions/candidate/gate/completions.jsonl" in uris
     assert all(uri.startswith("s3://bucket/sigma0/") for uri in uris), uris
+
+
+@pytest.mark.parametrize("label", ["candidate", "incumbent"])
+def test_an_adapter_that_changed_before_generate_loaded_it_fails_the_cycle(label: str) -> None:
+    steps = {name: plan.StepResult("succeeded", summary_of(name, INCUMBENT))
+             for name in ("harvest", "verify", "dataset", "train")}
+    generated = summary_of("generate", INCUMBENT)
+    generated["adapters"][label] = "sha256:" + "f" * 64
+    state = plan.CycleState(True, INCUMBENT, {**steps, "generate": plan.StepResult("succeeded", generated)})
+    action = plan.next_action(spec(), state, LAYOUT)
+    assert isinstance(action, plan.Finish) and action.phase == "Failed"
+    assert f"generate loaded a {label} adapter with digest sha256:ffff" in action.reason
+    assert "the release is untouched" in action.reason

@@ -259,7 +259,7 @@ def next_action(spec: CycleSpec, state: CycleState, layout: Layout) -> Action:
         if result.state == "failed":
             reason = result.message or "the stage failed without a message"
             return Finish(PHASE_FAILED, None, f"{step.name} failed: {reason}")
-        early = _early_finish(step, result)
+        early = _early_finish(step, result, state)
         if early is not None:
             return early
     decision = state.steps["decide"].summary
@@ -269,11 +269,23 @@ def next_action(spec: CycleSpec, state: CycleState, layout: Layout) -> Action:
                    candidate_digest=str(train.get("adapter_digest", "")))
 
 
-def _early_finish(step: Step, result: StepResult) -> Finish | None:
-    """A cycle with nothing to train on ends Rejected after the dataset step, instead of training on nothing."""
+def _early_finish(step: Step, result: StepResult, state: CycleState) -> Finish | None:
+    """A cycle with nothing to train on ends Rejected after the dataset step, instead of training on nothing; one
+    whose generate step measured other adapters than the one trained and the one the release names ends Failed:
+    an adapter folder changed in between, and a figure about other weights proves nothing about these."""
     if step.name == "dataset" and int(result.summary.get("rows", 1)) == 0:
         return Finish(PHASE_SUCCEEDED, "Rejected", "no training rows: nothing passed the execution gate and "
                       "there is no base dataset; the release is untouched")
+    if step.name == "generate":
+        evaluated = result.summary.get("adapters") or {}
+        expected = {"candidate": (str(state.steps["train"].summary.get("adapter_digest", "")), "the train step wrote")}
+        if state.incumbent is not None:
+            expected["incumbent"] = (state.incumbent.digest, "the release names")
+        for label, (digest, whose) in expected.items():
+            if evaluated.get(label) != digest:
+                return Finish(PHASE_FAILED, None, f"generate loaded a {label} adapter with digest "
+                              f"{evaluated.get(label)}, not {digest}, which {whose}: its folder changed after it "
+                              "was written; the release is untouched")
     return None
 
 
