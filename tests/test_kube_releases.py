@@ -128,3 +128,11 @@ def test_pointers_round_trip() -> None:
     pointer = releases.Pointer(uri="/a", digest=A, cycle="c1", promoted_at=NOW, revision=3, pass_at_1=0.5,
                                passed=2, total=4, rolled_back=True)
     assert releases.Pointer.from_spec(pointer.to_spec()) == pointer
+
+
+def test_a_zero_pass_at_1_is_kept_not_taken_for_an_absent_one() -> None:
+    pointer = releases.Pointer(uri="/a", digest=A, cycle="c1", promoted_at=NOW, revision=1, pass_at_1=0.0,
+                               passed=0, total=3)
+    spec = pointer.to_spec()
+    assert (spec["passAt1"], spec["passed"], spec["total"]) == (0.0, 0, 3)  # `kubectl get ar` shows PASS@1 0
+    assert "rolledBack" not in spec and releases.Pointer.from_spec(spec) == pointer

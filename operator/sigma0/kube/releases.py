@@ -70,7 +70,8 @@ class Pointer:
 
     def to_spec(self) -> dict[str, Any]:
         data = {key: getattr(self, name) for name, key in self._FIELDS}
-        return {key: value for key, value in data.items() if value not in (None, "", False)}
+        # `is`, not `in`: 0 == False, and a pass@1 of 0.0 or 0 problems passed are figures, not absences
+        return {key: value for key, value in data.items() if value is not None and value is not False and value != ""}
 
     @classmethod
     def from_spec(cls, data: Mapping[str, Any]) -> Pointer:
