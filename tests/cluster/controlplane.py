@@ -6,6 +6,11 @@ Everything lives in one work folder: pki/ (certificates), etcd/ (data),
 *.kubeconfig, logs/<component>.log. Ports are random free ports on 127.0.0.1,
 so two runs do not collide. Each component runs in its own process group;
 `stop()` ends every group (SIGTERM, then SIGKILL).
+
+For fault injection, kube-apiserver alone can go away and come back on the same
+port with the same flags while etcd and the controllers keep running:
+`stop_apiserver()` (SIGKILL, or SIGTERM with kill=False), `start_apiserver()`,
+`restart_apiserver(down_s=...)`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ HERE = Path(__file__).resolve().parent
 BUILD_SH = HERE / "build.sh"
 SERVICE_CIDR = "10.0.0.0/24"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
+# Opt-in, for benchmarks: an audit policy file. kube-apiserver then writes the events it selects to
+# logs/audit.log (JSON lines): the server's own count of the requests a client made.
+AUDIT_POLICY_ENV = "SIGMA0_AUDIT_POLICY"
 
 
 class ClusterError(RuntimeError):
@@ -152,6 +160,7 @@ class ControlPlane:
         self.workdir = Path(self.workdir)
         self.logs = self.workdir / "logs"
         self.api_port = free_port()
+        self._apiserver_argv: list[str] = []  # kept for start_apiserver()
 
     # -- what clients need -------------------------------------------------
     @property
@@ -165,6 +174,11 @@ class ControlPlane:
     @property
     def node_kubeconfig(self) -> Path:
         return self.workdir / "node.kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        """Where kube-apiserver writes audit events; only with $SIGMA0_AUDIT_POLICY set (see AUDIT_POLICY_ENV)."""
+        return self.logs / "audit.log"
 
     # -- lifecycle ---------------------------------------------------------
     def start(self, timeout_s: float = 90) -> None:
@@ -272,45 +286,86 @@ class ControlPlane:
         )
         self._wait(p, f"{url}/health", deadline, self._client_ctx(self.etcd_client))
 
+    # -- faults: kube-apiserver going away and coming back -----------------------
+    def stop_apiserver(self, *, kill: bool = True) -> None:
+        """End kube-apiserver (SIGKILL, or SIGTERM for a graceful shutdown); etcd and the rest keep running."""
+        proc = self._proc("kube-apiserver")
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+        else:
+            kill_group(proc.popen.pid)
+        proc.popen.wait(timeout=30)
+
+    def start_apiserver(self, timeout_s: float = 90) -> None:
+        """Start kube-apiserver again, with the same flags, port and certificates, and wait until it is ready."""
+        old = self._proc("kube-apiserver")
+        if old.alive():
+            raise ClusterError("kube-apiserver is still running: stop_apiserver() first")
+        with (self.logs / "kube-apiserver.log").open("a") as log:
+            log.write("\n==== restarted by the test\n")
+        new = spawn("kube-apiserver", self._apiserver_argv, old.log, die_with_parent=self.die_with_parent)
+        self.procs[self.procs.index(old)] = new
+        self._save_state()
+        self._wait(new, f"{self.server}/readyz", time.monotonic() + timeout_s, self._client_ctx(self.admin_cert))
+
+    def restart_apiserver(self, *, down_s: float = 0.0, kill: bool = True) -> None:
+        """stop_apiserver, `down_s` seconds with no API server, start_apiserver."""
+        self.stop_apiserver(kill=kill)
+        time.sleep(down_s)
+        self.start_apiserver()
+
+    def _proc(self, name: str) -> Proc:
+        found = [p for p in self.procs if p.name == name]
+        if not found:
+            raise ClusterError(f"{name} is not one of this control plane's processes")
+        return found[0]
+
     def _apiserver(self, deadline: float) -> None:
         crt, key = self.apiserver_cert
         ecrt, ekey = self.etcd_client
         kcrt, kkey = self.kubelet_client
-        p = self._spawn(
-            "kube-apiserver",
-            [
-                str(self.bins / "kube-apiserver"),
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={self.api_port}",
-                f"--cert-dir={self.workdir / 'pki'}",
-                f"--etcd-servers=https://127.0.0.1:{self.etcd_port}",
-                f"--etcd-cafile={self.ca}",
-                f"--etcd-certfile={ecrt}",
-                f"--etcd-keyfile={ekey}",
-                f"--tls-cert-file={crt}",
-                f"--tls-private-key-file={key}",
-                f"--client-ca-file={self.ca}",
-                "--authorization-mode=Node,RBAC",
-                # the default admission plugins (NamespaceLifecycle, LimitRanger, ServiceAccount, RuntimeClass,
-                # PodSecurity, Priority, DefaultTolerationSeconds, ResourceQuota, webhooks, ...) plus NodeRestriction
-                "--enable-admission-plugins=NodeRestriction",
-                f"--service-account-issuer={ISSUER}",
-                f"--service-account-key-file={self.sa_pub}",
-                f"--service-account-signing-key-file={self.sa_key}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--allow-privileged=true",
-                # no kube-proxy and no pod network here; a loopback address is not a valid Endpoints address
-                "--endpoint-reconciler-type=none",
-                f"--kubelet-client-certificate={kcrt}",
-                f"--kubelet-client-key={kkey}",
-                f"--kubelet-certificate-authority={self.ca}",
-                "--kubelet-preferred-address-types=InternalIP",
-                "--profiling=false",
-                "--v=1",
-            ],
-        )
+        self._apiserver_argv = argv = [
+            str(self.bins / "kube-apiserver"),
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.api_port}",
+            f"--cert-dir={self.workdir / 'pki'}",
+            f"--etcd-servers=https://127.0.0.1:{self.etcd_port}",
+            f"--etcd-cafile={self.ca}",
+            f"--etcd-certfile={ecrt}",
+            f"--etcd-keyfile={ekey}",
+            f"--tls-cert-file={crt}",
+            f"--tls-private-key-file={key}",
+            f"--client-ca-file={self.ca}",
+            "--authorization-mode=Node,RBAC",
+            # the default admission plugins (NamespaceLifecycle, LimitRanger, ServiceAccount, RuntimeClass,
+            # PodSecurity, Priority, DefaultTolerationSeconds, ResourceQuota, webhooks, ...) plus NodeRestriction
+            "--enable-admission-plugins=NodeRestriction",
+            f"--service-account-issuer={ISSUER}",
+            f"--service-account-key-file={self.sa_pub}",
+            f"--service-account-signing-key-file={self.sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            # no kube-proxy and no pod network here; a loopback address is not a valid Endpoints address
+            "--endpoint-reconciler-type=none",
+            f"--kubelet-client-certificate={kcrt}",
+            f"--kubelet-client-key={kkey}",
+            f"--kubelet-certificate-authority={self.ca}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--profiling=false",
+            "--v=1",
+            *self._audit_flags(),
+        ]
+        p = self._spawn("kube-apiserver", argv)
         self._wait(p, f"{self.server}/readyz", deadline, self._client_ctx(self.admin_cert))
+
+    def _audit_flags(self) -> list[str]:
+        policy = os.environ.get(AUDIT_POLICY_ENV)
+        if not policy:
+            return []
+        # the log backend's default mode, blocking: every event is written before the request goes on
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json"]
 
     def _controllers(self, deadline: float) -> None:
         cm_port, sched_port = free_port(), free_port()

@@ -31,13 +31,20 @@ local process:
   resource limits are not enforced.
 
 It reports Running, then Succeeded or Failed with each container's exit code
-and the termination message read from its terminationMessagePath (or the log
-tail with FallbackToLogsOnError), restarts containers per restartPolicy
+and the termination message read from its terminationMessagePath (its last
+4096 bytes, as kubelet keeps them; or the log tail with FallbackToLogsOnError),
+retrying a status write while kube-apiserver cannot take it (as kubelet's
+status manager does), restarts containers per restartPolicy
 OnFailure/Always with kubelet's back-off (10 s doubling, at most 300 s), runs
 init containers first, honours activeDeadlineSeconds (phase Failed, reason
 DeadlineExceeded) and pod deletion (SIGTERM to the process group, SIGKILL after
 the grace period, then the pod object is removed as kubelet does). Each
 container's output goes to <workdir>/pods/<ns>_<pod>_<uid>/<container>/<restart>.log.
+
+Fault injection (tests only): `PodExecutor.command_hook`, when set, is called
+with (pod, container spec, argv) just before a container starts and returns the
+argv to run instead, e.g. a wrapper that fails, hangs, holds the stage until a
+file appears, or writes a bad termination message (tests/cluster/stagefault.py).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +84,12 @@ def shadowed(paths: tuple[str, ...], targets: list[str]) -> list[str]:
     return [path for path in paths if any(path == root or path.startswith(root + "/") for root in roots)]
 
 
-MAX_MESSAGE = 4096  # kubelet's limit on a termination message
+MAX_MESSAGE = 4096  # kubelet's limit on a termination message: it keeps the file's last 4096 bytes
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
+STATUS_RETRY_S = 180.0  # how long a status write is retried while kube-apiserver cannot take it
+
+# A test's hook on what a container runs: (pod, container spec, argv after $(VAR) expansion) -> the argv to run.
+CommandHook = Callable[[dict, dict, list[str]], list[str]]
 
 
 def hard_kill(popen: subprocess.Popen) -> None:
@@ -503,6 +515,8 @@ class PodWorker:
                 f"to take from {c.get('image')!r}; set command (and args)",
             )
         argv = [_expand(a, env) for a in list(c.get("command") or []) + list(c.get("args") or [])]
+        if self.ex.command_hook is not None:
+            argv = self.ex.command_hook(self.pod, c, argv)
         mounts = []
         for m in c.get("volumeMounts") or []:
             if m["name"] not in vols:
@@ -887,7 +901,7 @@ class PodWorker:
     def _terminated(self, r: Container) -> dict:
         msg = b""
         with contextlib.suppress(OSError):
-            msg = r.term_path.read_bytes()[:MAX_MESSAGE]
+            msg = r.term_path.read_bytes()[-MAX_MESSAGE:]  # kubelet: tail.ReadAtMost(path, 4096)
         if not msg and r.exit_code != 0 and r.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             try:
                 tail = r.log_path.read_bytes().splitlines(keepends=True)[-80:]
@@ -906,7 +920,26 @@ class PodWorker:
         return t
 
     def report(self) -> None:
-        """Write the pod's status as kubelet would (a merge patch of pods/status)."""
+        """Write the pod's status as kubelet would (a merge patch of pods/status). While kube-apiserver cannot take
+        it (restarting, say), keep trying, as kubelet's status manager does, for up to STATUS_RETRY_S: a pod whose
+        end went unreported would look Running for ever. Each try sends the status as it is then."""
+        deadline = time.monotonic() + STATUS_RETRY_S
+        while True:
+            try:
+                self.ex.kube.merge_patch(self._api(f"pods/{self.name}/status"), {"status": self._status()})
+                return
+            except ApiError as e:
+                if e.status in (404, 409, 422):  # the pod is gone, or the write can never succeed
+                    return
+                error: Exception = e
+            except OSError as e:  # connection refused or reset: the API server is restarting
+                error = e
+            if time.monotonic() > deadline or self.ex.stopping():
+                log.warning("status of %s/%s: %s", self.ns, self.name, error)
+                return
+            time.sleep(0.5)
+
+    def _status(self) -> dict:
         init = [self._container_status(c, True) for c in self.spec.get("initContainers") or []]
         app = [self._container_status(c, False) for c in self.spec["containers"]]
         t = now()
@@ -950,17 +983,17 @@ class PodWorker:
         if self.reason:
             status["reason"] = self.reason
             status["message"] = self.message
-        try:
-            self.ex.kube.merge_patch(self._api(f"pods/{self.name}/status"), {"status": status})
-        except ApiError as e:
-            if e.status not in (404, 409, 422):
-                log.warning("status of %s/%s: %s", self.ns, self.name, e)
-        except OSError as e:
-            log.warning("status of %s/%s: %s", self.ns, self.name, e)
+        return status
 
 
 class PodExecutor:
-    """Watches the pods bound to `node_name` and runs them (see the module doc)."""
+    """Watches the pods bound to `node_name` and runs them (see the module doc).
+
+    `worker_factory` makes the PodWorker of each new pod; opt-in, for benchmarks: replace it (on the instance) with
+    another PodWorker subclass, as bench/replay.py does to end stage pods at once with a recorded termination message.
+    """
+
+    worker_factory: Callable[[PodExecutor, dict], PodWorker] = PodWorker
 
     def __init__(
         self,
@@ -988,6 +1021,8 @@ class PodExecutor:
         self._thread = threading.Thread(target=self._loop, name="pod-executor", daemon=True)
         self._runtime_classes: dict[str, str] = {}
         self.error: BaseException | None = None
+        # Test only (fault injection): rewrites what a container runs, e.g. a wrapper that fails or holds it.
+        self.command_hook: CommandHook | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -1017,6 +1052,9 @@ class PodExecutor:
             except OSError:
                 pass
         shutil.rmtree(self.runsc_root, ignore_errors=True)
+
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     def runsc(self, *args: str) -> None:
         subprocess.run(["runsc", "--root", str(self.runsc_root), *args], capture_output=True, timeout=30)
@@ -1131,7 +1169,7 @@ class PodExecutor:
         if deleting:  # never started here: nothing to stop
             self._remove_pod(pod)
             return
-        w = PodWorker(self, pod)
+        w = self.worker_factory(self, pod)
         with self._lock:
             self.workers[uid] = w
         w.thread.start()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -53,10 +54,14 @@ from sigma0.spec import CycleSpec, GpuPlacement
 log = logging.getLogger("sigma0.operator")
 
 MAX_ATTEMPTS = 3  # Jobs of one step that vanished before they finished (deleted by hand, TTL while down)
+# A stage Job's activeDeadlineSeconds ends it this long after the cycle's deadline, never before: the Job's deadline
+# is the backstop for an operator that is down, and the cycle's own (DeadlineExceeded, naming spec.deadlineSeconds)
+# must be the reason a person reads, not a Job that timed out a second early.
+JOB_DEADLINE_SLACK_SECONDS = 5
 
 
 class Conflict(Exception):
-    """The cycle changed while it was being reconciled; the next event reconciles it again."""
+    """The cycle changed (or was deleted) while it was being reconciled; the next event reconciles it again."""
 
 
 class Metrics(Protocol):
@@ -178,7 +183,7 @@ class JobExecutor:
         found = self._list(self.clients.batch.list_namespaced_job, ref)
         pods = self._list(self.clients.core.list_namespaced_pod, ref)
         work = _Pass(record, self._newest_jobs(found))
-        self._observe(work, pods)
+        self._observe(work, pods, spec, layout)
         self._account(ref, spec, pods)
 
         deadline = _parse_time(metadata["creationTimestamp"]) + timedelta(seconds=spec.deadline_seconds)
@@ -223,7 +228,7 @@ class JobExecutor:
                 newest[step] = job
         return newest
 
-    def _observe(self, work: _Pass, pods: list[dict[str, Any]]) -> None:
+    def _observe(self, work: _Pass, pods: list[dict[str, Any]], spec: CycleSpec, layout: plan.Layout) -> None:
         """Fold what each step's newest Job says into the record."""
         by_owner: dict[str, list[dict[str, Any]]] = {}
         for pod in pods:
@@ -236,7 +241,8 @@ class JobExecutor:
                 continue
             if stage is None:  # created by an operator that was killed before it wrote the status
                 work.event("Normal", "JobAdopted", f"{step}: adopted Job {job['metadata']['name']}")
-                stage = StageRecord(job["metadata"]["name"], attempt, "running")
+                stage = StageRecord(job["metadata"]["name"], attempt, "running",
+                                    isolation=self._isolation(spec, layout, work.record, step))
             seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []))
             on = (job["metadata"].get("labels") or {}).get(jobs.LABEL_PLACEMENT) or stage.placement
             updated = replace(stage, job=job["metadata"]["name"], attempt=attempt, state=seen.state,
@@ -255,6 +261,12 @@ class JobExecutor:
                 else:
                     work.event("Warning", "StageFailed", f"{step} failed{took}: {seen.message}"[:1000])
             work.record = work.record.with_stage(step, updated)
+
+    @staticmethod
+    def _isolation(spec: CycleSpec, layout: plan.Layout, record: CycleRecord, name: str) -> str | None:
+        """The isolation note `_start` records for step `name`, for a Job adopted without its record."""
+        step = next((s for s in plan.steps(spec, record.state(), layout) if s.name == name), None)
+        return jobs.stage_argv(step, spec.placement.sandbox.runtime_class_name)[1] if step else None
 
     def _cycles_of(self, ref: jobs.CycleRef) -> list[dict[str, Any]]:
         response = self.clients.custom.list_namespaced_custom_object(
@@ -384,7 +396,7 @@ class JobExecutor:
         """Create the step's Job (or adopt the one a killed operator created); False if it cannot start yet."""
         from kubernetes.client.exceptions import ApiException
 
-        remaining = int((deadline - self.clock()).total_seconds())
+        remaining = math.ceil((deadline - self.clock()).total_seconds()) + JOB_DEADLINE_SLACK_SECONDS
         body = jobs.build_job(step, cycle=ref, spec=spec, settings=self.settings, attempt=attempt,
                               active_deadline_seconds=remaining, placement=on)
         name = body["metadata"]["name"]
@@ -565,8 +577,9 @@ class JobExecutor:
                 GROUP, VERSION, metadata["namespace"], CYCLES, metadata["name"], body,
                 _request_timeout=self.clients.timeout)
         except ApiException as error:
-            if error.status == 409:
-                raise Conflict(f"TrainingCycle {metadata['namespace']}/{metadata['name']} changed meanwhile") from error
+            if error.status in (404, 409):  # deleted meanwhile (its Jobs go with it), or written by someone else
+                what = "was deleted" if error.status == 404 else "changed"
+                raise Conflict(f"TrainingCycle {metadata['namespace']}/{metadata['name']} {what} meanwhile") from error
             raise
 
     def _post_events(self, cycle: dict[str, Any], work: _Pass) -> None:
