@@ -229,6 +229,11 @@ def test_a_failed_job_says_why_with_the_stage_error_and_exit_code() -> None:
     # a crash before any summary: the log tail (FallbackToLogsOnError) is the message
     seen = jobs.observe(job(failed), [pod("Failed", terminated={"exitCode": 1, "message": "Traceback ...\nBoom"})])
     assert seen.message.endswith("exit code 1: Traceback ... | Boom")
+    # a process ended by a signal: what usually sent it
+    seen = jobs.observe(job(failed), [pod("Failed", terminated={"exitCode": 143, "reason": "Error"})])
+    assert seen.message == "PodFailurePolicy: exit code 143 (SIGTERM: the pod was deleted, evicted or stopped): Error"
+    seen = jobs.observe(job(failed), [pod("Failed", terminated={"exitCode": 137, "reason": "OOMKilled"})])
+    assert "exit code 137 (SIGKILL: out of memory" in seen.message and seen.message.endswith("OOMKilled")
     deadline = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
                 "message": "Job was active longer than specified deadline"}
     assert jobs.observe(job(deadline), []).message == "DeadlineExceeded: Job was active longer than specified deadline"

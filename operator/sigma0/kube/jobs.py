@@ -373,9 +373,20 @@ def _failure_message(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) 
     summary = parse_summary(terminated.get("message")) or {}
     detail = str(summary.get("error") or _tail(terminated.get("message") or "")
                  or (pod.get("status") or {}).get("message") or terminated.get("reason") or "no message")
-    code = terminated.get("exitCode")
-    exit_text = f"exit code {code}: " if code is not None else ""
-    return summary, f"{why}: {exit_text}{detail}"
+    return summary, f"{why}: {_exit_text(terminated.get('exitCode'))}{detail}"
+
+
+SIGNAL_CAUSES = {9: "SIGKILL: out of memory, or still running when its grace period ended",
+                 15: "SIGTERM: the pod was deleted, evicted or stopped"}
+
+
+def _exit_text(code: Any) -> str:
+    """`exit code N: `, and for a process ended by a signal (128 + N, as kubelet reports it) what usually sent it."""
+    if code is None:
+        return ""
+    if isinstance(code, int) and code - 128 in SIGNAL_CAUSES:
+        return f"exit code {code} ({SIGNAL_CAUSES[code - 128]}): "
+    return f"exit code {code}: "
 
 
 def _tail(log: str, lines: int = 3) -> str:
