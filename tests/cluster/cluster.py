@@ -141,8 +141,8 @@ class Cluster:
         cfg = client.Configuration()
         cfg.host = self.server
         cfg.ssl_ca_cert = str(self.control_plane.ca)
-        cfg.api_key = {"authorization": token}
-        cfg.api_key_prefix = {"authorization": "Bearer"}
+        # The whole header value: kubernetes 36 looks the prefix up under another name (kubernetes-client/python#2592)
+        cfg.api_key = {"authorization": f"Bearer {token}"}
         return client.ApiClient(cfg)
 
     def service_account_token(self, namespace: str, name: str, seconds: int = 3600) -> str:
