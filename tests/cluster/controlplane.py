@@ -364,8 +364,10 @@ class ControlPlane:
         policy = os.environ.get(AUDIT_POLICY_ENV)
         if not policy:
             return []
-        # the log backend's default mode, blocking: every event is written before the request goes on
-        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json"]
+        # the log backend's default mode, blocking: every event is written before the request goes on; one file,
+        # never rotated (the default rotates at 100 MB, under a reader that follows the file)
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-maxsize=1000000"]
 
     def _controllers(self, deadline: float) -> None:
         cm_port, sched_port = free_port(), free_port()
