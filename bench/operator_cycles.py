@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,7 +64,7 @@ from replay import Recording  # noqa: E402
 from timeline import Timeline, Transition  # noqa: E402
 
 from tests.cluster.cluster import K8S_VERSION, Cluster  # noqa: E402
-from tests.cluster.controlplane import AUDIT_POLICY_ENV  # noqa: E402
+from tests.cluster.controlplane import AUDIT_POLICY_ENV, free_port  # noqa: E402
 from tests.cluster.controlplane import _die_with_parent as die_with_parent  # noqa: E402
 from tests.cluster.podexecutor import PodWorker  # noqa: E402
 
@@ -147,12 +146,6 @@ def check_client() -> None:
 # The platform: CRDs, RBAC, RuntimeClass, the operator ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def pod_user() -> int:
     """The images' non-root user where this machine lets it run the venv's Python, else root (as the operator
     tests decide it: a venv under /root cannot be exec'd by uid 65532)."""
@@ -171,10 +164,10 @@ class Operator:
                  env: dict[str, str] | None = None) -> None:
         self.log = log
         self.env = {**os.environ, **(env or {})}
-        self.liveness = _free_port()
+        self.liveness = free_port()
         self.command = [sys.executable, "-m", "sigma0", "operator", "--kubeconfig", str(kubeconfig),
                         "--all-namespaces", "--run-as-user", str(run_as_user), "--resync-seconds", f"{resync:g}",
-                        "--watch-timeout", str(watch_timeout), "--metrics-port", str(_free_port()),
+                        "--watch-timeout", str(watch_timeout), "--metrics-port", str(free_port()),
                         "--liveness-port", str(self.liveness)]
         self.proc: subprocess.Popen[bytes] | None = None
         self.samples: list[tuple[float, int, float]] = []  # (monotonic, rss bytes, cpu seconds) of the tree

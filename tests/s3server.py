@@ -8,7 +8,6 @@ from the chart's Secret.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,20 +15,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cluster.controlplane import free_port
+
 ACCESS_KEY = "sigma0-test-access"
 SECRET_KEY = "sigma0-test-secret-d41d8cd98f00b204"  # the tests look for it in every output
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3Server:
     def __init__(self, log: Path, host: str = "127.0.0.1") -> None:
         self.host, self.log = host, log
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

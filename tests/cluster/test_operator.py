@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from sigma0.kube import releases as kube_releases
 from sigma0.plan import Incumbent
 
 from .cluster import Cluster
+from .controlplane import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cycle.yaml"
@@ -42,12 +42,6 @@ T = TypeVar("T")
 
 
 # The platform: CRDs, RBAC, RuntimeClass, an artifacts folder, the operator ------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pod_user() -> int:
