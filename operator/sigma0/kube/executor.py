@@ -400,6 +400,7 @@ class JobExecutor:
         body = jobs.build_job(step, cycle=ref, spec=spec, settings=self.settings, attempt=attempt,
                               active_deadline_seconds=remaining, placement=on)
         name = body["metadata"]["name"]
+        adopted = False
         try:
             job = _raw(self.clients.batch.create_namespaced_job(ref.namespace, body, _preload_content=False,
                                                                 _request_timeout=self.clients.timeout))
@@ -413,13 +414,17 @@ class JobExecutor:
                 work.waiting = ("OldJobPresent", f"Job {name} belongs to an earlier cycle of the same name; "
                                 "waiting for the garbage collector to remove it")
                 return False
+            adopted = True
         _, isolation = jobs.stage_argv(step, spec.placement.sandbox.runtime_class_name)
         work.jobs[step.name] = job
         work.record = work.record.with_stage(step.name, StageRecord(
             name, attempt, "running", isolation=isolation, placement=on.name if on else None, skipped=skipped))
         where = f" on placement {on.name}" if on else ""
-        work.event("Normal", "StageStarted", f"{step.name}: Job {name}{where}" +
-                   (f" ({isolation})" if isolation else ""))
+        if adopted:  # created by an operator that was killed before it wrote the status, and not listed then
+            work.event("Normal", "JobAdopted", f"{step.name}: adopted Job {name}, which already existed{where}")
+        else:
+            work.event("Normal", "StageStarted", f"{step.name}: Job {name}{where}" +
+                       (f" ({isolation})" if isolation else ""))
         return True
 
     # GPU hours ---------------------------------------------------------------------------------------------------
