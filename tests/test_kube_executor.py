@@ -42,6 +42,8 @@ class FakeApi:
         self.events: list[dict[str, Any]] = []
         self.version = 0
         self.fail_status_writes = 0
+        self.selectable_fields = True  # False: an API server before Kubernetes 1.31
+        self.calls: list[str] = []
 
     def _bump(self, obj: dict[str, Any]) -> dict[str, Any]:
         self.version += 1
@@ -57,8 +59,16 @@ class FakeApi:
             raise ApiException(status=404)
         return _answer(self._store(plural)[name], kwargs)
 
-    def list_namespaced_custom_object(self, group, version, ns, plural, **kwargs):
-        return _answer({"items": list(self._store(plural).values())}, kwargs)
+    def list_namespaced_custom_object(self, group, version, ns, plural, field_selector=None, **kwargs):
+        self.calls.append(f"list {plural}" + (f" {field_selector}" if field_selector else ""))
+        items = list(self._store(plural).values())
+        if field_selector:
+            if not self.selectable_fields:
+                raise ApiException(status=400, reason='field label not supported: "spec.release"')
+            field, value = field_selector.split("=", 1)
+            assert field == "spec.release", field_selector
+            items = [item for item in items if item["spec"].get("release") == value]
+        return _answer({"items": items}, kwargs)
 
     def replace_namespaced_custom_object_status(self, group, version, ns, plural, name, body, **kwargs):
         if self.fail_status_writes:
@@ -82,6 +92,7 @@ class FakeApi:
 
     # jobs, pods, events
     def list_namespaced_job(self, ns, label_selector, **kwargs):
+        self.calls.append("list jobs")
         return _answer({"items": [j for j in self.jobs.values() if _selects(label_selector, j)]}, kwargs)
 
     def create_namespaced_job(self, ns, body, **kwargs):
@@ -101,6 +112,7 @@ class FakeApi:
         self.jobs.pop(name)
 
     def list_namespaced_pod(self, ns, label_selector, **kwargs):
+        self.calls.append("list pods")
         return _answer({"items": [p for p in self.pods if _selects(label_selector, p)]}, kwargs)
 
     def create_namespaced_event(self, ns, body, **kwargs):
@@ -227,6 +239,47 @@ def test_a_queued_cycle_waits_for_the_active_one(api: FakeApi) -> None:
     assert api.cycles["c0"]["status"]["phase"] == "Queued" and "c1" in api.cycles["c0"]["status"]["message"]
 
 
+def _another(api: FakeApi, name: str, release: str, created: str, **status: Any) -> None:
+    api.cycles[name] = api._bump({**copy.deepcopy(api.cycles["c1"]), "status": status})
+    api.cycles[name]["metadata"] |= {"name": name, "uid": f"uid-{name}", "creationTimestamp": created}
+    api.cycles[name]["spec"] = {**api.cycles[name]["spec"], "release": release}
+
+
+@pytest.mark.parametrize("selectable", [True, False], ids=["selectable-fields", "before-kubernetes-1.31"])
+def test_a_queued_cycle_reads_only_its_release_and_no_jobs(api: FakeApi, selectable: bool) -> None:
+    api.selectable_fields = selectable
+    _another(api, "c0", "coder", "2025-12-31T23:59:59Z", admitted=True, phase="Training")
+    for number in range(5):  # another release's cycles: not the queue's business
+        _another(api, f"other{number}", "writer", "2025-12-31T00:00:00Z")
+    operator = executor.JobExecutor(executor.Clients(api, api, api), jobs.PodSettings(), clock=lambda: NOW)
+    operator.reconcile(NS, "c1")
+    assert api.cycles["c1"]["status"]["phase"] == "Queued" and "c0" in api.cycles["c1"]["status"]["message"]
+    by_release = "list trainingcycles spec.release=coder"
+    # No Jobs or pods are listed: a cycle has them only once it is admitted. An old API server refuses the field
+    # selector once; from then on the operator lists the namespace and filters it itself.
+    assert api.calls == ([by_release] if selectable else [by_release, "list trainingcycles"])
+    api.calls.clear()
+    operator.reconcile(NS, "c1")
+    assert api.calls == [by_release if selectable else "list trainingcycles"]
+
+
+def test_only_the_heads_of_the_queues_are_worth_a_reconcile() -> None:
+    from sigma0.kube.queue import movable
+
+    def cycle(name: str, release: str, minute: int, deadline: int = 3600, **status: Any) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": NS, "creationTimestamp": f"2026-01-01T00:{minute:02d}:00Z"},
+                "spec": {"release": release, "deadlineSeconds": deadline,
+                         "suspend": bool(status.pop("suspend", False))}, "status": status}
+
+    unfinished = [
+        cycle("a3", "a", 3), cycle("a1", "a", 1, admitted=True), cycle("a2", "a", 2),  # a2 heads a's queue
+        cycle("b1", "b", 1, suspend=True), cycle("b2", "b", 2), cycle("b3", "b", 3),  # b1 suspended: b2 heads b's
+        cycle("c1", "c", 0, deadline=30),  # past its deadline (NOW is 00:01): it must fail, not wait
+        cycle("c2", "c", 2),
+    ]
+    assert [c["metadata"]["name"] for c in movable(unfinished, NOW)] == ["c1", "a1", "a2", "b2"]
+
+
 def test_only_the_highest_priority_live_replica_resyncs() -> None:
     from sigma0.kube.handlers import peering_active
 
@@ -241,3 +294,4 @@ def test_only_the_highest_priority_live_replica_resyncs() -> None:
     peers["other"] = {"priority": 1, "lifetime": 60, "lastseen": fresh}  # equal priorities: both pause, as kopf does
     assert not peering_active(peers, "me", 1, now)
     assert not peering_active({}, "me", 5, now)  # not announced yet
+

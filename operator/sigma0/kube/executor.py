@@ -155,6 +155,7 @@ class JobExecutor:
         self._admission = threading.Lock()
         self._recorded: dict[tuple[str, str], placement.Usage] = {}  # (namespace, key) → row the ledger holds
         self._ledger_lock = threading.Lock()
+        self._select_by_release = True  # until the API server refuses fieldSelector=spec.release
 
     # The entry point -------------------------------------------------------------------------------------------
 
@@ -180,8 +181,11 @@ class JobExecutor:
             failed = replace(record, failure=("InvalidSpec", f"the operator cannot read this spec: {error}"))
             return self._finish_pass(cycle, ref, None, _Pass(failed, {}), suspended=False)
         layout = jobs.layout(ref, spec, self.settings)
-        found = self._list(self.clients.batch.list_namespaced_job, ref)
-        pods = self._list(self.clients.core.list_namespaced_pod, ref)
+        if record.admitted:
+            found = self._list(self.clients.batch.list_namespaced_job, ref)
+            pods = self._list(self.clients.core.list_namespaced_pod, ref)
+        else:  # the admission is recorded before the first Job is created: a queued cycle has none to look for
+            found, pods = [], []
         work = _Pass(record, self._newest_jobs(found))
         self._observe(work, pods, spec, layout)
         self._account(ref, spec, pods)
@@ -199,7 +203,7 @@ class JobExecutor:
             if spec.suspend:
                 return self._finish_pass(cycle, ref, spec, work, suspended=True, layout=layout)
             with self._admission:  # admit and record it before any other cycle of the release is looked at
-                entries = [queue.Entry.of(c) for c in self._cycles_of(ref)]
+                entries = [queue.Entry.of(c) for c in self.cycles_of(ref.namespace, ref.release)]
                 verdict = queue.admission(ref.name, entries)
                 if not verdict.admit:
                     work.queued_behind = verdict.message(release)
@@ -268,10 +272,26 @@ class JobExecutor:
         step = next((s for s in plan.steps(spec, record.state(), layout) if s.name == name), None)
         return jobs.stage_argv(step, spec.placement.sandbox.runtime_class_name)[1] if step else None
 
-    def _cycles_of(self, ref: jobs.CycleRef) -> list[dict[str, Any]]:
-        response = self.clients.custom.list_namespaced_custom_object(
-            GROUP, VERSION, ref.namespace, CYCLES, _preload_content=False, _request_timeout=self.clients.timeout)
-        return [c for c in _raw(response).get("items") or [] if (c.get("spec") or {}).get("release") == ref.release]
+    def cycles_of(self, namespace: str, release: str) -> list[dict[str, Any]]:
+        """Every TrainingCycle of `release` in `namespace`, read from the API server (never a cache: admission
+        depends on it). The server selects them by the CRD's selectable field spec.release; one too old for
+        selectable fields (before Kubernetes 1.31) refuses the selector, and then the namespace is listed whole."""
+        from kubernetes.client.exceptions import ApiException
+
+        selector = {"field_selector": f"spec.release={release}"} if self._select_by_release else {}
+        try:
+            response = self.clients.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, CYCLES, _preload_content=False, _request_timeout=self.clients.timeout,
+                **selector)
+        except ApiException as error:
+            if error.status != 400 or not selector:
+                raise
+            said = error.body.decode(errors="replace") if isinstance(error.body, bytes) else error.body
+            log.warning("the API server refused fieldSelector spec.release (%s); listing whole namespaces instead",
+                        (said or error.reason or "")[:200])
+            self._select_by_release = False
+            return self.cycles_of(namespace, release)
+        return [c for c in _raw(response).get("items") or [] if (c.get("spec") or {}).get("release") == release]
 
     # Acting ----------------------------------------------------------------------------------------------------
 

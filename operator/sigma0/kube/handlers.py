@@ -9,7 +9,8 @@ so the periodic resync (deadlines, queue hand-over, waiting pods) is a plain thr
     Job and pod events       reconcile the cycle they belong to (label sigma0.dev/cycle), so a finished Job or
                              an Unschedulable pod shows up in the status at once; a deleted GPU pod's hours
                              are closed in the namespace's GPU ledger
-    resync thread            every --resync-seconds: every unfinished cycle, the phase gauge, and the GPU
+    resync thread            every --resync-seconds: every unfinished cycle that can move (`queue.movable`: the
+                             active ones, the head of each queue, any past its deadline), the phase gauge, and the GPU
                              ledgers and GPU-hour gauges of the namespaces with cycles; with --peering, only
                              while this replica is the one kopf lets handle events
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import kopf
 
-from sigma0.kube import CYCLES, GROUP, VERSION, jobs
+from sigma0.kube import CYCLES, GROUP, VERSION, jobs, queue
 from sigma0.kube.executor import Clients, Conflict, JobExecutor
 from sigma0.kube.metrics import OperatorMetrics
 from sigma0.plan import TERMINAL_PHASES
@@ -117,10 +118,11 @@ def reconcile(namespace: str, name: str) -> None:
 
 
 def hand_over(namespace: str, release: str) -> None:
-    """Reconcile the unfinished cycles of `release`, so the next one in the queue starts now."""
-    for cycle in _list_cycles(namespace):
-        if (cycle.get("spec") or {}).get("release") == release and not _finished(cycle):
-            reconcile(namespace, cycle["metadata"]["name"])
+    """Reconcile the cycle next in `release`'s queue, so that it starts now (and any other `queue.movable` one)."""
+    runtime = _rt()
+    unfinished = [c for c in runtime.executor.cycles_of(namespace, release) if not _finished(c)]
+    for cycle in queue.movable(unfinished, runtime.executor.clock()):
+        reconcile(namespace, cycle["metadata"]["name"])
 
 
 def _finished(cycle: dict[str, Any]) -> bool:
@@ -146,8 +148,8 @@ def resync_once() -> None:
     for namespace in runtime.namespaces or (None,):
         cycles += _list_cycles(namespace)
     runtime.metrics.set_phases(Counter((c.get("status") or {}).get("phase") or "New" for c in cycles))
-    for cycle in sorted(cycles, key=lambda c: c["metadata"].get("creationTimestamp") or ""):
-        if not _finished(cycle) and not runtime.stop.is_set():
+    for cycle in queue.movable([c for c in cycles if not _finished(c)], runtime.executor.clock()):
+        if not runtime.stop.is_set():
             reconcile(cycle["metadata"]["namespace"], cycle["metadata"]["name"])
     runtime.executor.refresh_ledgers(cycles)
 

@@ -4,12 +4,16 @@ Pure. The executor calls `admission` with every TrainingCycle of the release (on
 operator's admission lock, and records `admitted: true` in the cycle's status before it starts anything, so
 the decision survives restarts and a cycle once admitted keeps its place until it ends. An admitted cycle that
 is suspended still holds the release; a suspended cycle that was never admitted does not block the ones after it.
+
+`movable` picks the cycles worth a reconcile when a release frees up and on the periodic resync: the heads of the
+queues, not every cycle behind them (each of which would list its release only to learn that it still waits).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sigma0.plan import TERMINAL_PHASES
@@ -61,3 +65,32 @@ def admission(name: str, entries: Iterable[Entry]) -> Admission:
     if active or ahead:
         return Admission(False, tuple(e.name for e in active + ahead))
     return Admission(True)
+
+
+def movable(unfinished: Iterable[Mapping[str, Any]], now: datetime) -> list[Mapping[str, Any]]:
+    """Of unfinished TrainingCycles, those a reconcile can move, oldest first: every admitted one, per release the
+    first one waiting in its queue, and any past its deadline or being deleted. A reconcile of any other would only
+    list its release to learn that it still waits; its Queued message is brought up to date when it moves up."""
+    def created(cycle: Mapping[str, Any]) -> tuple[str, str]:
+        return cycle["metadata"].get("creationTimestamp") or "", cycle["metadata"]["name"]
+
+    chosen: list[Mapping[str, Any]] = []
+    fronts: set[tuple[str, str]] = set()
+    for cycle in sorted(unfinished, key=created):
+        entry = Entry.of(cycle)
+        queue_key = (cycle["metadata"].get("namespace") or "", str((cycle.get("spec") or {}).get("release", "")))
+        waiting = not (entry.admitted or entry.suspended or entry.deleting)
+        head = waiting and queue_key not in fronts
+        if waiting:
+            fronts.add(queue_key)
+        if head or entry.admitted or entry.deleting or _past_deadline(cycle, now):
+            chosen.append(cycle)
+    return chosen
+
+
+def _past_deadline(cycle: Mapping[str, Any], now: datetime) -> bool:
+    seconds = (cycle.get("spec") or {}).get("deadlineSeconds")
+    created = cycle["metadata"].get("creationTimestamp")
+    if seconds is None or not created:
+        return True  # cannot tell: let the reconcile look
+    return datetime.fromisoformat(str(created).replace("Z", "+00:00")) + timedelta(seconds=float(seconds)) <= now
