@@ -66,12 +66,11 @@ from timeline import Timeline, Transition  # noqa: E402
 from tests.cluster.cluster import K8S_VERSION, Cluster  # noqa: E402
 from tests.cluster.controlplane import AUDIT_POLICY_ENV, free_port  # noqa: E402
 from tests.cluster.controlplane import _die_with_parent as die_with_parent  # noqa: E402
-from tests.cluster.podexecutor import PodWorker  # noqa: E402
+from tests.cluster.podexecutor import PodWorker, stage_pod_user  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "cycle.yaml"
 MANIFESTS = ROOT / "manifests"
 OPERATOR_USER = "system:serviceaccount:sigma0-system:sigma0-operator"
-POD_USER = 65532
 TARGET_FIRST_JOB_S = 1.0
 TARGET_RSS_MIB = round(200e6 / 2**20, 1)  # the issue says 200 MB: 190.7 MiB
 
@@ -144,17 +143,6 @@ def check_client() -> None:
 
 
 # The platform: CRDs, RBAC, RuntimeClass, the operator ----------------------------------------------------------------
-
-
-def pod_user() -> int:
-    """The images' non-root user where this machine lets it run the venv's Python, else root (as the operator
-    tests decide it: a venv under /root cannot be exec'd by uid 65532)."""
-    try:
-        probe = subprocess.run([sys.executable, "-c", "import sigma0"], capture_output=True, check=False,
-                               user=POD_USER, group=POD_USER, extra_groups=[], timeout=60)
-    except PermissionError:
-        return 0
-    return POD_USER if probe.returncode == 0 else 0
 
 
 class Operator:
@@ -316,7 +304,7 @@ class Bench:
             "contexts": [{"name": "sa", "context": {"cluster": "bench", "user": "sigma0-operator"}}]}))
         self.timeline.start()
         env = dict(item.split("=", 1) for item in self.args.operator_env)
-        self.operator = Operator(kubeconfig, self.workdir / "operator.log", pod_user(), self.args.resync_seconds,
+        self.operator = Operator(kubeconfig, self.workdir / "operator.log", stage_pod_user(), self.args.resync_seconds,
                                  self.args.watch_timeout, env)
         started = time.monotonic()
         ready = self.operator.start()

@@ -111,6 +111,22 @@ def hard_kill(popen: subprocess.Popen) -> None:
         popen.wait()
 
 
+IMAGE_USER = 65532  # the non-root user of images/*/Dockerfile
+
+
+def stage_pod_user() -> int:
+    """The user stage pods run as here: the images' non-root user when this machine lets that user run the
+    current Python, else root. Where the interpreter sits in a folder only root can enter, pods run as root (a
+    test-harness limit, said in the operator's --run-as-user help; the Job builder's default stays non-root, see
+    tests/test_kube_jobs.py)."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import sigma0"], capture_output=True, check=False,
+                               user=IMAGE_USER, group=IMAGE_USER, extra_groups=[], timeout=60)
+    except PermissionError:
+        return 0
+    return IMAGE_USER if probe.returncode == 0 else 0
+
+
 def can_run_as(uid: int, argv: list[str], env: dict[str, str] | None = None, timeout_s: float = 120) -> bool:
     """Whether `argv` runs (exit 0) when started the way the executor starts a container with
     runAsUser/runAsGroup `uid`: setgroups, setgid, setuid, then execvpe with PATH = the venv's bin first.

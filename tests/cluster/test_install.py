@@ -43,6 +43,7 @@ from kubernetes import client, config
 from helm import tools
 
 from .cluster import Cluster
+from .podexecutor import stage_pod_user
 from .test_operator import (
     GROUP,
     VERSION,
@@ -50,7 +51,6 @@ from .test_operator import (
     Platform,
     _free_port,
     _kubeconfig,
-    _pod_user,
     phase_is,
     table,
     wait_for,
@@ -140,7 +140,7 @@ def _fire(cluster: Cluster, namespace: str, job: str) -> None:
 def test_helm_install_runs_the_cronjobs_cycle_and_uninstall_leaves_nothing(cluster: Cluster, namespace: str,
                                                                            tmp_path: Path) -> None:
     helm = Helm(cluster, tmp_path / "helm")
-    user = _pod_user()
+    user = stage_pod_user()
     runtime_class = f"{namespace}-gvisor"  # test_operator.py's RuntimeClass `gvisor` may exist, outside Helm
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(_values(namespace, user, runtime_class)))
@@ -308,7 +308,7 @@ def test_the_charts_deployment_runs_the_operator_in_the_watched_namespaces_only(
     another namespace is left alone."""
     release = "sigma0-ns"
     helm = Helm(cluster, tmp_path / "helm")
-    user = _pod_user()
+    user = stage_pod_user()
     runtime_class = f"{namespace}-gvisor"
     liveness, metrics = _free_port(), _free_port()
     values = _values(namespace, user, runtime_class)

@@ -32,28 +32,16 @@ from sigma0.plan import Incumbent
 
 from .cluster import Cluster
 from .controlplane import free_port as _free_port
+from .podexecutor import stage_pod_user
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "cycle.yaml"
 MANIFESTS = ROOT / "manifests"
 GROUP, VERSION = "sigma0.dev", "v1alpha1"
-POD_USER = 65532
 T = TypeVar("T")
 
 
 # The platform: CRDs, RBAC, RuntimeClass, an artifacts folder, the operator ------------------------------------------
-
-
-def _pod_user() -> int:
-    """Stage pods run as the images' non-root user when this machine lets that user run the test's Python;
-    where the interpreter sits in a folder only root can enter, they run as root (a test-harness limit, said in
-    the operator's --run-as-user help; the Job builder's default stays non-root, see tests/test_kube_jobs.py)."""
-    try:
-        probe = subprocess.run([sys.executable, "-c", "import sigma0"], capture_output=True, check=False,
-                               user=POD_USER, group=POD_USER, extra_groups=[], timeout=60)
-    except PermissionError:
-        return 0
-    return POD_USER if probe.returncode == 0 else 0
 
 
 class Operator:
@@ -152,7 +140,7 @@ def platform(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     shutil.copytree(ROOT / "examples" / "corpus", artifacts / "corpus")
     for folder in (artifacts, *artifacts.rglob("*")):
         folder.chmod(0o777 if folder.is_dir() else 0o666)
-    operator = Operator(kubeconfig, work / "operator.log", _pod_user())
+    operator = Operator(kubeconfig, work / "operator.log", stage_pod_user())
     operator.start()
     admin = cluster.api_client()
     try:
