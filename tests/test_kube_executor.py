@@ -295,3 +295,14 @@ def test_only_the_highest_priority_live_replica_resyncs() -> None:
     assert not peering_active(peers, "me", 1, now)
     assert not peering_active({}, "me", 5, now)  # not announced yet
 
+
+def test_the_echo_of_its_own_status_write_is_known_and_nothing_else_is(api: FakeApi) -> None:
+    operator = executor.JobExecutor(executor.Clients(api, api, api), jobs.PodSettings(), clock=lambda: NOW)
+    operator.reconcile(NS, "c1")
+    written = api.cycles["c1"]["metadata"]["resourceVersion"]
+    assert operator.left_as_written(NS, "c1", written)
+    api._bump(api.cycles["c1"])  # a spec edit, or another writer
+    assert not operator.left_as_written(NS, "c1", api.cycles["c1"]["metadata"]["resourceVersion"])
+    assert not operator.left_as_written(NS, "c1", None) and not operator.left_as_written(NS, "other", written)
+    operator.forget(NS, "c1")
+    assert not operator.left_as_written(NS, "c1", written)

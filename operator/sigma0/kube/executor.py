@@ -156,6 +156,7 @@ class JobExecutor:
         self._recorded: dict[tuple[str, str], placement.Usage] = {}  # (namespace, key) → row the ledger holds
         self._ledger_lock = threading.Lock()
         self._select_by_release = True  # until the API server refuses fieldSelector=spec.release
+        self._last_written: dict[tuple[str, str], str] = {}  # (namespace, name) → resourceVersion of its status write
 
     # The entry point -------------------------------------------------------------------------------------------
 
@@ -598,7 +599,7 @@ class JobExecutor:
                              "resourceVersion": metadata["resourceVersion"]},
                 "spec": cycle["spec"], "status": status}
         try:
-            return self.clients.custom.replace_namespaced_custom_object_status(
+            written = self.clients.custom.replace_namespaced_custom_object_status(
                 GROUP, VERSION, metadata["namespace"], CYCLES, metadata["name"], body,
                 _request_timeout=self.clients.timeout)
         except ApiException as error:
@@ -606,6 +607,9 @@ class JobExecutor:
                 what = "was deleted" if error.status == 404 else "changed"
                 raise Conflict(f"TrainingCycle {metadata['namespace']}/{metadata['name']} {what} meanwhile") from error
             raise
+        with self._locks_guard:
+            self._last_written[(metadata["namespace"], metadata["name"])] = written["metadata"]["resourceVersion"]
+        return written
 
     def _post_events(self, cycle: dict[str, Any], work: _Pass) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -642,9 +646,17 @@ class JobExecutor:
             yield
 
     def forget(self, namespace: str, name: str) -> None:
-        """Drop the lock of a deleted cycle."""
+        """Drop what is kept about a deleted cycle."""
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
+            self._last_written.pop((namespace, name), None)
+
+    def left_as_written(self, namespace: str, name: str, resource_version: str | None) -> bool:
+        """Whether the cycle at `resource_version` is the very object this operator's last status write made. Its
+        watch event then brings no news: the pass that wrote it went on until it had to wait for a Job, a pod, a
+        spec change or the clock (the resync), so reconciling it again would only read what was just written."""
+        with self._locks_guard:
+            return resource_version is not None and self._last_written.get((namespace, name)) == resource_version
 
 
 def _attempt(job: Mapping[str, Any]) -> int:

@@ -5,7 +5,8 @@ kopf writes nothing into a TrainingCycle (its status belongs to the executor: a 
 stall anything) and deleting a cycle never waits for the operator. Timers and daemons would add a finalizer,
 so the periodic resync (deadlines, queue hand-over, waiting pods) is a plain thread instead.
 
-    TrainingCycle events     reconcile it; on DELETED, hand its release to the next cycle in the queue
+    TrainingCycle events     reconcile it, unless the event is the echo of the operator's own status write; on
+                             DELETED, hand its release to the next cycle in the queue
     Job and pod events       reconcile the cycle they belong to (label sigma0.dev/cycle), so a finished Job or
                              an Unschedulable pod shows up in the status at once; a deleted GPU pod's hours
                              are closed in the namespace's GPU ledger
@@ -201,6 +202,8 @@ def cycle_event(type: str | None, body: kopf.Body, namespace: str, name: str, **
         return
     if (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
         return
+    if _rt().executor.left_as_written(namespace, name, body.get("metadata", {}).get("resourceVersion")):
+        return  # the echo of this operator's own status write
     reconcile(namespace, name)
 
 
