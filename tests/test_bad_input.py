@@ -419,12 +419,7 @@ def test_a_corrupt_results_line_is_refused_not_dropped(stage: Run, scored: dict[
 MODEL_A = "tiny://llama?layers=2&hidden=64&seed=0"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SIGMA0_MODEL_CACHE", str(root))
-        yield root
+pytestmark = pytest.mark.usefixtures("model_cache")
 
 
 def not_a_model(folder: Path, case: str) -> None:

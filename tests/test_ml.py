@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,7 @@ COMPLETION = "    return 0\n\ndef helper():\n    pass\n"
 EXPECTED = "    return 0\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("models")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SIGMA0_MODEL_CACHE", str(root))
-        yield root
+pytestmark = pytest.mark.usefixtures("model_cache")
 
 
 def _stage(module: Any, argv: list[str]) -> dict[str, Any]:
