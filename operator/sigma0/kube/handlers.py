@@ -32,7 +32,7 @@ from typing import Any
 
 import kopf
 
-from sigma0.kube import CYCLES, GROUP, VERSION, jobs, queue
+from sigma0.kube import CYCLES, GROUP, VERSION, heap, jobs, queue
 from sigma0.kube.executor import Clients, Conflict, JobExecutor
 from sigma0.kube.metrics import OperatorMetrics
 from sigma0.plan import TERMINAL_PHASES
@@ -153,6 +153,7 @@ def resync_once() -> None:
         if not runtime.stop.is_set():
             reconcile(cycle["metadata"]["namespace"], cycle["metadata"]["name"])
     runtime.executor.refresh_ledgers(cycles)
+    heap.trim()
 
 
 def _resync_loop() -> None:

@@ -107,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's own login reads it too
     import kopf
 
-    from sigma0.kube import handlers
+    from sigma0.kube import handlers, heap
     from sigma0.kube.executor import Clients, JobExecutor
     from sigma0.kube.metrics import OperatorMetrics
 
+    heap.limit_arenas()
     clients = Clients.of(api_client(args.kubeconfig), timeout=(5.0, 30.0))
     metrics = OperatorMetrics()
     if args.clock_file:
