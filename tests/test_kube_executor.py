@@ -306,3 +306,32 @@ def test_the_echo_of_its_own_status_write_is_known_and_nothing_else_is(api: Fake
     assert not operator.left_as_written(NS, "c1", None) and not operator.left_as_written(NS, "other", written)
     operator.forget(NS, "c1")
     assert not operator.left_as_written(NS, "c1", written)
+
+
+def test_a_reconcile_asked_for_while_another_waits_is_folded_into_it(api: FakeApi) -> None:
+    import threading
+    import time
+
+    operator = executor.JobExecutor(executor.Clients(api, api, api), jobs.PodSettings(), clock=lambda: NOW)
+    operator.reconcile(NS, "c1")  # admitted, harvest started
+    reads: list[str] = []
+    original = api.get_namespaced_custom_object
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args[4])
+        return original(*args, **kwargs)
+
+    api.get_namespaced_custom_object = counting  # type: ignore[method-assign]
+    busy = operator._locks[(NS, "c1")]
+    busy.acquire()  # a reconcile of c1 is in progress
+    waiting = threading.Thread(target=operator.reconcile, args=(NS, "c1"))
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while (NS, "c1") not in operator._waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert operator.reconcile(NS, "c1") is None and reads == []  # folded into the waiting one, at once
+    busy.release()
+    waiting.join(timeout=10)
+    assert reads == ["c1"] and not operator._waiting
+    operator.reconcile(NS, "c1")  # nothing waits any more: this one runs
+    assert reads == ["c1", "c1"]

@@ -27,8 +27,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -151,6 +150,7 @@ class JobExecutor:
         self.clock = clock
         self.component = component
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._waiting: set[tuple[str, str]] = set()  # cycles with a reconcile waiting for the lock
         self._locks_guard = threading.Lock()
         self._admission = threading.Lock()
         self._recorded: dict[tuple[str, str], placement.Usage] = {}  # (namespace, key) → row the ledger holds
@@ -161,8 +161,19 @@ class JobExecutor:
     # The entry point -------------------------------------------------------------------------------------------
 
     def reconcile(self, namespace: str, name: str) -> Result | None:
-        """Bring one cycle one step closer to its end; None if it is gone or being deleted."""
-        with self._lock(namespace, name):
+        """Bring one cycle one step closer to its end; None if it is gone or being deleted, or if another reconcile
+        of it is already waiting for its turn: that one reads the cycle, its Jobs and its pods after whatever
+        prompted this call had happened, so it does this call's work too (a burst of pod and Job events costs
+        one reconcile, not one each)."""
+        key = (namespace, name)
+        with self._locks_guard:
+            if key in self._waiting:
+                return None
+            self._waiting.add(key)
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._locks_guard:
+                self._waiting.discard(key)
             cycle = self._get_cycle(namespace, name)
             if cycle is None or cycle["metadata"].get("deletionTimestamp"):
                 return None
@@ -637,13 +648,6 @@ class JobExecutor:
             if error.status == 404:
                 return None
             raise
-
-    @contextmanager
-    def _lock(self, namespace: str, name: str) -> Iterator[None]:
-        with self._locks_guard:
-            lock = self._locks.setdefault((namespace, name), threading.Lock())
-        with lock:
-            yield
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is kept about a deleted cycle."""
