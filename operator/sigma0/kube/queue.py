@@ -37,6 +37,16 @@ class Entry:
                    suspended=bool((cycle.get("spec") or {}).get("suspend")),
                    deleting=bool(metadata.get("deletionTimestamp")))
 
+    @property
+    def place(self) -> tuple[str, str]:
+        """Its place in the queue: creation order, the name breaking ties."""
+        return self.created, self.name
+
+    @property
+    def waiting(self) -> bool:
+        """In the queue: not finished, not being deleted, not admitted and not suspended."""
+        return not (self.finished or self.deleting or self.admitted or self.suspended)
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -57,11 +67,10 @@ def admission(name: str, entries: Iterable[Entry]) -> Admission:
     if me is not None and me.admitted:
         return Admission(True)
     live = [e for e in everyone if not e.finished and not e.deleting and e.name != name]
-    active = sorted((e for e in live if e.admitted), key=lambda e: (e.created, e.name))
+    active = sorted((e for e in live if e.admitted), key=lambda e: e.place)
     if me is None:  # not listed yet (a cache behind the API server): never admit what cannot be ordered
         return Admission(False, tuple(e.name for e in active) or ("(this cycle is not listed yet)",))
-    waiting = sorted((e for e in live if not e.admitted and not e.suspended), key=lambda e: (e.created, e.name))
-    ahead = [e for e in waiting if (e.created, e.name) < (me.created, me.name)]
+    ahead = sorted((e for e in live if e.waiting and e.place < me.place), key=lambda e: e.place)
     if active or ahead:
         return Admission(False, tuple(e.name for e in active + ahead))
     return Admission(True)
@@ -71,17 +80,12 @@ def movable(unfinished: Iterable[Mapping[str, Any]], now: datetime) -> list[Mapp
     """Of unfinished TrainingCycles, those a reconcile can move, oldest first: every admitted one, per release the
     first one waiting in its queue, and any past its deadline or being deleted. A reconcile of any other would only
     list its release to learn that it still waits; its Queued message is brought up to date when it moves up."""
-    def created(cycle: Mapping[str, Any]) -> tuple[str, str]:
-        return cycle["metadata"].get("creationTimestamp") or "", cycle["metadata"]["name"]
-
     chosen: list[Mapping[str, Any]] = []
     fronts: set[tuple[str, str]] = set()
-    for cycle in sorted(unfinished, key=created):
-        entry = Entry.of(cycle)
+    for entry, cycle in sorted(((Entry.of(c), c) for c in unfinished), key=lambda pair: pair[0].place):
         queue_key = (cycle["metadata"].get("namespace") or "", str((cycle.get("spec") or {}).get("release", "")))
-        waiting = not (entry.admitted or entry.suspended or entry.deleting)
-        head = waiting and queue_key not in fronts
-        if waiting:
+        head = entry.waiting and queue_key not in fronts
+        if entry.waiting:
             fronts.add(queue_key)
         if head or entry.admitted or entry.deleting or _past_deadline(cycle, now):
             chosen.append(cycle)
