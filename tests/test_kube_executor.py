@@ -229,20 +229,19 @@ def test_a_status_written_meanwhile_is_a_conflict_not_an_overwrite(api: FakeApi)
         run(api)
 
 
-def test_a_queued_cycle_waits_for_the_active_one(api: FakeApi) -> None:
-    run(api)
-    api.cycles["c0"] = api._bump({**copy.deepcopy(api.cycles["c1"]), "status": {}})
-    api.cycles["c0"]["metadata"] |= {"name": "c0", "uid": "cycle-uid-0", "creationTimestamp": "2025-12-31T23:59:59Z"}
-    # c1 was admitted first: the older c0 waits behind it
-    clients = executor.Clients(api, api, api)
-    executor.JobExecutor(clients, jobs.PodSettings(), clock=lambda: NOW).reconcile(NS, "c0")
-    assert api.cycles["c0"]["status"]["phase"] == "Queued" and "c1" in api.cycles["c0"]["status"]["message"]
-
-
 def _another(api: FakeApi, name: str, release: str, created: str, **status: Any) -> None:
     api.cycles[name] = api._bump({**copy.deepcopy(api.cycles["c1"]), "status": status})
     api.cycles[name]["metadata"] |= {"name": name, "uid": f"uid-{name}", "creationTimestamp": created}
     api.cycles[name]["spec"] = {**api.cycles[name]["spec"], "release": release}
+
+
+def test_a_queued_cycle_waits_for_the_active_one(api: FakeApi) -> None:
+    run(api)
+    _another(api, "c0", "coder", "2025-12-31T23:59:59Z")
+    # c1 was admitted first: the older c0 waits behind it
+    clients = executor.Clients(api, api, api)
+    executor.JobExecutor(clients, jobs.PodSettings(), clock=lambda: NOW).reconcile(NS, "c0")
+    assert api.cycles["c0"]["status"]["phase"] == "Queued" and "c1" in api.cycles["c0"]["status"]["message"]
 
 
 @pytest.mark.parametrize("selectable", [True, False], ids=["selectable-fields", "before-kubernetes-1.31"])
