@@ -64,7 +64,7 @@ from replay import Recording  # noqa: E402
 from timeline import Timeline, Transition  # noqa: E402
 
 from tests.cluster.cluster import K8S_VERSION, Cluster  # noqa: E402
-from tests.cluster.controlplane import AUDIT_POLICY_ENV, free_port  # noqa: E402
+from tests.cluster.controlplane import AUDIT_POLICY_ENV, free_port, kill_group  # noqa: E402
 from tests.cluster.controlplane import _die_with_parent as die_with_parent  # noqa: E402
 from tests.cluster.podexecutor import PodWorker, stage_pod_user  # noqa: E402
 
@@ -228,12 +228,8 @@ class Operator:
         self._stop.set()
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        kill_group(self.proc.pid, grace_s=20)
+        self.proc.wait(timeout=10)
 
 
 # Measurements -------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from sigma0.plan import Incumbent
 
 from .cluster import Cluster
 from .controlplane import free_port as _free_port
+from .controlplane import kill_group
 from .podexecutor import stage_pod_user
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,12 +86,8 @@ class Operator:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        kill_group(self.proc.pid, grace_s=20)
+        self.proc.wait(timeout=10)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
