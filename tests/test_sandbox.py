@@ -4,7 +4,6 @@ use to pass without its asserts holding. Runtime tests run under both sandboxes;
 
 from __future__ import annotations
 
-import ast
 import collections
 import contextlib
 import json
@@ -28,13 +27,12 @@ from sigma0.sandbox import (
     Verdict,
     for_problem,
     from_asserts,
-    harness,
+    judge,
     resolve_sandbox,
     run_programs,
     runner,
-    worker,
+    wire,
 )
-from sigma0.sandbox.programs import strict_expression, strict_test_code
 from sigma0.suites import Subset, load_suite
 
 HAS_RUNSC = shutil.which("runsc") is not None
@@ -46,7 +44,54 @@ TIMEOUT = 2.0
 LIMITS = Limits(memory_mb=256, cpu_seconds=1, file_size_mb=1, max_processes=16, output_bytes=64 * 1024)
 
 
-# --- the strict checks, in this process ------------------------------------------------------------------------------
+# --- the judge's parts, in this process ------------------------------------------------------------------------------
+
+
+class LoopbackChild:
+    """Answers the judge's questions as harness.py does, but in this process: the wire codec and the judge's logic
+    without forking (the real child is exercised by the batches below)."""
+
+    def __init__(self, namespace: dict[str, object]) -> None:
+        self.objects: dict[int, object] = {}
+        self.handles: dict[int, judge.Handle] = {}
+        self.names = {name: self.cross(value) for name, value in namespace.items()}
+
+    def keep(self, value: object) -> object:
+        self.objects[id(value)] = value
+        if callable(value):
+            return {"h": id(value), "k": type(value).__qualname__, "c": True}
+        fields = {name: getattr(value, name) for name in sorted(vars(value))}
+        state = wire.encode([type(value).__qualname__, fields], self.keep)
+        return {"h": id(value), "k": type(value).__qualname__, "c": False, "s": state}
+
+    def cross(self, value: object) -> object:
+        """What the judge holds after `value` went over the wire: JSON both ways."""
+        data = json.loads(json.dumps(wire.encode(value, self.keep)))
+        return wire.decode(data, self.handle, lambda name: name)
+
+    def handle(self, ref: int, kind: str, callable_: bool, state: object) -> judge.Handle:
+        return judge.Handle(self.ask, ref, kind, callable_, state)
+
+    def ask(self, request: list[object]) -> object:
+        target = self.objects[request[1]]  # type: ignore[index]
+        back = lambda data: wire.decode(data, lambda ref, *_: self.objects[ref], lambda name: name)  # noqa: E731
+
+        def own(item: object) -> object:
+            if not isinstance(item, judge.Handle):
+                raise judge.Unsupported(f"a {type(item).__name__} cannot be passed to the candidate's code")
+            return {"h": item._ref, "k": item._kind, "c": True}
+
+        if request[0] == "call":
+            args = back(json.loads(json.dumps(wire.encode(request[2], own))))
+            kwargs = back(json.loads(json.dumps(wire.encode(request[3], own))))
+            try:
+                return self.cross(target(*args, **kwargs))  # type: ignore[operator]
+            except Exception as error:
+                return judge.reply_value(["raise", type(error).__name__, str(error)], exceptions=False)
+        return self.cross(getattr(target, request[2]))  # type: ignore[arg-type]
+
+    def evaluate(self, source: str, function: str = "f") -> object:
+        return judge.Evaluator(self.names.__getitem__, function).evaluate(judge.parse(source))
 
 
 class AlwaysEqual:
@@ -56,6 +101,9 @@ class AlwaysEqual:
     def __ne__(self, other: object) -> bool:
         return False
 
+    def __bool__(self) -> bool:
+        return True
+
     __hash__ = object.__hash__
 
 
@@ -64,103 +112,94 @@ class Point:
     x: int
     y: int
 
-
-def test_plain_data_compares_as_python_does() -> None:
-    assert harness.compare(("==",), 4, 4.0)
-    assert harness.compare(("==",), [1, (2, "a")], [1, (2, "a")])
-    assert not harness.compare(("==",), [1, 2], (1, 2))
-    assert harness.compare(("!=",), "a", None)
-    assert harness.compare(("<", "<="), 1, 2, 2)
-    assert harness.compare(("in",), "b", "abc") and harness.compare(("not in",), 3, {1: 2})
+    def __eq__(self, other: object) -> bool:  # lies: the judge must compare data, not ask this
+        return True
 
 
-def test_an_always_equal_object_fails_every_comparison_with_plain_data() -> None:
-    for ops, operands in [
-        (("==",), (AlwaysEqual(), 3)),
-        (("==",), (3, AlwaysEqual())),
-        (("!=",), (AlwaysEqual(), 3)),
-        (("==",), ([AlwaysEqual()], [3])),
-        (("in",), (3, [AlwaysEqual()])),
-        (("<",), (AlwaysEqual(), 3)),
-    ]:
-        with pytest.raises(harness.Untrusted):
-            harness.compare(ops, *operands)
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5) | st.binary(max_size=4)
+    | st.complex_numbers(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner) | st.dictionaries(st.text(max_size=3), inner)
+    | st.frozensets(st.integers(), max_size=3) | st.sets(st.text(max_size=2), max_size=3),
+    max_leaves=12,
+)  # fmt: skip
 
 
-def test_subclasses_of_builtin_types_are_read_as_the_builtin_type_sees_them() -> None:
+def _shape(value: object) -> object:
+    """Type and value, all the way down (so that 1 == 1.0 == True do not hide a changed type)."""
+    if isinstance(value, list | tuple):
+        return (type(value), [_shape(item) for item in value])
+    if isinstance(value, dict):
+        return (dict, sorted((repr(key), _shape(item)) for key, item in value.items()))
+    if isinstance(value, float) and value != value:
+        return (float, "nan")
+    return (type(value), value)
+
+
+@settings(deadline=None)
+@given(plain)
+def test_plain_data_crosses_the_wire_unchanged(value: object) -> None:
+    body = wire.frame(["ok", wire.encode(value, lambda item: pytest.fail(f"not plain: {item!r}"))])
+    back = wire.decode(wire.parse(wire.split(bytearray(body)) or b""), lambda *a: None, lambda name: None)
+    assert _shape(back[1]) == _shape(value)
+
+
+def test_subclasses_of_builtin_types_cross_as_their_stored_data() -> None:
     class Sneaky(int):
         def __eq__(self, other: object) -> bool:
             return True
 
         __hash__ = int.__hash__
 
-    class Liar(list):
+    class Liar(list):  # type: ignore[type-arg]
         def __eq__(self, other: object) -> bool:
             return True
-
-        def __len__(self) -> int:
-            return 3
 
         def __iter__(self):  # type: ignore[no-untyped-def]
             return iter([1, 2, 3])
 
-    assert not harness.is_plain(Sneaky(1))
-    assert not harness.compare(("==",), Sneaky(1), 2) and harness.compare(("==",), Sneaky(2), 2)
-    assert not harness.compare(("==",), Liar(), [1, 2, 3]) and not harness.truth(Liar())
-    assert not harness.compare(("in",), 1, Liar()) and not harness.compare(("==",), [Sneaky(1)], [2])
+    child = LoopbackChild({})
     point = collections.namedtuple("point", "x y")
-    assert harness.compare(("==",), point(1, 2), (1, 2)) and harness.compare(("<",), point(1, 2), (1, 3))
-    assert harness.compare(("==",), collections.Counter("aab"), {"a": 2, "b": 1})
-    assert harness.compare(("==",), collections.defaultdict(list, {"k": [1]}), {"k": [1]})
+    assert _shape(child.cross(Sneaky(1))) == (int, 1)
+    assert _shape(child.cross(Liar([7]))) == _shape([7])
+    assert _shape(child.cross(point(1, 2))) == _shape((1, 2))
+    assert child.cross(collections.Counter("aab")) == {"a": 2, "b": 1}
+    assert type(child.cross(collections.defaultdict(list, {"k": [1]}))) is dict
+    assert child.cross(10**400) == 10**400
 
 
-def test_objects_of_one_type_use_that_type_and_none_compares_by_identity() -> None:
-    assert harness.compare(("==",), Point(1, 2), Point(1, 2))
-    assert not harness.compare(("==",), Point(1, 2), Point(2, 1))
-    assert not harness.compare(("==",), AlwaysEqual(), None)
-    assert harness.compare(("is", "is not"), None, None, 1)
-
-
-def test_truth_is_decided_only_for_plain_data() -> None:
-    class Liar:
-        def __bool__(self) -> bool:
-            return True
-
-    assert harness.truth([1]) is True and harness.truth("") is False
-    with pytest.raises(harness.Untrusted):
-        harness.truth(Liar())
-    with pytest.raises(harness.Untrusted):
-        harness.all_([True, Liar()])
-
-
-plain = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner) | st.dictionaries(st.text(max_size=3), inner),
-    max_leaves=12,
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"x": 1},
+        {"h": "1", "k": "f", "c": True},
+        {"h": 1, "k": "P", "c": False},
+        {"h": 1, "k": "f", "c": True, "s": 1},
+        {"d": [[[1], 2]]},
+        {"t": 5},
+        {"c": [1, 2]},
+        {"r": [0, "9", 1]},
+        {"i": "zz"},
+        {"d": [[1]]},
+        {"s": [[1]]},
+    ],
 )
+def test_the_judge_decodes_only_what_the_harness_writes(data: object) -> None:
+    with pytest.raises(wire.Malformed):
+        wire.decode(data, lambda *a: None, lambda name: None)
 
 
-@settings(deadline=None)
-@given(plain, plain)
-def test_strict_equality_agrees_with_python_on_plain_data(left: object, right: object) -> None:
-    if left is None or right is None:
-        assert harness.compare(("==",), left, right) is (left is right)
-    else:
-        assert harness.compare(("==",), left, right) is (left == right)
-        assert harness.compare(("!=",), left, right) is (left != right)
+def test_frames_over_the_cap_or_not_json_are_refused() -> None:
+    with pytest.raises(wire.Malformed):
+        wire.split(bytearray((wire.MESSAGE_CAP + 1).to_bytes(4, "big") + b"[]"))
+    with pytest.raises(wire.Malformed):
+        wire.parse(b"\x80not json")
+    with pytest.raises(wire.Malformed):
+        wire.parse(b"[" * 100_000 + b"]" * 100_000)
 
 
-def _strict(source: str) -> str:
-    return strict_expression(ast.parse(source, mode="eval").body)
-
-
-def _evaluate(source: str, **names: object) -> object:
-    return eval(_strict(source), {"__sigma0__": harness.Checker, **names})
-
-
-def test_rewriting_reaches_comparisons_and_truth_tests_anywhere_in_the_assert() -> None:
-    cheat = {"f": lambda x: AlwaysEqual()}
-    honest = {"f": lambda x: x * 2}
+def test_the_evaluator_computes_what_python_would_on_honest_answers() -> None:
+    child = LoopbackChild({"f": lambda x=1: 2 * x, "words": lambda s: s.split(), "K": 3, "P": Point})
     for source in [
         "f(2) == 4",
         "all(f(x) == 2 * x for x in range(3))",
@@ -168,12 +207,106 @@ def test_rewriting_reaches_comparisons_and_truth_tests_anywhere_in_the_assert() 
         "len([x for x in range(3) if f(x) == 2 * x]) == 3",
         "not f(1) != 2",
         "(f(1) == 2) if True else False",
-        "bool(f(1) == 2) and 1 < 2",
+        "bool(f(1) == 2) and 1 < 2 < f(2)",
+        "sorted(words('b a')) == ['a', 'b'] and words('x y')[-1:] == ['y']",
+        "f'{f(2):>3}' == '  4' and f(K) == 6 and f(x=5) == 10",
+        "{k: v for k, v in zip('ab', map(f, [1, 2]))} == {'a': 2, 'b': 4}",
+        "math.isclose(f(0.5), 1.0) and re.fullmatch('[a-z]+', words('ab c')[0]) is not None",
+        "' '.join(words('a  b')).upper() == 'A B' and string.digits[f(1)] == '2'",
+        "P(1, 2) == P(1, 2) and P(1, 2) != P(2, 1) and P(1, 2).x == 1",
+        "f(2) in {4, 5} and [*range(f(1))] == [0, 1] and {**{'a': f(1)}} == {'a': 2}",
     ]:
-        assert _evaluate(source, **honest) is True, source
-        with pytest.raises(harness.Untrusted):
-            _evaluate(source, **cheat)
-    assert _strict("1 < x < 3") == "__sigma0__.compare(('<', '<'), 1, x, 3)"
+        assert child.evaluate(source) is True, source
+
+
+def test_answers_decide_nothing_by_their_own_methods() -> None:
+    child = LoopbackChild({"f": lambda x: AlwaysEqual(), "g": lambda x: Point(x, x), "P": Point})
+    assert child.evaluate("f(2) == 4") is False and child.evaluate("f(2) != 4") is True
+    assert child.evaluate("[f(1)] == [2]") is False and child.evaluate("3 in [f(1)]") is False
+    assert child.evaluate("g(1) == P(1, 1)") is True and child.evaluate("g(1) == P(2, 2)") is False
+    for source in ["f(1)", "not f(1)", "f(1) and True", "f(1) < 3", "f(1) + 1 == 2", "f(1) if True else 0"]:
+        with pytest.raises((judge.Untrusted, TypeError)):
+            assert child.evaluate(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "(lambda: f(1))()",
+        "(x := f(1)) == 2",
+        "f(1).__class__ == int",
+        "f.__globals__ is None",
+        "'{0.__class__}'.format(f(1)) == ''",
+        "eval('1') == f(1)",
+        "open('/etc/passwd') and f(1)",
+        "getattr(f, 'x') == 1",
+        "isinstance(f(1), object)",
+        "__import__('os') and f(1)",
+        "globals() and f(1)",
+    ],
+)
+def test_the_evaluator_refuses_anything_but_data_and_calls(source: str) -> None:
+    child = LoopbackChild({"f": lambda x=1: x})
+    with pytest.raises(judge.Unsupported):
+        child.evaluate(source)
+    program = from_asserts("r", "f", "def f(x=1):\n    return x\n", [f"assert {source}"])
+    assert program.rejected is not None and program.rejected[0] is Reason.UNSUPPORTED_ASSERTS, program.rejected
+
+
+@pytest.mark.parametrize("source", ["type(f(1)).mro() == []", "f(len) == 1", "(f(1) + 1j).conjugate() and re.I.name"])
+def test_what_only_the_values_show_is_refused_while_evaluating(source: str) -> None:
+    with pytest.raises(judge.Unsupported):
+        LoopbackChild({"f": lambda x=1: x}).evaluate(source)
+
+
+@pytest.mark.parametrize(
+    "source", ["f(2) ** 10**9 == 0", "'a' * 10**9 == f(1)", "f(1) << 10**9 == 0", "len(range(10**12)) == f(1)",
+               "pow(10, 10**9) == f(1)"]
+)  # fmt: skip
+def test_an_assert_cannot_stall_the_judge_in_one_huge_operation(source: str) -> None:
+    child = LoopbackChild({"f": lambda x=1: x})
+    started = time.monotonic()
+    with pytest.raises(judge.Unsupported):
+        child.evaluate(source)
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    "asserts, code",
+    [
+        (["f(2) == 5 or True"], "def f(x):\n    return 0\n"),
+        (["f(2) == f(2)"], "def f(x):\n    return 0\n"),
+        (["[f(2) == 4, True][1]"], "def f(x):\n    return 0\n"),
+        (["callable(f)"], "def f(x):\n    return 0\n"),
+        (["f is not None"], "def f(x):\n    return 0\n"),
+        (["f(7)", "f(13)"], "def f(x):\n    return True\n"),
+        (["not f(4)", "not f(9)"], "def f(x):\n    return False\n"),
+        (["f(3) == 3", "f([1]) == [1]"], "def f(x):\n    return x\n"),
+        (["f(1) is None or f(1) == 2"], "def f(x):\n    return None\n"),
+        (["len(f('ab')) == 0 or f('ab') == 'ab'"], "def f(x):\n    return ''\n"),
+        (["f(2) != 7"], "def f(x):\n    return 0\n"),
+        (["(f(2) if False else True)"], "def f(x):\n    return 0\n"),
+    ],
+)
+def test_asserts_that_a_stand_in_satisfies_are_vacuous(asserts: list[str], code: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(code, namespace)
+    child = LoopbackChild({"f": namespace["f"]})
+    checks = [judge.parse(source) for source in asserts]
+    assert all(judge.truth(judge.Evaluator(child.names.__getitem__, "f").evaluate(c)) for c in checks)
+    assert judge.vacuous(checks, child.names.__getitem__, "f") is not None
+
+
+@pytest.mark.parametrize(
+    "asserts",
+    [["f(2) == 4"], ["f(7) is True", "f(8) is False"], ["f(0) == 0", "f(3) == 6"], ["sorted(g(3)) == [0, 2, 4]"]],
+)
+def test_asserts_that_tell_the_function_from_every_stand_in_are_not(asserts: list[str]) -> None:
+    f = lambda x: 2 * x if x != 7 and x != 8 else x == 7  # noqa: E731
+    child = LoopbackChild({"f": f, "g": lambda n: [f(x) for x in range(n)]})
+    checks = [judge.parse(source) for source in asserts]
+    function = "g" if "g(" in asserts[0] else "f"
+    assert judge.vacuous(checks, child.names.__getitem__, function) is None
 
 
 def test_rows_without_real_asserts_are_refused_without_running() -> None:
@@ -183,65 +316,14 @@ def test_rows_without_real_asserts_are_refused_without_running() -> None:
         Reason.ASSERTS_WITHOUT_CALL: [["assert True"], ["assert f(1) == 1", "assert 1 == 1"]],
         Reason.INVALID_ASSERTS: [["print(f(1))"], ["assert f(1) == 1\nx = 2"], [3], {"a": 1}, 7],
         Reason.SYNTAX: [["assert f(1) =="], ["assert f(1) == 1 )"]],
+        Reason.UNSUPPORTED_ASSERTS: [["assert (lambda: f(1))() == 1"], ["assert f.__code__ is not None"]],
     }
     for reason, variants in cases.items():
         for asserts in variants:
             program = from_asserts("r", "f", code, asserts)
             assert program.rejected is not None and program.rejected[0] is reason, (asserts, program.rejected)
     accepted = from_asserts("r", "f", code, "assert f(1) == 1\nassert obj.f(2) == 2 or f(2) == 2\n")
-    assert accepted.rejected is None and len(accepted.checks) == 2
-
-
-def test_suite_test_code_gets_strict_asserts_and_keeps_everything_else() -> None:
-    test = 'METADATA = {"a": 1}\n\ndef check(candidate):\n    assert candidate(1) == 2, "message"\n    x = [1] == [1]\n'
-    rewritten = strict_test_code(test)
-    assert "__sigma0__.compare(('==',), candidate(1), 2)" in rewritten
-    assert "x = [1] == [1]" in rewritten and "METADATA" in rewritten
-
-
-# --- the report protocol, decided by the worker --------------------------------------------------------------------
-
-
-def _run(report: bytes, status: int = 0, checks: int = 2, killed_for: str | None = None) -> worker.Run:
-    job = {"key": "k", "checks": ["c"] * checks, "labels": ["l"] * checks}
-    run = worker.Run(job, slot=0, nonce="n0nce", workdir="/nowhere", started=0.0, deadline=10.0)
-    run.report, run.status, run.killed_for = bytearray(report), status, killed_for
-    return run
-
-
-def _decide(run: worker.Run) -> tuple[str, str]:
-    limits = {"cpu_seconds": 11, "output_bytes": 1000}
-    return worker.decide(run, limits, ("syntax", "assertion", "error", "memory", "exit_before_asserts"))
-
-
-def test_only_every_step_then_done_with_the_nonce_and_status_zero_is_a_pass() -> None:
-    full = b"n0nce step 0\nn0nce step 1\nn0nce done 2\n"
-    assert _decide(_run(full))[0] == "passed"
-    assert _decide(_run(full, status=1 << 8))[0] == "crash"
-    assert _decide(_run(b"n0nce step 0\n"))[0] == "exit_before_asserts"
-    assert _decide(_run(b""))[0] == "exit_before_asserts"
-    assert _decide(_run(b"n0nce step 0\nn0nce fail assertion check 2 failed\n", status=1 << 8)) == (
-        "assertion",
-        "check 2 failed",
-    )
-    assert _decide(_run(full, killed_for="timeout"))[0] == "timeout"
-    assert _decide(_run(full, killed_for="output_limit"))[0] == "output_limit"
-
-
-@pytest.mark.parametrize(
-    "report",
-    [
-        b"guess step 0\nguess step 1\nguess done 2\n",  # wrong nonce
-        b"n0nce step 0\nn0nce done 2\n",  # done before every step
-        b"n0nce step 1\nn0nce step 0\nn0nce done 2\n",  # out of order
-        b"n0nce step 0\nn0nce step 0\nn0nce step 1\nn0nce done 2\n",  # a step twice
-        b"n0nce step 0\nn0nce step 1\nn0nce done 2\nn0nce done 2\n",  # anything after done
-        b"n0nce fail passed \n",  # not a failure reason
-        b"n0nce step 0\nn0nce step 1\nn0nce done 2",  # unterminated
-    ],
-)
-def test_a_report_the_harness_did_not_write_is_tampering(report: bytes) -> None:
-    assert _decide(_run(report))[0] == "harness_tampered"
+    assert accepted.rejected is None and len(accepted.checks) == 2 and accepted.function == "f"
 
 
 # --- the sandbox runs them ---------------------------------------------------------------------------------------
@@ -314,7 +396,7 @@ CASES: dict[str, tuple[tuple[str, str, list[str]], Reason]] = {
             'assert probe()["own_group"] is True',
             'assert (probe()["as"], probe()["fsize"], probe()["cpu"]) == (256, 1, 1)',
             'assert probe()["nproc"] is True',
-            'assert probe()["fds"][:4] == [0, 1, 2, 3] and len(probe()["fds"]) <= 5',
+            'assert probe()["fds"][:5] == [0, 1, 2, 3, 4] and len(probe()["fds"]) <= 6',
         ),
         Reason.PASSED,
     ),
@@ -392,7 +474,7 @@ CASES: dict[str, tuple[tuple[str, str, list[str]], Reason]] = {
         row("chars", "import builtins\nbuiltins.len = lambda x: 3\nbuiltins.isinstance = lambda *a: True\n"
             "builtins.print = lambda *a, **k: None\ndef chars(s):\n    return 7\n",
             "assert len([chars('abc')]) == 3", "assert isinstance(chars('abc'), str)"),
-        Reason.ASSERTION,
+        Reason.CRASH,  # the child's own channel breaks with isinstance: it can only fail
     ),
     "patch_len_during_call": (
         row("chars", "import builtins\ncalls = []\ndef chars(s):\n    calls.append(s)\n"
@@ -410,17 +492,18 @@ CASES: dict[str, tuple[tuple[str, str, list[str]], Reason]] = {
     "patch_harness_modules": (
         row("double", """
             import sys, __main__
-            import sigma0.sandbox.harness as h
-            h.compare = h.truth = lambda *a: True
-            h.Checker.compare = staticmethod(lambda *a: True)
-            __main__.decide = lambda *a: ("passed", "")
-            for module in list(sys.modules.values()):
-                if hasattr(module, "Checker"):
-                    module.Checker.truth = staticmethod(lambda *a: True)
+            for name in ("judge", "wire", "sigma0.sandbox.judge"):
+                module = sys.modules.get(name) or __import__(name)
+                if hasattr(module, "truth"):
+                    module.truth = lambda *a: True
+                    module.Evaluator.evaluate = lambda *a: True
+                if hasattr(module, "decode"):
+                    module.decode = lambda *a: 4
+            __main__.Worker = None
             def double(x):
                 return x + 1
             """, "assert double(2) == 4"),
-        Reason.ASSERTION,
+        Reason.ERROR,  # its patched decoder hands double() garbage: nothing in the judge changed
     ),
     "patch_stdout_write_exit": (
         row("double", "import io, os, sys\nsys.stdout = io.StringIO()\nos.write = lambda fd, data: len(data)\n"
@@ -540,14 +623,14 @@ def test_every_process_a_candidate_leaves_is_killed_when_it_ends(sandbox: str) -
             while True:
                 time.sleep(1)
         time.sleep(0.3)
-        def spawned():
-            return True
+        def spawned(x):
+            return 2 * x
         """
     )
     checker = textwrap.dedent(
         """
         import os
-        def leftovers():
+        def leftovers(tag):
             names = []
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
@@ -556,12 +639,12 @@ def test_every_process_a_candidate_leaves_is_killed_when_it_ends(sandbox: str) -
                         names.append(stat[stat.index("(") + 1 : stat.rindex(")")])
                 except OSError:
                     pass
-            return sorted(name for name in names if name.startswith("sigma0-"))
+            return f"{tag}: " + ",".join(sorted(name for name in names if name.startswith("sigma0-")))
         """
     )
     checks = [
-        from_asserts("spawner", "spawned", spawner, ["assert spawned() is True"]),
-        from_asserts("checker", "leftovers", checker, ["assert leftovers() == []"]),
+        from_asserts("spawner", "spawned", spawner, ["assert spawned(2) == 4"]),
+        from_asserts("checker", "leftovers", checker, ["assert leftovers('left') == 'left: '"]),
     ]
     verdicts = {v.id: v for v in run_programs(checks, sandbox=sandbox, workers=1, timeout=TIMEOUT, limits=LIMITS)}
     assert verdicts["spawner"].passed, verdicts["spawner"]
@@ -603,12 +686,12 @@ def test_gvisor_has_no_network() -> None:
         def reach(host, port):
             try:
                 socket.create_connection((host, port), timeout=2).close()
-                return True
+                return "reached"
             except OSError:
-                return False
+                return "blocked"
         """
     )
-    program = from_asserts("net", "reach", code, ["assert reach('8.8.8.8', 53) is False"])
+    program = from_asserts("net", "reach", code, ["assert reach('8.8.8.8', 53) == 'blocked'"])
     (verdict,) = run_programs([program], sandbox="gvisor", workers=1, timeout=TIMEOUT)
     assert verdict.passed, verdict
 

@@ -1,32 +1,31 @@
-"""The warm worker: started once per lane (inside `runsc do` under gVisor, or as a plain process), it reads jobs as
-JSON lines on stdin and writes one verdict per job as a JSON line on stdout, forking a fresh child per job.
+"""The warm worker and judge: started once per lane (inside `runsc do` under gVisor, or as a plain process), it reads
+jobs as JSON lines on stdin and writes one verdict per job as a JSON line on stdout, forking a fresh child per job.
 
 Run as `python -I -B -u worker.py`. Standard library only: it must start inside a bare sandbox image.
 
 Protocol
-    stdin   first line: {"slots", "uid_base", "token", "base", "timeout", "limits": {...}}; then one job per line:
-            {"key", "code", "trusted", "checks": [...], "labels": [...]}; EOF means no more jobs.
-    stdout  first line: {"ready": true, ...}; then one verdict per job, in the order they finish:
+    stdin   first line: {"uid_base", "token", "base", "timeout", "limits": {...}}; then one job per line:
+            {"key", "code", "trusted", "entry", "checks": [...], "labels": [...], "fn"}; EOF means no more jobs.
+    stdout  first line: {"ready": true, ...}; then one verdict per job, in order:
             {"key", "reason", "detail", "seconds"}; every line carries the configuration's token.
 
-Each child: its own session and process group, stdin on /dev/null, stdout+stderr on a capped pipe, a private
-temporary folder as cwd, a scrubbed environment, RLIMIT_AS/CPU/FSIZE/NPROC/NOFILE/CORE, every other descriptor closed
-but its report pipe, and, when the worker runs as root (always inside `runsc do`), its own user id per slot so that
-it cannot signal or trace the worker or its neighbours and its process count is its own. When it is done, or at the
-wall-clock deadline, every process it left behind is killed: the process group, every process of the slot's user
-(root), and orphans reparented to the worker (not root). The harness in the child (harness.py) runs the checks and
-reports on the pipe with a per-run nonce; `decide` below turns what came back into a verdict.
+The worker is the judge (judge.py): it never executes a line of candidate code. Per job it forks a child that runs
+the candidate's code (harness.py) and then only answers questions over a pipe pair ("call this with these
+arguments"); the judge evaluates the checks with handles in place of the candidate's names, and decides. The
+child's exit status, its output and anything it writes decide nothing but how it failed.
 
-Without root (the `process` sandbox run by an ordinary user) there is no user per slot: RLIMIT_NPROC is shared with
-the user's other processes, and a candidate can signal the worker or open its pipes through /proc. Lines without the
-worker's token are caught by the parent (the lane is then replaced, and the candidate fails with sandbox_error), but
-a candidate determined enough to dig the token out of its own memory could forge its verdict. Untrusted code belongs
-under gVisor, where the worker is root inside the sandbox.
+Each child: its own session and process group, stdin on /dev/null, stdout+stderr on a capped pipe, its request and
+reply pipes on fds 3 and 4 and nothing else open, a private temporary folder as cwd, a scrubbed environment,
+RLIMIT_AS/CPU/FSIZE/NPROC/NOFILE/CORE, and, when the worker runs as root (always inside `runsc do`), a user id of its
+own, so that it cannot signal, trace or read the judge. Without root the judge makes itself non-dumpable
+(PR_SET_DUMPABLE 0), so that a child of the same user cannot ptrace it or open its /proc/PID/mem or fds; it can
+still kill it, which fails the candidate (sandbox_error), never passes it. When a job is decided, or at the
+wall-clock deadline, every process the child left behind is killed: the process group, every process of the slot's
+user (root), and orphans reparented to the worker (not root).
 
-Cost: inside gVisor's ptrace platform a fork costs the forking process time in proportion to its memory mappings,
-and every system call tens of microseconds. So this worker imports little (every extension module adds mappings to
-every fork: preloading the modules candidates might use made each fork dearer than the imports it saved) and makes
-few system calls per job.
+Cost: inside gVisor a fork costs the forking process time in proportion to its memory mappings, and every system
+call tens of microseconds (ptrace platform). So this worker imports little (every extension module adds mappings to
+every fork) and a check's round trip to the child is a handful of system calls.
 """
 
 from __future__ import annotations
@@ -46,101 +45,161 @@ import sys
 import time
 from typing import Any
 
-# Taken at import, before any candidate exists: what the harness runs with in every child.
-PRISTINE_BUILTINS = dict(builtins.__dict__)
-_write = os.write
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load(name: str) -> Any:
+    """One of the sandbox's own modules (standard library only), loaded from this folder with a builtins dictionary
+    of its own: the child runs harness and wire after the candidate's code, which may replace `builtins.len`."""
+    module = type(sys)(name)
+    module.__dict__["__builtins__"] = dict(builtins.__dict__)
+    sys.modules[name] = module
+    path = os.path.join(HERE, name + ".py")
+    with open(path, encoding="utf-8") as handle:
+        exec(compile(handle.read(), path, "exec"), module.__dict__)
+    return module
+
+
+wire = _load("wire")
+harness = _load("harness")
+sys.path.insert(0, HERE)
+import judge  # noqa: E402  (runs only here, in the judge, where no candidate code ever runs)
+
 _exit = os._exit
 
-HARNESS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "harness.py")
-REPORT_FD = 3
-REPORT_CAP = 1 << 20
 OUTPUT_TAIL = 2000
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+FAILURES_FROM_CHILD = ("syntax", "error", "memory", "exit_before_asserts")
+"""What a child may say about itself before it is asked anything: only ways to fail."""
 
 
-class Run:
-    """One job in flight in one slot."""
+def _words(text: str) -> list[str]:
+    return text.split()
 
-    def __init__(self, job: dict[str, Any], slot: int, nonce: str, workdir: str, started: float, deadline: float):
-        self.key: str = job["key"]
-        self.job = job
-        self.slot = slot
-        self.nonce = nonce
+
+SUITE_MODULES = frozenset(
+    _words(
+        "math cmath string re collections itertools functools heapq bisect typing random statistics fractions "
+        "decimal operator hashlib json copy datetime numbers array dataclasses enum"
+    )
+)
+"""Modules a candidate imported that a suite's test code may use: the judge's own copy, never the child's."""
+
+
+class JudgeTimeout(BaseException):
+    """The job's wall-clock deadline passed (SIGALRM)."""
+
+
+class ChildGone(Exception):
+    """The child closed its reply pipe: it exited or was killed."""
+
+
+class OutputFlood(Exception):
+    """The child wrote more than its output cap."""
+
+
+class ForeignModule:
+    """A module of the candidate's that the judge does not use: any use of it fails."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<candidate's module {self.name}>"
+
+
+def _alarm(_number: int, _frame: Any) -> None:
+    raise JudgeTimeout
+
+
+class Child:
+    """One candidate's process, as the judge sees it: a channel to ask it questions, and its output."""
+
+    def __init__(self, pid: int, request: int, reply: int, output: int, workdir: str, suite: bool, cap: int) -> None:
+        self.pid, self.request, self.reply, self.output = pid, request, reply, output
         self.workdir = workdir
-        self.started = started
-        self.deadline = deadline
-        self.pid = 0
-        self.pipes: dict[int, str] = {}  # open read ends: fd → "output" | "report"
-        self.output: collections.deque[bytes] = collections.deque()
+        self.suite = suite
+        self.cap = cap
+        self.buffer = bytearray()
+        self.tail: collections.deque[bytes] = collections.deque()
         self.output_bytes = 0
-        self.report = bytearray()
-        self.killed_for: str | None = None
-        self.status: int | None = None
+        self.output_open = True
+        self.handles: dict[int, judge.Handle] = {}
+        self.status = -1
         self.cpu_seconds = 0.0
-        self.ended = 0.0
+        self.calls = 0
 
-    def tail(self) -> str:
-        return b"".join(self.output)[-OUTPUT_TAIL:].decode("utf-8", "replace").strip()
+    # --- the channel ------------------------------------------------------------------------------------------------
 
+    def receive(self) -> Any:
+        """The next message from the child, while its output is drained; ChildGone at its end."""
+        while True:
+            body = wire.split(self.buffer)
+            if body is not None:
+                return wire.parse(body)
+            fds = [self.reply, self.output] if self.output_open else [self.reply]
+            ready, _, _ = select.select(fds, [], [])
+            if self.output in ready and self.output_open:
+                self.drain()
+            if self.reply in ready:
+                chunk = os.read(self.reply, 1 << 16)
+                if not chunk:
+                    raise ChildGone
+                self.buffer += chunk
 
-def decide(run: Run, limits: dict[str, Any], failure_reasons: tuple[str, ...]) -> tuple[str, str]:
-    """(reason, detail) from what a finished run left: how it ended, its report lines, its output."""
-    expected = len(run.job["checks"])
-    cpu_limit = float(limits["cpu_seconds"])
-    if run.killed_for == "output_limit":
-        return "output_limit", f"wrote more than {limits['output_bytes']} bytes to stdout/stderr"
-    if run.killed_for == "timeout":
-        return "timeout", f"still running after {run.deadline - run.started:g} s (wall clock)"
-    steps, done, failure, tampered = _read_report(bytes(run.report), run.nonce, expected, failure_reasons)
-    if tampered:
-        return "harness_tampered", tampered
-    status = run.status if run.status is not None else -1
-    exited = os.WIFEXITED(status)
-    code = os.WEXITSTATUS(status) if exited else None
-    if done and code == 0:
-        return "passed", ""
-    if failure:
-        return failure
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        if number == signal.SIGXCPU or (number == signal.SIGKILL and run.cpu_seconds >= cpu_limit - 0.05):
-            return "timeout", f"used its {cpu_limit:g} s of CPU time"
-        return "crash", _with_tail(run, f"killed by {signal.Signals(number).name} after {steps} of {expected} checks")
-    if code == 0:
-        return "exit_before_asserts", _with_tail(run, f"exited with status 0 after {steps} of {expected} checks")
-    return "crash", _with_tail(run, f"exited with status {code} after {steps} of {expected} checks")
+    def drain(self) -> None:
+        chunk = os.read(self.output, 1 << 16)
+        if not chunk:
+            self.output_open = False
+            return
+        self.output_bytes += len(chunk)
+        self.tail.append(chunk)
+        while len(self.tail) > 1 and sum(map(len, self.tail)) - len(self.tail[0]) >= OUTPUT_TAIL:
+            self.tail.popleft()
+        if self.output_bytes > self.cap:
+            raise OutputFlood
 
+    def ask(self, request: list[Any]) -> Any:
+        """Send a request (arguments as the judge holds them) and return the decoded answer (see judge.Ask)."""
+        self.calls += 1
+        if request[0] == "call":
+            request = ["call", request[1], self.encode(request[2]), self.encode(request[3])]
+        try:
+            os.write(self.request, wire.frame(request))
+        except BrokenPipeError:
+            raise ChildGone from None
+        reply = self.receive()
+        if type(reply) is list and len(reply) == 2 and reply[0] == "ok":
+            return self.decode(reply[1])
+        return judge.reply_value(reply, exceptions=self.suite)
 
-def _with_tail(run: Run, text: str) -> str:
-    tail = run.tail()
-    return f"{text}; output: {tail[-500:]}" if tail else text
+    def encode(self, value: Any) -> Any:
+        def other(item: Any) -> Any:
+            if isinstance(item, judge.Handle):
+                return {"h": item._ref, "k": item._kind, "c": True}  # the child looks it up by ref alone
+            raise judge.Unsupported(f"a {type(item).__name__} cannot be passed to the candidate's code")
 
+        return wire.encode(value, other)
 
-def _read_report(
-    report: bytes, nonce: str, expected: int, failure_reasons: tuple[str, ...]
-) -> tuple[int, bool, tuple[str, str] | None, str]:
-    """Parse the report pipe: (steps acknowledged in order, done seen, failure reported, why it is tampered or "")."""
-    tag = nonce + " "
-    lines = report.decode("utf-8", "replace").split("\n")
-    steps, done, failure = 0, False, None
-    if lines[-1]:
-        return steps, done, failure, "an unterminated line on the report pipe"
-    for line in lines[:-1]:
-        if not line.startswith(tag):
-            return steps, done, failure, "a report line without the run's nonce"
-        word, _, rest = line[len(tag) :].partition(" ")
-        if done or failure:
-            return steps, done, failure, "a report line after the run's last one"
-        if word == "step" and rest == str(steps):
-            steps += 1
-        elif word == "done" and rest == str(expected) and steps == expected:
-            done = True
-        elif word == "fail" and rest.partition(" ")[0] in failure_reasons:
-            reason, _, detail = rest.partition(" ")
-            failure = (reason, detail)
-        else:
-            return steps, done, failure, f"an unexpected report line: {line[len(tag) :][:80]!r}"
-    return steps, done, failure, ""
+    def decode(self, data: Any) -> Any:
+        return wire.decode(data, self.handle, self.module)
+
+    def handle(self, ref: int, kind: str, callable_: bool, state: Any) -> judge.Handle:
+        if callable_:  # the same function or class each time; an object's handle carries its data as of now
+            found = self.handles.get(ref)
+            if found is None:
+                found = self.handles[ref] = judge.Handle(self.ask, ref, kind, callable_)
+            return found
+        return judge.Handle(self.ask, ref, kind, callable_, state)
+
+    def module(self, name: str) -> Any:
+        if self.suite and name in SUITE_MODULES:
+            __import__(name)
+            return sys.modules[name]
+        return ForeignModule(name)
+
+    def output_tail(self) -> str:
+        return b"".join(self.tail)[-OUTPUT_TAIL:].decode("utf-8", "replace").strip()
 
 
 def _processes() -> list[tuple[int, int, int]]:
@@ -231,11 +290,11 @@ class _Libc:
 
 class Worker:
     def __init__(self, config: dict[str, Any], pending: bytes) -> None:
-        self.uid_base = int(config["uid_base"])
+        self.uid = int(config["uid_base"])
         self.token = str(config["token"])
         self.timeout = float(config["timeout"])
         self.limits = config["limits"]
-        # Root in name only (a pod that dropped every capability) cannot give each slot its own user.
+        # Root in name only (a pod that dropped every capability) cannot give each child its own user.
         self.root = os.geteuid() == 0 and _has_capabilities(SLOT_USER_CAPABILITIES)
         self.pid = os.getpid()
         # A Python that only root can read (pyenv under /root) needs CAP_DAC_READ_SEARCH kept for the slot users, or
@@ -251,10 +310,11 @@ class Worker:
                 # with the pod; each run's process group and slot user are still killed after it.
                 if error.errno != errno.EINVAL:
                     raise
+        if self.libc is not None and not self.root:
+            self.libc.call("prctl", 4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: a child of our user cannot trace or read us
         self.base = str(config["base"])  # made by the parent, which removes it too
         os.chmod(self.base, 0o711)  # the slot users reach their own folders in it, and nothing else
         self.runs_started = 0
-        self.entropy = b""
         # Limits that hold as well for the worker are set here once and inherited: fewer system calls per child.
         inherited = [
             (resource.RLIMIT_FSIZE, self.limits["file_size_mb"] << 20),
@@ -266,192 +326,183 @@ class Worker:
             os.setgroups([])
         for which, value in inherited:
             resource.setrlimit(which, (value, value))
-        self.slots: list[Run | None] = [None] * int(config["slots"])
-        self.queue: collections.deque[dict[str, Any]] = collections.deque()
-        self.stdin_open = True
-        self.stdin_buffer = b""
-        self.outbox = bytearray()
-        self.take_jobs(pending)
-        # The harness, in a namespace of its own with builtins of its own, made once here and inherited by every
-        # child: nothing a candidate can reach by name leads to it (see harness.py).
-        with open(HARNESS_PATH, encoding="utf-8") as handle:
-            runtime = compile(handle.read(), HARNESS_PATH, "exec")
-        self.harness: dict[str, Any] = {"__builtins__": dict(PRISTINE_BUILTINS), "__name__": "sigma0_harness"}
-        exec(runtime, self.harness)
-        self.check_builtins = dict(PRISTINE_BUILTINS)
-        self.failure_reasons: tuple[str, ...] = self.harness["FAILURE_REASONS"]
         os.environ.clear()
         os.environ.update({"PATH": SAFE_PATH, "LANG": "C.UTF-8"})
         self.devnull = os.open(os.devnull, os.O_RDWR)
-        self.epoll = select.epoll()
-        self.watched: dict[int, Any] = {}  # fd → "wake" | "stdin" | "stdout" | (run, channel)
-        self.wake_read, wake_write = os.pipe()
-        os.set_blocking(self.wake_read, False)
-        os.set_blocking(wake_write, False)
-        signal.set_wakeup_fd(wake_write)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
+        # Verdicts go out on a descriptor of their own: fd 1 is /dev/null, so that nothing printed in the judge (a
+        # suite's test code) can reach the parent's protocol.
+        self.out = os.dup(1)
+        os.dup2(self.devnull, 1)
+        self.stdin_buffer = pending
+        self.stdin_open = True
+        self.suites: dict[str, Any] = {}  # a suite's test code, compiled once per worker
         signal.signal(signal.SIGTERM, _terminate)
-        self.watch(self.wake_read, "wake")
-        os.set_blocking(0, False)
-        os.set_blocking(1, False)
-        self.watch(0, "stdin")
+        signal.signal(signal.SIGALRM, _alarm)
 
-    def watch(self, fd: int, what: Any, events: int = select.EPOLLIN) -> None:
-        self.epoll.register(fd, events)
-        self.watched[fd] = what
-
-    def unwatch(self, fd: int) -> None:
-        if self.watched.pop(fd, None) is not None:
-            self.epoll.unregister(fd)
-
-    # --- the loop ---------------------------------------------------------------------------------------------
+    # --- the loop -----------------------------------------------------------------------------------------------------
 
     def serve(self) -> None:
-        now = time.monotonic()
         while True:
-            self.start_queued(now)
-            running = [run for run in self.slots if run is not None]
-            if not (self.stdin_open or self.queue or running or self.outbox):
+            job = self.next_job()
+            if job is None:
                 return
-            waiting = [run.deadline for run in running if run.status is None and run.killed_for is None]
-            timeout = max(0.0, min(waiting) - now) if waiting else -1
-            for fd, _ in self.epoll.poll(timeout):
-                if fd in self.watched:
-                    self.on_ready(fd, self.watched[fd])
-            now = time.monotonic()
-            for run in running:
-                if run.status is None and run.killed_for is None and now >= run.deadline:
-                    self.kill(run, "timeout")
-                if run.status is not None:
-                    self.finish(run)
+            self.send(self.run(job))
 
-    def on_ready(self, fd: int, what: Any) -> None:
-        if what == "wake":  # a signal arrived, SIGCHLD as a rule: reap
-            with contextlib.suppress(BlockingIOError):
-                os.read(fd, 4096)
-            self.reap()
-        elif what == "stdin":
-            self.read_jobs()
-        elif what == "stdout":
-            self.flush()
-        else:
-            run, channel = what
-            self.read_from(run, fd, channel, drain=False)
-
-    def read_jobs(self) -> None:
-        try:
+    def next_job(self) -> dict[str, Any] | None:
+        while True:
+            line, newline, rest = self.stdin_buffer.partition(b"\n")
+            if newline:
+                self.stdin_buffer = rest
+                if line.strip():
+                    return json.loads(line)
+                continue
+            if not self.stdin_open:
+                return None
             chunk = os.read(0, 1 << 20)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self.stdin_open = False
-            self.unwatch(0)
-            return
-        self.take_jobs(chunk)
-
-    def take_jobs(self, chunk: bytes) -> None:
-        *lines, self.stdin_buffer = (self.stdin_buffer + chunk).split(b"\n")
-        self.queue.extend(json.loads(line) for line in lines if line.strip())
-
-    def read_from(self, run: Run, fd: int, channel: str, drain: bool) -> None:
-        """Read what the pipe holds: one read per readiness (epoll calls again while there is more), or everything
-        when `drain`. At its end, or past its cap, the pipe is closed."""
-        while fd in run.pipes:
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except (BlockingIOError, InterruptedError):
-                return
             if not chunk:
-                self.close_pipe(run, fd)
-                return
-            if channel == "report":
-                run.report += chunk
-                if len(run.report) > REPORT_CAP:
-                    run.report += b"\n<flood>"  # unterminated junk: decide() calls it tampering
-                    self.close_pipe(run, fd)
-                    self.kill(run, None)
-            else:
-                run.output_bytes += len(chunk)
-                run.output.append(chunk)
-                while len(run.output) > 1 and sum(map(len, run.output)) - len(run.output[0]) >= OUTPUT_TAIL:
-                    run.output.popleft()
-                if run.output_bytes > self.limits["output_bytes"] and run.killed_for is None:
-                    self.close_pipe(run, fd)
-                    self.kill(run, "output_limit")
-            if not drain:
-                return
+                self.stdin_open = False
+            self.stdin_buffer += chunk
 
-    def close_pipe(self, run: Run, fd: int) -> None:
-        if run.pipes.pop(fd, None) is not None:
-            self.watched.pop(fd, None)
-            os.close(fd)  # closing also takes it out of the epoll set
+    def send(self, message: dict[str, Any]) -> None:
+        data = memoryview((json.dumps({**message, "token": self.token}) + "\n").encode())
+        while data:
+            data = data[os.write(self.out, data) :]
 
-    def reap(self) -> None:
-        by_pid = {run.pid: run for run in self.slots if run is not None}
-        while True:
-            try:
-                pid, status, usage = os.wait3(os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            run = by_pid.get(pid)
-            if run is not None and run.status is None:
-                run.status = status
-                run.cpu_seconds = usage.ru_utime + usage.ru_stime
-                run.ended = time.monotonic()
+    # --- one job ----------------------------------------------------------------------------------------------------
 
-    # --- one run ----------------------------------------------------------------------------------------------
-
-    def start_queued(self, now: float) -> None:
-        for slot, occupant in enumerate(self.slots):
-            if occupant is None and self.queue:
-                self.slots[slot] = self.start(self.queue.popleft(), slot, now)
-
-    def start(self, job: dict[str, Any], slot: int, started: float) -> Run:
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
         self.runs_started += 1
-        uid = self.uid_base + slot
-        run = Run(job, slot, self.nonce(), f"{self.base}/{self.runs_started}", started, started + self.timeout)
-        os.mkdir(run.workdir, 0o700)
+        workdir = f"{self.base}/{self.runs_started}"
+        os.mkdir(workdir, 0o700)
         if self.root:
-            os.chown(run.workdir, uid, uid)
-        output_read, output_write = os.pipe()
-        report_read, report_write = os.pipe()
-        run.pid = os.fork()
-        if run.pid == 0:
+            os.chown(workdir, self.uid, self.uid)
+        child = self.start(job, workdir)
+        gone = False
+        try:
             try:
-                self.child(job, run.nonce, uid, run.workdir, output_write, report_write)
+                signal.setitimer(signal.ITIMER_REAL, self.timeout)
+                reason, detail = self.judge(job, child)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except JudgeTimeout:
+            reason, detail = "timeout", f"still running after {self.timeout:g} s (wall clock)"
+        except ChildGone:
+            gone, reason, detail = True, "", ""
+        except (wire.Malformed, judge.BadReply) as error:
+            reason, detail = "harness_tampered", f"the child sent {error}"
+        except OutputFlood:
+            reason, detail = "output_limit", f"wrote more than {self.limits['output_bytes']} bytes to stdout/stderr"
+        seconds = round(time.monotonic() - started, 4)
+        self.end(child)
+        if gone:
+            reason, detail = self.how_it_ended(child)
+        with contextlib.suppress(OSError):
+            os.rmdir(workdir)
+        _remove_tree(workdir)
+        return {"key": job["key"], "reason": reason, "detail": detail[:2000], "seconds": seconds, "calls": child.calls}
+
+    def judge(self, job: dict[str, Any], child: Child) -> tuple[str, str]:
+        """The verdict, from the checks evaluated here against the child's answers."""
+        hello = child.receive()
+        if type(hello) is list and len(hello) == 3 and hello[0] == "fail" and hello[1] in FAILURES_FROM_CHILD:
+            return str(hello[1]), str(hello[2])
+        if type(hello) is not list or len(hello) != 2 or hello[0] != "ready" or type(hello[1]) is not dict:
+            return "harness_tampered", "the child's first message is not the harness's"
+        try:
+            names = {str(name): child.decode(value) for name, value in hello[1].items()}
+        except wire.Malformed as error:
+            return "harness_tampered", f"the child sent {error}"
+        if job["entry"]:
+            return self.judge_suite(job, child, names)
+        return self.judge_asserts(job, names)
+
+    def judge_suite(self, job: dict[str, Any], child: Child, names: dict[str, Any]) -> tuple[str, str]:
+        """A suite problem: its trusted test code runs here as it is, then `check(<the candidate's function>)`."""
+        label = job["labels"][0] if job["labels"] else "check"
+        try:
+            code = self.suites.get(job["trusted"])
+            if code is None:
+                code = self.suites[job["trusted"]] = compile(job["trusted"], "<test>", "exec", dont_inherit=True)
+            namespace = judge.suite_namespace(names)
+            exec(code, namespace)
+            if job["entry"] not in names:
+                raise NameError(f"name {job['entry']!r} is not defined")
+            namespace["check"](names[job["entry"]])
+        except (JudgeTimeout, ChildGone, OutputFlood, SystemExit):
+            raise
+        except BaseException as error:
+            return _failure(error, f"`{label}`: ")
+        return "passed", ""
+
+    def judge_asserts(self, job: dict[str, Any], names: dict[str, Any]) -> tuple[str, str]:
+        """A harvested row: each assert through the restricted evaluator, then the stand-ins (mutation)."""
+        labels = job["labels"]
+        try:
+            checks = [judge.parse(source) for source in job["checks"]]
+        except judge.Unsupported as error:
+            return "unsupported_asserts", str(error)
+        except SyntaxError as error:
+            return "syntax", f"an assert: {error}"
+
+        def resolve(name: str) -> Any:
+            if name not in names:
+                raise NameError(f"name {name!r} is not defined")
+            return names[name]
+
+        evaluator = judge.Evaluator(resolve, job["fn"])
+        for index, check in enumerate(checks):
+            prefix = f"check {index + 1} `{labels[index]}`: "
+            try:
+                held = judge.truth(evaluator.evaluate(check))
+            except (JudgeTimeout, ChildGone, OutputFlood, SystemExit):
+                raise
+            except BaseException as error:
+                return _failure(error, prefix)
+            if not held:
+                return "assertion", f"check {index + 1} failed: `{labels[index]}`"
+        if job["fn"]:
+            try:
+                stand_in = judge.vacuous(checks, resolve, job["fn"])
+            except (JudgeTimeout, ChildGone, OutputFlood, SystemExit):
+                raise
+            except BaseException as error:
+                return _failure(error, "while trying stand-ins: ")
+            if stand_in is not None:
+                return "vacuous_asserts", f"every assert also holds for a stand-in that {stand_in.name}"
+        return "passed", ""
+
+    def start(self, job: dict[str, Any], workdir: str) -> Child:
+        request_read, request_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        output_read, output_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(request_write)
+                os.close(reply_read)
+                os.close(output_read)
+                self.child(job, workdir, (self.devnull, output_write, output_write, request_read, reply_write))
             except BaseException:
                 import traceback  # into the output pipe when confinement itself failed: the verdict shows it
 
                 traceback.print_exc()
             finally:
                 _exit(70)
-        os.close(output_write)
-        os.close(report_write)
-        for fd, channel in ((output_read, "output"), (report_read, "report")):
-            os.set_blocking(fd, False)
-            run.pipes[fd] = channel
-            self.watch(fd, (run, channel))
-        return run
+        for fd in (request_read, reply_write, output_write):
+            os.close(fd)
+        return Child(
+            pid, request_write, reply_read, output_read, workdir, bool(job["entry"]), self.limits["output_bytes"]
+        )
 
-    def nonce(self) -> str:
-        if not self.entropy:
-            self.entropy = os.urandom(16 * 64)
-        nonce, self.entropy = self.entropy[:16], self.entropy[16:]
-        return nonce.hex()
-
-    def child(self, job: dict[str, Any], nonce: str, uid: int, workdir: str, output: int, report: int) -> None:
+    def child(self, job: dict[str, Any], workdir: str, fds: tuple[int, ...]) -> None:
         """In the forked child: confine this process, then hand over to the harness. Never returns normally."""
         os.setsid()
-        signal.set_wakeup_fd(-1)  # the worker's SIGCHLD and SIGTERM handlers stay: in a child they do no harm
-        os.dup2(self.devnull, 0)
-        os.dup2(output, 1)
-        os.dup2(output, 2)
-        os.dup2(report, REPORT_FD)
-        os.closerange(REPORT_FD + 1, 1 << 20)  # one close_range call
-        # sys.stdin/stdout/stderr keep working on the new fds: the worker never used their buffers, and runs with
-        # -u so that a candidate's output reaches the pipe even when it dies without flushing.
+        # Each source first copied above the targets, so that no dup2 overwrites a source still to be placed.
+        high = [_above(fd, len(fds)) for fd in fds]
+        for target, fd in enumerate(high):
+            os.dup2(fd, target)
+        os.closerange(len(fds), 1 << 20)  # one close_range call: fds 0-4 are all the child has
         os.chdir(workdir)
         limits = self.limits  # RLIMIT_FSIZE, NOFILE and CORE (and NPROC under root) come from the worker
         memory = limits["memory_mb"] << 20
@@ -465,8 +516,8 @@ class Worker:
         if self.root:
             if self.grant_read and libc is not None:
                 libc.call("prctl", 8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS, so that setuid keeps what capset narrows
-            os.setgid(uid)
-            os.setuid(uid)
+            os.setgid(self.uid)
+            os.setuid(self.uid)
             if self.grant_read and libc is not None:
                 libc.call("capset", libc.header, libc.caps)
         if libc is not None and self.pid != 1:
@@ -474,46 +525,79 @@ class Worker:
             if os.getppid() != self.pid:
                 _exit(71)  # the worker died before that took effect
         os.environ["HOME"] = os.environ["TMPDIR"] = workdir
-        self.token = ""  # drop what the candidate has no business finding in its copy of the worker
-        self.queue.clear()
-        run, check_builtins = self.harness["run"], self.check_builtins
-        del self
-        run(
-            job,
-            report_fd=REPORT_FD,
-            nonce=nonce,
-            write=_write,
-            exit=_exit,
-            builtins_module=builtins,
-            pristine_builtins=check_builtins,
-        )
+        # Drop what the candidate has no business finding in its copy of the worker: the token, this job's checks
+        # and the jobs queued behind it (a candidate that read its asserts could answer just those).
+        self.token = ""
+        self.stdin_buffer = b""
+        self.suites.clear()
+        code = job["code"]
+        job.clear()
+        del self, job
+        harness.serve(code, wire=wire, exit=_exit, builtins_module=builtins)
 
-    def kill(self, run: Run, why: str | None) -> None:
-        if run.killed_for is None:
-            run.killed_for = why
-        self.kill_leftovers(run)
+    def end(self, child: Child) -> None:
+        """Kill everything the child left, reap it, and close its pipes."""
+        self.kill_leftovers(child.pid)
+        while True:
+            try:
+                _, status, usage = os.wait4(child.pid, 0)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            child.status = status
+            child.cpu_seconds = usage.ru_utime + usage.ru_stime
+            break
+        while child.output_open:  # what it printed last, for the verdict's detail
+            try:
+                child.drain()
+            except OutputFlood:
+                break
+        for fd in (child.request, child.reply, child.output):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.reap_orphans()
 
-    def kill_leftovers(self, run: Run) -> None:
-        """Kill everything the run left: its process group, its slot user's processes, orphans reparented here."""
+    def how_it_ended(self, child: Child) -> tuple[str, str]:
+        """(reason, detail) for a child that ended before the judge was done with it."""
+        status = child.status
+        cpu_limit = float(self.limits["cpu_seconds"])
+        if os.WIFSIGNALED(status):
+            number = os.WTERMSIG(status)
+            if number == signal.SIGXCPU or (number == signal.SIGKILL and child.cpu_seconds >= cpu_limit - 0.05):
+                return "timeout", f"used its {cpu_limit:g} s of CPU time"
+            return "crash", _with_tail(child, f"killed by {signal.Signals(number).name} after {child.calls} calls")
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+        if code == 0:
+            return "exit_before_asserts", _with_tail(child, f"exited with status 0 after {child.calls} calls")
+        return "crash", _with_tail(child, f"exited with status {code} after {child.calls} calls")
+
+    def kill_leftovers(self, pid: int) -> None:
+        """Kill everything a run left: its process group, its slot user's processes, orphans reparented here."""
         with contextlib.suppress(OSError):
-            os.killpg(run.pid, signal.SIGKILL)
-        uid = self.uid_base + run.slot
-        active = {other.pid for other in self.slots if other is not None and other.status is None}
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
         for _ in range(20):
             processes = _processes()
             if self.root:
-                leftovers = [pid for pid, _, owner in processes if owner == uid]
+                leftovers = [found for found, _, owner in processes if owner == self.uid]
             else:
-                leftovers = [pid for pid, parent, _ in processes if parent == self.pid and pid not in active]
+                leftovers = [found for found, parent, _ in processes if parent == self.pid and found != pid]
             if not leftovers:
                 return
             if self.root:
-                self.kill_user(uid)
+                self.kill_user(self.uid)
             else:
-                for pid in leftovers:
+                for found in leftovers:
                     with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
+                        os.kill(found, signal.SIGKILL)
             time.sleep(0.002)
+
+    def reap_orphans(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] != 0:
+                pass
 
     @staticmethod
     def kill_user(uid: int) -> None:
@@ -528,42 +612,48 @@ class Worker:
                 _exit(0)
         os.waitpid(pid, 0)
 
-    def finish(self, run: Run) -> None:
-        self.kill_leftovers(run)
-        for fd, channel in list(run.pipes.items()):
-            self.read_from(run, fd, channel, drain=True)
-            self.close_pipe(run, fd)
-        reason, detail = decide(run, self.limits, self.failure_reasons)
-        seconds = round(run.ended - run.started, 4)
-        self.send({"key": run.key, "reason": reason, "detail": detail[:2000], "seconds": seconds})
-        try:
-            os.rmdir(run.workdir)
-        except OSError:
-            _remove_tree(run.workdir)
-        self.slots[run.slot] = None
-
-    def send(self, message: dict[str, Any]) -> None:
-        """Queue a message for the parent. Writes never block, so a slow reader cannot stall the runs."""
-        self.outbox += (json.dumps({**message, "token": self.token}) + "\n").encode()
-        self.flush()
-
-    def flush(self) -> None:
-        while self.outbox:
-            try:
-                written = os.write(1, self.outbox)
-            except BlockingIOError:
-                break
-            del self.outbox[:written]
-        if self.outbox and 1 not in self.watched:
-            self.watch(1, "stdout", select.EPOLLOUT)
-        elif not self.outbox and 1 in self.watched:
-            self.unwatch(1)
-
     def close(self) -> None:
-        for run in self.slots:
-            if run is not None:
-                self.kill_leftovers(run)
+        if self.root:
+            self.kill_user(self.uid)
         _remove_tree(self.base)
+
+
+def _above(fd: int, floor: int) -> int:
+    """`fd`, or a duplicate of it numbered at least `floor`."""
+    while fd < floor:
+        fd = os.dup(fd)  # the copies below `floor` are replaced by dup2 or closed with the rest
+    return fd
+
+
+def _failure(error: BaseException, prefix: str) -> tuple[str, str]:
+    """(reason, detail) for an exception met while judging."""
+    if isinstance(error, judge.CandidateExited):
+        return "exit_before_asserts", prefix + str(error)
+    if isinstance(error, wire.Malformed | judge.BadReply):
+        return "harness_tampered", prefix + f"the child sent {error}"
+    if isinstance(error, judge.Unsupported):
+        return "unsupported_asserts", prefix + str(error)
+    if isinstance(error, judge.CandidateRaised):
+        kinds = {"AssertionError": "assertion", "MemoryError": "memory"}
+        return kinds.get(error.kind, "error"), prefix + f"{error.kind}: {error}"
+    if isinstance(error, MemoryError):
+        return "memory", prefix + "MemoryError"
+    if isinstance(error, AssertionError):
+        return "assertion", prefix + _describe(error)
+    return "error", prefix + _describe(error)
+
+
+def _describe(error: BaseException) -> str:
+    try:
+        message = str(error)
+    except BaseException:
+        message = "<unprintable>"
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _with_tail(child: Child, text: str) -> str:
+    tail = child.output_tail()
+    return f"{text}; output: {tail[-500:]}" if tail else text
 
 
 def _terminate(number: int, frame: Any) -> None:
