@@ -400,3 +400,44 @@ def test_judge_publish_writes_only_a_promotion_over_the_current_incumbent() -> N
     empty = rules.judge_publish(Outcome.BOOTSTRAPPED, "why", current=None, revision=0, cycle="c1",
                                 candidate_digest=b, evaluated_digest=None)
     assert (empty.outcome, empty.revision, empty.write) == (Outcome.BOOTSTRAPPED, 1, True)
+
+
+# `sigma0 release`, one command for both ---------------------------------------------------------------------------
+
+
+def test_sigma0_release_shows_and_rolls_back_both_stores_alike(tmp_path, adapters, monkeypatch, capsys):
+    from sigma0 import cli
+
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps at the terminal's width
+    api = FakeAdapterReleases()
+    monkeypatch.setattr(cli, "_custom_api", lambda kubeconfig: api)
+    chain(LocalReleases(tmp_path / "work" / "releases"), adapters, 3)
+    chain(ClusterReleases(api, "team", clock=lambda: NOW), adapters, 3)
+
+    def run(where: list[str], *argv: str) -> tuple[int, list[list[str]]]:
+        code = cli.main(["release", *argv, *where])
+        lines = capsys.readouterr().out.splitlines()
+        # rev, digest, pass@1 and cycle; the uri (a copy locally) and the time stamp are each store's own
+        return code, [line.split()[:7] if line.startswith("rev ") else line.split() for line in lines]
+
+    seen_by = {}
+    for kind, where in (("local", ["--workdir", str(tmp_path / "work")]),
+                        ("cluster", ["--cluster", "--namespace", "team"])):
+        label = "release" if kind == "local" else "AdapterRelease"
+        history = run(where, "history", NAME)
+        rolled = run(where, "rollback", NAME, "--reason", "regressed")
+        shown = run(where, "show", NAME)
+        missing = run(where, "show", "other")
+        refused = run(where, "rollback", "Bad/Name")
+        assert rolled[1][0][0] == missing[1][0][0] == label
+        seen_by[kind] = (history, (rolled[0], rolled[1][0][-5:]), shown, (missing[0], missing[1][0][-4:]),
+                         (refused[0], refused[1][0][:3]))
+    assert seen_by["local"] == seen_by["cluster"]
+    history, rolled, shown, missing, refused = seen_by["local"]
+    a, b, c = (digest for _, digest in adapters[:3])
+    assert history == (0, [["rev", "3", c, "pass@1", "1.000", "cycle", "c2"],
+                           ["rev", "2", b, "pass@1", "1.000", "cycle", "c1"],
+                           ["rev", "1", a, "pass@1", "0.500", "cycle", "c0"]])
+    assert rolled == (0, ["points", "at", b, "(revision", "4)"]) and shown[1][0][:3] == ["rev", "4", b]
+    assert missing == (0, ["has", "no", "adapter", "yet"])
+    assert refused == (2, ["invalid", "release", "name"])
