@@ -240,6 +240,17 @@ def test_history_limits_outside_the_schemas_range_are_refused(tmp_path):
     assert rules.check_history_limit(rules.MAX_HISTORY_LIMIT) == 50
 
 
+def test_the_rules_and_the_adapterrelease_schema_say_the_same() -> None:
+    """The schema (crds/) holds the API server to the same digest format and history bounds as the rules."""
+    spec = openapi_schema("AdapterRelease")["properties"]["spec"]["properties"]
+    for pointer in (spec["current"], spec["history"]["items"]):
+        assert pointer["properties"]["digest"]["pattern"] == f"^{rules.DIGEST.pattern}$"
+    limit = spec["historyLimit"]
+    assert (limit["minimum"], limit["maximum"], limit["default"]) == (
+        1, rules.MAX_HISTORY_LIMIT, rules.DEFAULT_HISTORY_LIMIT)
+    assert spec["history"]["maxItems"] == rules.MAX_HISTORY_LIMIT
+
+
 # The stale check, alike ---------------------------------------------------------------------------------------------
 
 
