@@ -102,7 +102,7 @@ def test_history_is_bounded_by_the_limit() -> None:
 def test_bad_decisions_are_refused() -> None:
     with pytest.raises(releases.ReleaseError, match="Stale before"):
         publish(None, "Stale", A, None)
-    with pytest.raises(releases.ReleaseError, match="needs the incumbent"):
+    with pytest.raises(releases.ReleaseError, match="needs the digest of the incumbent"):
         publish(None, "Promoted", A, None)
     with pytest.raises(releases.ReleaseError, match="without an incumbent"):
         publish(None, "Bootstrapped", A, plan.Incumbent(B, "/x"))

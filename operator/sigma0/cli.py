@@ -118,50 +118,35 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 
 def _release(args: argparse.Namespace, console: Console) -> int:
-    from sigma0.release import LocalReleaseStore, ReleaseError
+    """`sigma0 release show|history|rollback NAME`: the local release under --workdir, or with --cluster the
+    AdapterRelease NAME in --namespace; both through the one `Releases` interface (sigma0.release_rules)."""
+    from sigma0.release_rules import ReleaseError, Releases
 
+    releases: Releases
     if args.cluster:
-        return _release_on_cluster(args, console)
-    store = LocalReleaseStore(Path(args.workdir) / "releases")
-    try:
-        if args.action == "rollback":
-            pointer = store.rollback(args.name, reason=args.reason)
-            console.print(f"release {args.name} now points at {pointer.digest} (revision {pointer.revision})")
-            return EXIT_OK
-        current = store.current(args.name)
-        if current is None:
-            console.print(f"release {args.name} has no adapter yet")
-            return EXIT_OK
-        pointers = [current] + (store.history(args.name) if args.action == "history" else [])
-        for pointer in pointers:
-            console.print(f"rev {pointer.revision}  {pointer.digest}  pass@1 {pointer.pass_at_1:.3f}  "
-                          f"cycle {pointer.cycle}  {pointer.time}  {pointer.uri}", highlight=False)
-        return EXIT_OK
-    except ReleaseError as error:
-        console.print(f"[red]{error}[/]")
-        return EXIT_BAD_INPUT
+        from sigma0.kube.releases import ClusterReleases
 
+        releases = ClusterReleases(_custom_api(args.kubeconfig), args.namespace)
+        label = f"AdapterRelease {args.namespace}/{args.name}"
+    else:
+        from sigma0.local_release import LocalReleases
 
-def _release_on_cluster(args: argparse.Namespace, console: Console) -> int:
-    """`sigma0 release ... --cluster`: the same actions on the AdapterRelease NAME in --namespace."""
-    from sigma0.kube.releases import ClusterReleases, ReleaseError, current_of, history_of
-
-    releases = ClusterReleases(_custom_api(args.kubeconfig), args.namespace)
+        releases = LocalReleases(Path(args.workdir) / "releases")
+        label = f"release {args.name}"
     try:
         if args.action == "rollback":
             pointer = releases.rollback(args.name, reason=args.reason)
-            console.print(f"AdapterRelease {args.namespace}/{args.name} now points at {pointer.digest} "
-                          f"(revision {pointer.revision})", highlight=False)
+            console.print(f"{label} now points at {pointer.digest} (revision {pointer.revision})", highlight=False)
             return EXIT_OK
-        found = releases.get(args.name)
+        current = releases.current(args.name)
+        if current is None:
+            console.print(f"{label} has no adapter yet", highlight=False)
+            return EXIT_OK
+        pointers = [current, *(releases.history(args.name) if args.action == "history" else [])]
     except ReleaseError as error:
         console.print(f"[red]{error}[/]", highlight=False)
         return EXIT_BAD_INPUT
-    current = current_of(found)
-    if current is None:
-        console.print(f"AdapterRelease {args.namespace}/{args.name} has no adapter yet", highlight=False)
-        return EXIT_OK
-    for pointer in [current] + (history_of(found) if args.action == "history" else []):
+    for pointer in pointers:
         figure = f"{pointer.pass_at_1:.3f}" if pointer.pass_at_1 is not None else "-"
         console.print(f"rev {pointer.revision}  {pointer.digest}  pass@1 {figure}  cycle {pointer.cycle}  "
                       f"{pointer.promoted_at}  {pointer.uri}", highlight=False)

@@ -1,7 +1,9 @@
 """The local release store: which adapter serving should load now, its history, and every promotion decision.
 
-The cluster keeps the same facts in an AdapterRelease; this store is its local twin, with the same small
-interface (current, publish, rollback, history). Layout under `root` (a workdir's `releases/`):
+The cluster keeps the same facts in an AdapterRelease; this store is its local twin, and both apply the same
+rules (sigma0.release_rules: digests, the stale check, history, rollback); sigma0.local_release puts this store
+behind the `Releases` interface that the AdapterRelease store implements too. Layout under `root` (a workdir's
+`releases/`):
 
     <name>/adapters/<digest-hex>/  immutable copies of published adapters (copied to a temp sibling,
                                    digest-checked, made read-only, then renamed into place)
@@ -14,8 +16,10 @@ Order of writes in a promotion, and what the log may claim: the adapter copy and
 first; the log row carrying the final outcome (Bootstrapped/Promoted) is appended only after os.replace
 succeeded. If anything fails before the swap, the row says Failed (with the error) and the old pointer stays
 in place, so the log never claims a promotion that did not happen. If the process is killed between the swap
-and the append, the log is one row short: current.json is the authority on what is live. An adapter copied
-in before a failed swap stays in adapters/ (content-addressed, so a retry reuses it).
+and the append, the log is one row short until the same cycle publishes again: that publish is recognised
+(the cycle's adapter is current already), writes nothing, and appends the row if it is missing. current.json is
+the authority on what is live. An adapter copied in before a failed swap stays in adapters/ (content-addressed,
+so a retry reuses it).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -34,19 +37,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sigma0 import release_rules as rules
 from sigma0.gate import Decision, Outcome
 from sigma0.io import append_jsonl, read_json, read_jsonl, tree_digest, write_json_atomic
+from sigma0.release_rules import ReleaseError
 
 # Outcomes that appear in promotions.jsonl besides the gate's own.
 FAILED = "Failed"
 ROLLED_BACK = "RolledBack"
-
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")  # a Kubernetes object name, so it mirrors an AR
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-class ReleaseError(Exception):
-    """A release operation that cannot be done; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,11 @@ class ReleasePointer:
     time: str  # when this pointer became current
     revision: int  # increases on every change of the release, rollbacks included
     rolled_back: bool = False  # in history only: this pointer was rolled back from, so rollback skips it
+
+    @property
+    def promoted_at(self) -> str:
+        """`time` under the name the AdapterRelease's pointer uses (sigma0.release_rules.Pointer)."""
+        return self.time
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,14 +83,13 @@ class PublishResult:
     outcome: Outcome  # the decision's outcome, or Stale when the evaluated incumbent is no longer current
     revision: int  # the release's revision after the publish (unchanged unless it promoted; 0: no release)
     pointer: ReleasePointer | None  # the current pointer after the publish
+    reason: str = ""  # the decision's reason, or why it is Stale
 
 
 class LocalReleaseStore:
-    def __init__(self, root: str | os.PathLike[str], *, history_limit: int = 10) -> None:
-        if history_limit < 1:
-            raise ValueError(f"history_limit must be at least 1, got {history_limit}")
+    def __init__(self, root: str | os.PathLike[str], *, history_limit: int = rules.DEFAULT_HISTORY_LIMIT) -> None:
         self.root = Path(root).absolute()  # pointers carry absolute adapter paths
-        self.history_limit = history_limit
+        self.history_limit = rules.check_history_limit(history_limit)
 
     def current(self, name: str) -> ReleasePointer | None:
         return self._read_state(name)[0]
@@ -117,8 +119,11 @@ class LocalReleaseStore:
         evidence: what the decision rests on, logged as given (dataset digest, both results-file digests).
         evaluated_incumbent_digest: the adapter the candidate was compared with (None: there was no release).
         """
-        _check_publish_arguments(
-            decision, candidate_adapter_dir, candidate_digest, evaluated_incumbent_digest
+        rules.check_publish(
+            decision.outcome,
+            candidate_uri=candidate_adapter_dir,
+            candidate_digest=candidate_digest,
+            evaluated_digest=evaluated_incumbent_digest,
         )
         json.dumps(evidence)  # fail on unloggable evidence before anything changes
         row: dict[str, Any] = {
@@ -134,18 +139,24 @@ class LocalReleaseStore:
         with self._locked(folder):
             current, history = self._read_state(name)
             revision = current.revision if current else 0
-            if not decision.promotes:
-                self._log(folder, row, decision.outcome, revision)
-                return PublishResult(decision.outcome, revision, current)
-            current_digest = current.digest if current else None
-            if current_digest != evaluated_incumbent_digest:
-                row["current_digest"] = current_digest
-                row["reason"] = (
-                    "the release changed since the incumbent was evaluated (evaluated "
-                    f"{evaluated_incumbent_digest}, now {current_digest}); evaluate against the current one"
-                )
+            verdict = rules.judge_publish(
+                decision.outcome,
+                decision.reason,
+                current=current,
+                revision=revision,
+                cycle=cycle,
+                candidate_digest=candidate_digest,
+                evaluated_digest=evaluated_incumbent_digest,
+            )
+            if verdict.outcome is Outcome.STALE:
+                row["current_digest"] = current.digest if current else None
+                row["reason"] = verdict.reason
                 self._log(folder, row, Outcome.STALE, revision)
-                return PublishResult(Outcome.STALE, revision, current)
+                return PublishResult(Outcome.STALE, revision, current, verdict.reason)
+            if not verdict.write:  # a rejection, or this cycle's adapter is current already (published before)
+                if not decision.promotes or not self._logged(name, cycle, candidate_digest, decision.outcome):
+                    self._log(folder, row, decision.outcome, revision)
+                return PublishResult(decision.outcome, revision, current, verdict.reason)
             try:
                 uri = _install_adapter(folder / "adapters", candidate_adapter_dir, candidate_digest)
                 pointer = ReleasePointer(
@@ -154,17 +165,19 @@ class LocalReleaseStore:
                     pass_at_1=decision.candidate_pass_at_1,
                     cycle=cycle,
                     time=_now(),
-                    revision=revision + 1,
+                    revision=verdict.revision,
                 )
-                self._write_state(folder, name, pointer, ([current] if current else []) + history)
+                history = rules.history_after_publish(current, history, self.history_limit)
+                self._write_state(folder, name, pointer, history)
             except BaseException as error:
                 self._log(folder, row | {"error": f"{type(error).__name__}: {error}"}, FAILED, revision)
                 raise
             self._log(folder, row, decision.outcome, pointer.revision)
-            return PublishResult(decision.outcome, pointer.revision, pointer)
+            return PublishResult(decision.outcome, pointer.revision, pointer, verdict.reason)
 
     def rollback(self, name: str, *, reason: str = "") -> ReleasePointer:
-        """Point the release back at the newest earlier adapter that was not itself rolled back from.
+        """Point the release back at the newest earlier adapter that was not itself rolled back from
+        (sigma0.release_rules.choose_rollback), if its folder is still there.
 
         The revision still increases; the pointer rolled back from goes into history, marked rolled_back.
         """
@@ -173,31 +186,19 @@ class LocalReleaseStore:
             raise ReleaseError(f"release {name!r} does not exist under {self.root}; nothing to roll back")
         with self._locked(folder):
             current, history = self._read_state(name)
-            if current is None:
-                raise ReleaseError(f"release {name!r} has no current adapter; nothing to roll back")
-            index = next((i for i, old in enumerate(history) if not old.rolled_back), None)
-            if index is None:
-                why = "all earlier ones were rolled back from already" if history else "it has had only one"
-                raise ReleaseError(
-                    f"release {name!r} has no earlier adapter to roll back to ({why}); publish a new adapter"
-                )
-            target = history[index]
-            if not Path(target.uri).is_dir():
-                raise ReleaseError(f"cannot roll back {name!r}: the adapter folder {target.uri} is missing")
-            pointer = replace(target, time=_now(), revision=current.revision + 1)
-            rest = history[:index] + history[index + 1 :]
-            self._write_state(folder, name, pointer, [replace(current, rolled_back=True), *rest])
+            revision = current.revision if current else 0
+            choice = rules.choose_rollback(f"release {name!r}", current, history, revision, self.history_limit)
+            assert current is not None  # choose_rollback refuses a release without one
+            if not Path(choice.target.uri).is_dir():
+                raise ReleaseError(f"cannot roll back {name!r}: the adapter folder {choice.target.uri} is missing")
+            pointer = replace(choice.target, time=_now(), revision=choice.revision)
+            self._write_state(folder, name, pointer, choice.history)
             row = {"release": name, "from": current.to_dict(), "to": pointer.to_dict(), "reason": reason}
             self._log(folder, row, ROLLED_BACK, pointer.revision)
             return pointer
 
     def _folder(self, name: str) -> Path:
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ReleaseError(
-                f"invalid release name {name!r}: use lower-case letters, digits, '-' and '.', "
-                "starting and ending with a letter or digit"
-            )
-        return self.root / name
+        return self.root / rules.check_name(name)
 
     def _read_state(self, name: str) -> tuple[ReleasePointer | None, list[ReleasePointer]]:
         path = self._folder(name) / "current.json"
@@ -217,8 +218,15 @@ class LocalReleaseStore:
         self, folder: Path, name: str, pointer: ReleasePointer, history: list[ReleasePointer]
     ) -> None:
         state = {"release": name, **pointer.to_dict()}
-        state["history"] = [old.to_dict() for old in history[: self.history_limit]]
+        state["history"] = [old.to_dict() for old in rules.bounded(history, self.history_limit)]
         write_json_atomic(folder / "current.json", state)
+
+    def _logged(self, name: str, cycle: str, digest: str, outcome: Outcome) -> bool:
+        """Whether the log already has the row for this cycle's promotion of this adapter."""
+        return any(
+            (row.get("cycle"), row.get("candidate_digest"), row.get("outcome")) == (cycle, digest, str(outcome))
+            for row in self.promotions(name)
+        )
 
     def _log(self, folder: Path, row: dict[str, Any], outcome: str, revision: int) -> None:
         append_jsonl(
@@ -235,27 +243,6 @@ class LocalReleaseStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _check_publish_arguments(
-    decision: Decision,
-    adapter_dir: str | os.PathLike[str] | None,
-    candidate_digest: str,
-    incumbent_digest: str | None,
-) -> None:
-    if decision.outcome is Outcome.STALE:
-        raise ValueError("a decision cannot be Stale before it is published; pass the gate's decision")
-    for label, digest in (("candidate", candidate_digest), ("incumbent", incumbent_digest)):
-        if digest is not None and not _DIGEST.match(digest):
-            raise ValueError(f"{label} digest must look like 'sha256:<64 hex digits>', got {digest!r}")
-    if decision.outcome is Outcome.BOOTSTRAPPED and incumbent_digest is not None:
-        raise ValueError(
-            "a Bootstrapped decision was made without an incumbent, but an incumbent digest was given"
-        )
-    if decision.outcome is Outcome.PROMOTED and incumbent_digest is None:
-        raise ValueError("a Promoted decision needs the digest of the incumbent it was compared with")
-    if decision.promotes and adapter_dir is None:
-        raise ValueError("a promoting decision needs the candidate adapter folder")
 
 
 def _install_adapter(adapters: Path, source: str | os.PathLike[str] | None, digest: str) -> Path:

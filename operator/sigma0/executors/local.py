@@ -19,7 +19,6 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,19 +26,11 @@ from typing import Any, Protocol
 
 from sigma0 import placement, plan
 from sigma0.io import read_json, text_digest, write_json_atomic
+from sigma0.release_rules import Releases
 from sigma0.spec import TrainingCycle
 
 STATE_FILE = "state.json"
 GPU_LEDGER = "gpu-ledger.jsonl"
-
-
-class Releases(Protocol):
-    """What the executor needs from wherever releases live (a local folder here, an AdapterRelease on a cluster)."""
-
-    def incumbent(self, release: str) -> plan.Incumbent | None: ...
-
-    def publish(self, release: str, *, cycle: str, action: plan.Publish, incumbent: plan.Incumbent | None,
-                evidence: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
 class Reporter(Protocol):
@@ -184,8 +175,11 @@ class LocalExecutor:
                 result = self._run_step(run, action.step, resumed)
                 run.state = replace(run.state, steps={**run.state.steps, action.step.name: result})
             elif isinstance(action, plan.Publish):
-                published = self.releases.publish(self.spec.release, cycle=run.name, action=action,
-                                                  incumbent=run.state.incumbent, evidence=self._evidence(run))
+                # the whole decision.json, not the step's summary: the local release log keeps its policy too
+                published = self.releases.publish(
+                    self.spec.release, cycle=run.name, decision=read_json(action.decision_file),
+                    candidate_uri=action.candidate_uri, candidate_digest=action.candidate_digest,
+                    incumbent=run.state.incumbent, evidence=self._evidence(run))
                 run.state = replace(run.state, published=published)
             else:
                 run.finished = {"phase": action.phase, "outcome": action.outcome, "reason": action.reason,

@@ -1,6 +1,7 @@
 """The AdapterRelease: which adapter serving should load now, as a Kubernetes resource.
 
-The cluster twin of sigma0.release.LocalReleaseStore, with the same semantics:
+The cluster twin of sigma0.release.LocalReleaseStore, with the same rules (sigma0.release_rules, used by both)
+and the same `Releases` interface:
 
 - publish: only a promoting decision (Bootstrapped, Promoted) writes, and only if the incumbent that was
   evaluated is still the current one; otherwise the outcome is Stale and nothing is written. The new pointer
@@ -24,22 +25,15 @@ artifacts volume and nothing rewrites it; the pointer's uri is that folder as th
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sigma0 import plan
-from sigma0.gate import Outcome
+from sigma0 import release_rules as rules
 from sigma0.kube import API_VERSION, GROUP, RELEASES, VERSION
-
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-DEFAULT_HISTORY_LIMIT = 10
-
-
-class ReleaseError(Exception):
-    """A release operation that cannot be done; the message says why and what to do."""
+from sigma0.release_rules import DEFAULT_HISTORY_LIMIT, ReleaseError
 
 
 def now_rfc3339() -> str:
@@ -95,6 +89,11 @@ def revision_of(release: Mapping[str, Any] | None) -> int:
     return int(((release or {}).get("spec") or {}).get("revision") or 0)
 
 
+def history_limit_of(release: Mapping[str, Any] | None) -> int:
+    spec = (release or {}).get("spec") or {}
+    return rules.check_history_limit(int(spec.get("historyLimit") or DEFAULT_HISTORY_LIMIT))
+
+
 def incumbent_of(release: Mapping[str, Any] | None) -> plan.Incumbent | None:
     current = current_of(release)
     if current is None:
@@ -122,9 +121,8 @@ def _with_spec(release: Mapping[str, Any] | None, name: str, namespace: str, cur
         "apiVersion": API_VERSION, "kind": "AdapterRelease", "metadata": {"name": name, "namespace": namespace},
         "spec": {}}
     spec = body.setdefault("spec", {})
-    limit = int(spec.get("historyLimit") or DEFAULT_HISTORY_LIMIT)
     spec["current"] = current.to_spec()
-    spec["history"] = [p.to_spec() for p in history[:limit]]
+    spec["history"] = [p.to_spec() for p in rules.bounded(history, history_limit_of(release))]
     spec["revision"] = revision
     return body
 
@@ -133,58 +131,41 @@ def plan_publish(release: Mapping[str, Any] | None, *, name: str, namespace: str
                  decision: Mapping[str, Any], candidate_uri: str, candidate_digest: str,
                  evaluated: plan.Incumbent | None, evidence: Mapping[str, Any], now: str) -> PublishPlan:
     """What publishing `decision` does to `release` as it is now (None: it does not exist)."""
-    try:
-        outcome = Outcome(str(decision.get("outcome")))
-    except ValueError as error:
-        raise ReleaseError(f"not a gate decision: outcome {decision.get('outcome')!r}") from error
-    if outcome is Outcome.STALE:
-        raise ReleaseError("a decision cannot be Stale before it is published; pass the gate's decision")
-    if outcome is Outcome.BOOTSTRAPPED and evaluated is not None:
-        raise ReleaseError("a Bootstrapped decision was made without an incumbent, but one was evaluated")
-    if outcome is Outcome.PROMOTED and evaluated is None:
-        raise ReleaseError("a Promoted decision needs the incumbent it was compared with")
-    reason = str(decision.get("reason", ""))
-    current, revision = current_of(release), revision_of(release)
-    if outcome not in (Outcome.BOOTSTRAPPED, Outcome.PROMOTED):
-        return PublishPlan(str(outcome), reason, revision, current.uri if current else None)
-    if not _DIGEST.match(candidate_digest):
-        raise ReleaseError(f"candidate digest must look like 'sha256:<64 hex digits>', got {candidate_digest!r}")
-    if current is not None and current.cycle == cycle and current.digest == candidate_digest:
-        return PublishPlan(str(outcome), reason, revision, current.uri)  # written before a restart
+    rules.check_name(name)
+    outcome = rules.outcome_of(decision)
     evaluated_digest = evaluated.digest if evaluated else None
-    current_digest = current.digest if current else None
-    if current_digest != evaluated_digest:
-        stale = (f"the release changed since the incumbent was evaluated (evaluated {evaluated_digest}, now "
-                 f"{current_digest}); nothing was written: evaluate against the current one")
-        return PublishPlan(str(Outcome.STALE), stale, revision, current.uri if current else None)
+    rules.check_publish(outcome, candidate_uri=candidate_uri, candidate_digest=candidate_digest,
+                        evaluated_digest=evaluated_digest)
+    current = current_of(release)
+    verdict = rules.judge_publish(outcome, str(decision.get("reason", "")), current=current,
+                                  revision=revision_of(release), cycle=cycle, candidate_digest=candidate_digest,
+                                  evaluated_digest=evaluated_digest)
+    reason = verdict.reason
+    if not verdict.write:
+        return PublishPlan(str(verdict.outcome), reason, verdict.revision, current.uri if current else None)
     pointer = Pointer(
-        uri=candidate_uri, digest=candidate_digest, cycle=cycle, promoted_at=now, revision=revision + 1,
+        uri=candidate_uri, digest=candidate_digest, cycle=cycle, promoted_at=now, revision=verdict.revision,
         pass_at_1=_float(decision.get("candidate_pass_at_1")), passed=_int(decision.get("candidate_passed")),
         total=_int(decision.get("candidate_total")), suite=evidence.get("suite"), subset=evidence.get("subset"),
         p_value=_float(decision.get("p_value")), dataset_digest=evidence.get("dataset_digest"), reason=reason)
-    history = ([current] if current else []) + history_of(release)
-    body = _with_spec(release, name, namespace, pointer, history, revision + 1)
-    return PublishPlan(str(outcome), reason, revision + 1, candidate_uri, body, create=release is None)
+    history = rules.history_after_publish(current, history_of(release), history_limit_of(release))
+    body = _with_spec(release, name, namespace, pointer, history, verdict.revision)
+    return PublishPlan(str(outcome), reason, verdict.revision, candidate_uri, body, create=release is None)
 
 
 def plan_rollback(release: Mapping[str, Any] | None, *, name: str, reason: str, now: str) -> tuple[Pointer,
                                                                                                    dict[str, Any]]:
-    """The pointer a rollback makes current, and the object to replace `release` with."""
+    """The pointer a rollback makes current (sigma0.release_rules.choose_rollback), and the object to replace
+    `release` with."""
+    rules.check_name(name)
     if release is None:
         raise ReleaseError(f"AdapterRelease {name!r} does not exist; nothing to roll back")
-    current, history = current_of(release), history_of(release)
-    if current is None:
-        raise ReleaseError(f"AdapterRelease {name!r} has no current adapter; nothing to roll back")
-    index = next((i for i, old in enumerate(history) if not old.rolled_back), None)
-    if index is None:
-        raise ReleaseError(f"AdapterRelease {name!r} has no earlier adapter to roll back to (history: "
-                           f"{len(history)} pointer(s), all rolled back from already); publish a new adapter instead")
-    revision = revision_of(release) + 1
-    pointer = replace(history[index], promoted_at=now, revision=revision,
+    choice = rules.choose_rollback(f"AdapterRelease {name!r}", current_of(release), history_of(release),
+                                   revision_of(release), history_limit_of(release))
+    pointer = replace(choice.target, promoted_at=now, revision=choice.revision,
                       reason=f"rollback: {reason}" if reason else "rollback")
-    rest = history[:index] + history[index + 1:]
-    body = _with_spec(release, name, release["metadata"].get("namespace", ""), pointer,
-                      [replace(current, rolled_back=True), *rest], revision)
+    body = _with_spec(release, name, release["metadata"].get("namespace", ""), pointer, choice.history,
+                      choice.revision)
     return pointer, body
 
 
@@ -200,8 +181,8 @@ def _int(value: Any) -> int | None:
 
 
 class ClusterReleases:
-    """AdapterReleases in one namespace, through kubernetes.client.CustomObjectsApi; the `Releases` interface
-    the plan's executors use (incumbent, publish) plus rollback and show."""
+    """AdapterReleases in one namespace, through kubernetes.client.CustomObjectsApi: the `Releases` interface
+    (sigma0.release_rules) that the local store implements too, plus `get`, the object as it is."""
 
     def __init__(self, api: Any, namespace: str, *, timeout: tuple[float, float] = (5, 30), attempts: int = 8,
                  clock: Callable[[], str] = now_rfc3339) -> None:
@@ -214,6 +195,7 @@ class ClusterReleases:
     def get(self, name: str) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
+        rules.check_name(name)
         try:
             return self.api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, RELEASES, name,
                                                          _request_timeout=self.timeout)
@@ -222,28 +204,34 @@ class ClusterReleases:
                 return None
             raise
 
-    def incumbent(self, release: str) -> plan.Incumbent | None:
-        return incumbent_of(self.get(release))
+    def current(self, name: str) -> Pointer | None:
+        return current_of(self.get(name))
 
-    def publish(self, release: str, *, cycle: str, decision: Mapping[str, Any], candidate_uri: str,
+    def history(self, name: str) -> list[Pointer]:
+        return history_of(self.get(name))
+
+    def incumbent(self, name: str) -> plan.Incumbent | None:
+        return incumbent_of(self.get(name))
+
+    def publish(self, name: str, *, cycle: str, decision: Mapping[str, Any], candidate_uri: str,
                 candidate_digest: str, incumbent: plan.Incumbent | None,
                 evidence: Mapping[str, Any]) -> dict[str, Any]:
         for _ in range(self.attempts):
-            found = plan_publish(self.get(release), name=release, namespace=self.namespace, cycle=cycle,
+            found = plan_publish(self.get(name), name=name, namespace=self.namespace, cycle=cycle,
                                  decision=decision, candidate_uri=candidate_uri, candidate_digest=candidate_digest,
                                  evaluated=incumbent, evidence=evidence, now=self.clock())
-            if found.write is None or self._write(release, found.write, create=found.create):
+            if found.write is None or self._write(name, found.write, create=found.create):
                 return {"outcome": found.outcome, "reason": found.reason, "revision": found.revision,
                         "uri": found.uri}
-        raise ReleaseError(f"AdapterRelease {release!r} kept changing during {self.attempts} attempts to publish; "
+        raise ReleaseError(f"AdapterRelease {name!r} kept changing during {self.attempts} attempts to publish; "
                            "the cycle will try again")
 
-    def rollback(self, release: str, *, reason: str = "") -> Pointer:
+    def rollback(self, name: str, *, reason: str = "") -> Pointer:
         for _ in range(self.attempts):
-            pointer, body = plan_rollback(self.get(release), name=release, reason=reason, now=self.clock())
-            if self._write(release, body, create=False):
+            pointer, body = plan_rollback(self.get(name), name=name, reason=reason, now=self.clock())
+            if self._write(name, body, create=False):
                 return pointer
-        raise ReleaseError(f"AdapterRelease {release!r} kept changing during {self.attempts} attempts to roll back")
+        raise ReleaseError(f"AdapterRelease {name!r} kept changing during {self.attempts} attempts to roll back")
 
     def _write(self, name: str, body: dict[str, Any], *, create: bool) -> bool:
         """Create or replace (guarded by the resourceVersion in `body`); False on 409: read again and re-plan."""
