@@ -1,21 +1,31 @@
-"""`sigma0 stage dataset`: the HumanEval-shaped template, base rows validated and left untouched, a stable digest."""
+"""`sigma0 stage dataset`: the HumanEval-shaped template, base rows validated and left untouched, a stable digest,
+and base rows that copy an eval problem (verbatim, renamed, re-laid-out, edited, inside prose) excluded and counted."""
 
 from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import inspect
+import io
 import json
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
+from sigma0 import plan
 from sigma0.io import file_digest
 from sigma0.stages import StageInputError
 from sigma0.stages import dataset as stage
+from sigma0.stages import harvest as harvest_stage
 from sigma0.stages.dataset import to_prompt_completion
+from sigma0.suites import Problem, load_suite
+from sigma0.ui import highlight, result_table
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 VERIFIED = {
     "id": "count_vowels-0123456789ab",
@@ -34,7 +44,7 @@ def jsonl(path: Path, rows: list) -> Path:
     return path
 
 
-def run_stage(tmp_path: Path, verified: Path, base: Path | None = None) -> dict:
+def run_stage(tmp_path: Path, verified: Path, base: Path | None = None, extra: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser()
     stage.add_arguments(parser)
     argv = [
@@ -45,7 +55,7 @@ def run_stage(tmp_path: Path, verified: Path, base: Path | None = None) -> dict:
         "--report",
         str(tmp_path / "r.json"),
     ]
-    return stage.run(parser.parse_args(argv + (["--base", str(base)] if base else [])))
+    return stage.run(parser.parse_args(argv + (["--base", str(base)] if base else []) + (extra or [])))
 
 
 def _function(program: str, name: str) -> ast.FunctionDef:
@@ -137,6 +147,7 @@ def test_base_rows_then_verified_rows_with_a_stable_digest(tmp_path):
         "base_rows": 2,
         "verified_rows": 1,
         "rows": 3,
+        "excluded": 0,
         "dataset_digest": file_digest(tmp_path / "train.jsonl"),
     }
     report = json.loads((tmp_path / "r.json").read_text())
@@ -195,3 +206,195 @@ def test_missing_inputs_duplicate_ids_and_overwriting_an_input_are_refused(tmp_p
     with pytest.raises(StageInputError, match="also an input"):
         run_stage(tmp_path, verified, base)
     assert json.loads(base.read_text()) == BASE
+
+
+# --- base rows against the eval suites ---
+
+
+@pytest.fixture(scope="module")
+def humaneval() -> dict[str, Problem]:
+    return {problem.task_id: problem for problem in load_suite("humaneval")}
+
+
+def _renamed(source: str, insert_after: str | None = None) -> tuple[str, str]:
+    """Every non-builtin name changed and every docstring gone (and a statement added after the line holding
+    `insert_after`): the copied code, and the copy's new name for the last function."""
+    lines = source.splitlines()
+    if insert_after is not None:
+        at = next(i for i, line in enumerate(lines) if insert_after in line)
+        indent = lines[at][: len(lines[at]) - len(lines[at].lstrip())]
+        lines.insert(at + 1, f"{indent}print('checked', {lines[at].split('=')[0].strip()})")
+    names: dict[str, str] = {}
+
+    def new(name: str) -> str:
+        return name if name in dir(builtins) else names.setdefault(name, f"thing_{len(names)}")
+
+    tree = ast.parse("\n".join(lines))
+    last = ""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            node.id = new(node.id)
+        elif isinstance(node, ast.arg):
+            node.arg = new(node.arg)
+        elif isinstance(node, ast.FunctionDef):
+            node.name = last = new(node.name)
+            if ast.get_docstring(node) is not None:
+                node.body = node.body[1:]
+    return ast.unparse(tree) + "\n", last
+
+
+def _as_base_row(code: str, fn: str, instruction: str) -> dict[str, str]:
+    prompt, completion = to_prompt_completion(code, fn, instruction)
+    return {"prompt": prompt, "completion": completion}
+
+
+def _leaks(problems: dict[str, Problem]) -> dict[str, tuple[dict[str, str], str, str]]:
+    """Base rows that are HumanEval in disguise: the row, the problem it copies, the kind of evidence expected."""
+    p0, p3, p12 = problems["HumanEval/0"], problems["HumanEval/3"], problems["HumanEval/12"]
+    renamed3, fn3 = _renamed(p3.prompt + p3.canonical_solution)
+    edited0, fn0 = _renamed(p0.prompt + p0.canonical_solution, insert_after="distance = abs")
+    renamed12, _ = _renamed(p12.prompt + p12.canonical_solution)
+    return {
+        "verbatim": ({"prompt": p0.prompt, "completion": p0.canonical_solution}, "HumanEval/0", "exact"),
+        "every name changed, docstring replaced": (
+            _as_base_row(renamed3, fn3, "Tell whether the running total ever drops under nothing."),
+            "HumanEval/3", "exact_code"),
+        "comments, blank lines, two-space indent": ({
+            "prompt": "def near(nums, t):\n  '''Any two numbers closer than t?'''\n",
+            "completion": (
+                "  # compare every pair\n"
+                "  for i, a in enumerate(nums):\n\n"
+                "    for j, b in enumerate(nums):   # all of them\n"
+                "      if i != j:\n"
+                "        d = abs(a - b)\n"
+                "        if d < t: return True\n"
+                "\n  return False\n"
+            ),
+        }, "HumanEval/0", "exact_code"),
+        "renamed, a statement added": (
+            _as_base_row(edited0, fn0, "Are any two of these close?"), "HumanEval/0", "ngram_code"),
+        "chat-shaped, the code in a fence": ({
+            "prompt": "Write a Python function that returns the longest of a list of strings.",
+            "completion": f"Sure, here it is:\n\n```python\n{renamed12}```\n\nIt keeps the first of equal lengths.",
+        }, "HumanEval/12", "exact_code"),
+        "the body alone after a prose prompt": (
+            {"prompt": "Finish this function body:\n", "completion": p3.canonical_solution},
+            "HumanEval/3", "exact_code"),
+        "the docstring copied, another body": (
+            {"prompt": p12.prompt, "completion": "    return None\n"}, "HumanEval/12", "exact_instruction"),
+    }
+
+
+LEAK_NAMES = [
+    "verbatim",
+    "every name changed, docstring replaced",
+    "comments, blank lines, two-space indent",
+    "renamed, a statement added",
+    "chat-shaped, the code in a fence",
+    "the body alone after a prose prompt",
+    "the docstring copied, another body",
+]
+HONEST = {"prompt": "def two():\n", "completion": "    return 2\n", "id": "base-two"}
+
+
+@pytest.mark.parametrize("name", LEAK_NAMES)
+def test_a_base_row_that_copies_an_eval_problem_is_excluded_and_counted(tmp_path, humaneval, name):
+    leak, task_id, kind = _leaks(humaneval)[name]
+    base = jsonl(tmp_path / "base.jsonl", [BASE, {**leak, "id": "base-leak"}, HONEST])
+    before = (base.read_bytes(), base.stat().st_mtime_ns)
+
+    summary = run_stage(tmp_path, jsonl(tmp_path / "verified.jsonl", [VERIFIED]), base)
+
+    rows = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["base-one", "base-two", VERIFIED["id"]]
+    assert (summary["base_rows"], summary["excluded"], summary["rows"]) == (2, 1, 3)
+    report = json.loads((tmp_path / "r.json").read_text())
+    [excluded] = report["excluded_rows"]
+    assert (excluded["line"], excluded["id"], excluded["task_id"]) == (2, "base-leak", task_id)
+    assert excluded["kind"].startswith(kind), excluded
+    assert task_id in excluded["detail"]
+    assert report["settings"] == {"exclude_suites": ["humaneval"], "ngram_size": 8, "ngram_threshold": 0.5}
+    assert (base.read_bytes(), base.stat().st_mtime_ns) == before, "the base file is only read"
+
+
+def test_honest_base_rows_survive_the_check(tmp_path):
+    demo = [json.loads(line) for line in (EXAMPLES / "corpus" / "base_train.jsonl").read_text().splitlines()]
+    everyday = [
+        # HumanEval/53 is `return x + y`: a trivial body is nobody's solution
+        {"prompt": 'def add(a: int, b: int) -> int:\n    """Add a and b."""\n', "completion": "    return a + b\n"},
+        # prose: no code to compare, its words against the docstrings
+        {"prompt": "What does a list comprehension do?", "completion": "It builds a list from an iterable in one "
+         "expression, optionally filtering the items with an if clause."},
+        {"prompt": "Sum the squares of xs.\n", "completion": "```python\ndef sum_sq(xs):\n    total = 0\n    for x "
+         "in xs:\n        total += x * x\n    return total\n```\n"},
+    ]
+    absurd = [  # code the normaliser cannot walk (too deep for ast, then for its own recursion): kept, not a crash
+        {"prompt": "x = ", "completion": "+".join(["1"] * 5000) + "\n"},
+        {"prompt": "x = ", "completion": "+".join(["1"] * 600) + "\n"},
+    ]
+    base = jsonl(tmp_path / "base.jsonl", demo + everyday + absurd)
+    summary = run_stage(tmp_path, jsonl(tmp_path / "verified.jsonl", [VERIFIED]), base)
+    assert (summary["base_rows"], summary["excluded"]) == (len(demo) + len(everyday) + len(absurd), 0)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["excluded_rows"] == []
+    assert report["text_only"] == 3, "the prose row and the absurd ones: only their words were compared"
+
+
+def test_the_suites_checked_are_the_ones_named(tmp_path):
+    problem = {
+        "task_id": "local/1",
+        "prompt": 'def rotate(items: list, k: int) -> list:\n    """Rotate items k places to the right."""\n',
+        "canonical_solution": (
+            "    if not items:\n        return []\n    k = k % len(items)\n    return items[-k:] + items[:-k]\n"
+        ),
+        "test": "def check(f):\n    assert f([1, 2, 3], 1) == [3, 1, 2]\n",
+        "entry_point": "rotate",
+    }
+    suite = jsonl(tmp_path / "local.jsonl", [problem])
+    copy = {"prompt": "def spin(xs, n):\n", "completion": problem["canonical_solution"].replace("items", "xs")}
+    base = jsonl(tmp_path / "base.jsonl", [copy])
+    verified = jsonl(tmp_path / "verified.jsonl", [VERIFIED])
+
+    assert run_stage(tmp_path, verified, base)["excluded"] == 0, "humaneval alone by default"
+    summary = run_stage(tmp_path, verified, base, extra=["--exclude-suite", "humaneval", "--exclude-suite", str(suite)])
+    assert (summary["base_rows"], summary["excluded"]) == (0, 1)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["excluded_rows"][0]["task_id"] == "local/1"
+    assert report["settings"]["exclude_suites"] == ["humaneval", str(suite)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ngram-size", "0"], "--ngram-size"),
+        (["--ngram-threshold", "0"], "--ngram-threshold"),
+        (["--exclude-suite", "no-such-suite"], "no-such-suite"),
+    ],
+)
+def test_bad_overlap_settings_are_input_errors_as_in_harvest(tmp_path, extra, message):
+    with pytest.raises(StageInputError, match=message):
+        run_stage(tmp_path, jsonl(tmp_path / "verified.jsonl", [VERIFIED]), extra=extra)
+    assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_the_overlap_options_are_harvests_own():
+    def options(module) -> dict[str, tuple]:
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return {a.dest: (a.option_strings, a.default, a.type, type(a))
+                for a in parser._actions if a.dest in ("exclude_suite", "ngram_size", "ngram_threshold")}
+
+    assert options(stage) == options(harvest_stage) and len(options(stage)) == 3
+
+
+def test_the_run_display_counts_excluded_base_rows():
+    shown = highlight("dataset", {"rows": 9, "base_rows": 4, "verified_rows": 5, "excluded": 2})
+    assert shown == "9 rows (4 base + 5 verified); 2 base rows excluded (eval overlap)"
+    state = plan.CycleState(True, None, {
+        "harvest": plan.StepResult("succeeded", {"harvested": 10, "excluded": 3}),
+        "dataset": plan.StepResult("succeeded", {"rows": 9, "excluded": 2}),
+    })
+    out = io.StringIO()
+    Console(file=out, width=200).print(result_table("c1", state, {"phase": "Succeeded"}))
+    [row] = [line for line in out.getvalue().splitlines() if "excluded (eval overlap)" in line]
+    assert "3 harvested, 2 base" in row

@@ -117,6 +117,19 @@ def test_plain_steps_are_hardened_but_need_no_runtime_class() -> None:
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
 
 
+def test_harvest_and_dataset_pods_check_their_rows_against_the_same_eval_suites() -> None:
+    cycle_spec = spec(dataset={"base": "base/rows.jsonl"}, eval={"reportSuites": ["suites/heldout.jsonl"]})
+    commands = {name: pod_of(build(cycle_spec, name))["containers"][0]["command"] for name in ("harvest", "dataset")}
+
+    def excluded(argv: list[str]) -> list[str]:
+        return [argv[i + 1] for i, part in enumerate(argv) if part == "--exclude-suite"]
+
+    assert excluded(commands["dataset"]) == excluded(commands["harvest"]) == [
+        "humaneval", "/artifacts/suites/heldout.jsonl"]
+    assert commands["dataset"][:3] == ["sigma0", "stage", "dataset"]
+    assert "/artifacts/base/rows.jsonl" in commands["dataset"]
+
+
 def test_metadata_labels_owner_and_lifetimes() -> None:
     job = build(spec(), "train", attempt=2)
     metadata = job["metadata"]

@@ -97,7 +97,7 @@ def test_commands_carry_the_manifest_settings() -> None:
     assert "--sandbox gvisor" in verify and "--timeout 3" in verify
     decide = " ".join(by_name["decide"].argv)
     assert "--margin 0.05" in decide and "--significance 0.1" in decide and "--incumbent" not in decide
-    assert " ".join(by_name["dataset"].argv).endswith("--base /manifests/base.jsonl")
+    assert " ".join(by_name["dataset"].argv).endswith("--base /manifests/base.jsonl --exclude-suite humaneval")
     kinds = {s.name: s.kind for s in plan.steps(cycle_spec, state, LAYOUT)}
     assert kinds["verify"] == kinds["score-candidate"] == "sandbox"
     assert kinds["train"] == kinds["generate"] == "gpu"
@@ -130,6 +130,15 @@ def test_nothing_to_train_on_ends_rejected_without_training() -> None:
     assert isinstance(action, plan.Finish) and action.outcome == "Rejected" and "no training rows" in action.reason
 
 
+def test_base_rows_all_excluded_as_eval_overlap_end_rejected_saying_so() -> None:
+    state = plan.CycleState(True, None, {"harvest": plan.StepResult("succeeded"),
+                                         "verify": plan.StepResult("succeeded"),
+                                         "dataset": plan.StepResult("succeeded", {"rows": 0, "excluded": 4})})
+    action = plan.next_action(spec(), state, LAYOUT)
+    assert isinstance(action, plan.Finish) and action.outcome == "Rejected"
+    assert "every base row (4) overlaps an eval suite" in action.reason
+
+
 def test_after_publishing_the_cycle_succeeds_with_the_published_outcome() -> None:
     steps = {name: plan.StepResult("succeeded", SUMMARIES.get(name, {}))
              for name in ("harvest", "verify", "dataset", "train", "generate", "score-candidate", "decide")}
@@ -142,13 +151,23 @@ def test_numbers_on_command_lines_round_trip(value: float) -> None:
     assert float(plan._num(value)) == value
 
 
-def test_every_eval_suite_is_excluded_from_harvest() -> None:
+def excluded_by(argv: tuple[str, ...]) -> list[str]:
+    return [argv[i + 1] for i, part in enumerate(argv) if part == "--exclude-suite"]
+
+
+def test_every_eval_suite_is_excluded_from_harvest_and_from_the_base_rows() -> None:
     cycle_spec = spec(eval={"suite": "humaneval", "reportSuites": ["heldout.jsonl"]},
                       harvest={"sources": [{"path": "c.jsonl"}], "excludeSuites": ["humaneval", "/abs/extra.jsonl"]})
     state = plan.CycleState(True, None, {})
-    harvest = plan.steps(cycle_spec, state, LAYOUT)[0].argv
-    excluded = [harvest[i + 1] for i, part in enumerate(harvest) if part == "--exclude-suite"]
-    assert excluded == ["humaneval", "/abs/extra.jsonl", "/manifests/heldout.jsonl"]
+    by_name = {step.name: step.argv for step in plan.steps(cycle_spec, state, LAYOUT)}
+    assert excluded_by(by_name["harvest"]) == ["humaneval", "/abs/extra.jsonl", "/manifests/heldout.jsonl"]
+    assert excluded_by(by_name["dataset"]) == excluded_by(by_name["harvest"])
+
+
+def test_the_base_rows_are_checked_against_humaneval_by_default() -> None:
+    dataset = {step.name: step.argv for step in plan.steps(spec(), plan.CycleState(True, None, {}), LAYOUT)}["dataset"]
+    assert excluded_by(dataset) == ["humaneval"]
+    assert "--base" in dataset
 
 
 def test_on_an_artifacts_uri_every_path_is_a_well_formed_uri() -> None:

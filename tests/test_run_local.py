@@ -19,6 +19,7 @@ import yaml
 
 from sigma0.io import read_json
 from sigma0.release import LocalReleaseStore
+from sigma0.suites import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "examples" / "corpus"
@@ -55,11 +56,21 @@ def state_of(workdir: Path, name: str) -> dict[str, Any]:
 
 def test_two_cycles_bootstrap_then_decide_against_the_release(tmp_path: Path) -> None:
     workdir = tmp_path / "work"
-    cycle = manifest(tmp_path)
+    # the demo's base rows and one that is HumanEval/0 verbatim: the dataset step must leave that one out
+    humaneval = next(problem for problem in load_suite("humaneval") if problem.task_id == "HumanEval/0")
+    leak = {"prompt": humaneval.prompt, "completion": humaneval.canonical_solution, "id": "base-leak"}
+    base = tmp_path / "base.jsonl"
+    base.write_text((CORPUS / "base_train.jsonl").read_text() + json.dumps(leak) + "\n")
+    cycle = manifest(tmp_path, dataset={"base": str(base)})
 
     first = sigma0("run", str(cycle), "--workdir", str(workdir))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Bootstrapped" in first.stdout
+    (cycle_dir,) = (workdir / "cycles").iterdir()
+    dataset = state_of(workdir, cycle_dir.name)["steps"]["dataset"]["summary"]
+    assert (dataset["base_rows"], dataset["excluded"]) == (6, 1)
+    assert "--exclude-suite humaneval" in (cycle_dir / "logs" / "dataset.log").read_text()
+    assert "base-leak" not in (cycle_dir / "dataset" / "train.jsonl").read_text()
     store = LocalReleaseStore(workdir / "releases")
     release = store.current("coder")
     assert release is not None and release.revision == 1

@@ -11,6 +11,8 @@ Should be caught (each HumanEval problem, checked against the index of all 164):
 Should not be caught:
   stdlib         every top-level function of the Python standard library's own .py files (code + docstring)
   demo           the demo corpus's rows that are not meant to be excluded (examples/corpus/expected.json)
+  stdlib as base the same functions as the dataset stage checks a base row: prompt = signature + docstring,
+                 completion = body (sigma0.stages.dataset.code_pieces, words of prompt and completion)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from sigma0.candidates import RowError, normalise_row, parse_source
 from sigma0.contamination import ContaminationIndex
+from sigma0.stages.dataset import code_pieces, to_prompt_completion
 from sigma0.suites import Problem, load_suite
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +89,15 @@ def stdlib_functions() -> list[tuple[str, str, str]]:
     return functions
 
 
+def as_base_rows(functions: list[tuple[str, str, str]]) -> list[tuple[str, list[str], str]]:
+    """Each function as a HumanEval-shaped base row, in the pieces and words the dataset stage checks."""
+    rows = []
+    for name, code, docstring in functions:
+        prompt, completion = to_prompt_completion(code, name.split(":")[1], docstring or name)
+        rows.append((name, code_pieces(prompt, completion), f"{prompt}\n{completion}"))
+    return rows
+
+
 def demo_rows() -> list[tuple[str, str, str]]:
     expected = json.loads((HERE / "expected.json").read_text())["rows"]
     rows = []
@@ -101,7 +113,7 @@ def demo_rows() -> list[tuple[str, str, str]]:
     return rows
 
 
-def measure(problems: list[Problem], negatives: dict[str, list[tuple[str, str, str]]], **settings: float) -> None:
+def measure(problems: list[Problem], negatives: dict[str, list[tuple[str, list[str], str]]], **settings: float) -> None:
     started = time.perf_counter()
     index = ContaminationIndex.build(problems, **settings)  # type: ignore[arg-type]
     built = time.perf_counter() - started
@@ -118,7 +130,7 @@ def measure(problems: list[Problem], negatives: dict[str, list[tuple[str, str, s
     line = ", ".join(f"{key} {caught(rows)}/{len(rows)}" for key, rows in positives.items())
     started = time.perf_counter()
     flagged = {
-        key: [(name, hit) for name, code, text in rows if (hit := index.check(code, text))]
+        key: [(name, hit) for name, codes, text in rows if (hit := index.check_pieces(codes, text))]
         for key, rows in negatives.items()
     }
     elapsed = time.perf_counter() - started
@@ -133,7 +145,12 @@ def measure(problems: list[Problem], negatives: dict[str, list[tuple[str, str, s
 
 def main() -> int:
     problems = load_suite("humaneval")
-    negatives = {"stdlib": stdlib_functions(), "demo": demo_rows()}
+    stdlib = stdlib_functions()
+    negatives = {
+        "stdlib": [(name, [code], text) for name, code, text in stdlib],
+        "demo": [(name, [code], text) for name, code, text in demo_rows()],
+        "stdlib as base": as_base_rows(stdlib),
+    }
     if "--sweep" in sys.argv[1:]:
         for size in (8, 10, 12):
             for threshold in (0.5, 0.6, 0.7):

@@ -1,8 +1,10 @@
-"""Eval-set contamination: does a harvested row overlap a problem of an evaluation suite?
+"""Eval-set contamination: does a training row overlap a problem of an evaluation suite?
 
-A row that teaches the model an eval problem makes the eval gate measure memory instead of skill, so harvest
-drops it. Build the index once (`ContaminationIndex.build(load_suite("humaneval"))`), then ask
-`check(code, instruction) -> Overlap | None` for every row.
+A row that teaches the model an eval problem makes the eval gate measure memory instead of skill, so no training
+row may overlap one: harvest excludes harvested rows, the dataset stage excludes base rows, both with this index
+and the same options (`add_arguments`, `from_arguments`). Build the index once
+(`ContaminationIndex.build(load_suite("humaneval"))`), then ask `check(code, instruction) -> Overlap | None` for
+every row, or `check_pieces(codes, text)` for a row whose code comes in several pieces.
 
 Two channels:
   code          the row's code against the body of every function in a problem's prompt + canonical solution
@@ -37,6 +39,7 @@ structure (a loop rewritten as a comprehension), task descriptions paraphrased i
 
 from __future__ import annotations
 
+import argparse
 import ast
 import builtins
 import io
@@ -45,14 +48,16 @@ import tokenize
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sigma0.suites import Problem
+from sigma0.suites import Problem, load_suite
 
 DEFAULT_NGRAM_SIZE = 8
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_MIN_SHARED = 3
 DEFAULT_MIN_EXACT_TOKENS = 20
 DEFAULT_MAX_DF = 3
+DEFAULT_SUITES = ("humaneval",)
 
 BUILTIN_NAMES = frozenset(dir(builtins))
 _WORD = re.compile(r"[a-z0-9]+")
@@ -76,6 +81,16 @@ class Overlap:
     kind: str  # "exact_code" | "exact_instruction" | "ngram_code" | "ngram_instruction"
     score: float  # 1.0 for exact hits; the overlap coefficient for n-gram hits
     shared: int  # tokens matched (exact) or n-grams in common (ngram)
+
+    def record(self) -> dict[str, str | float | int]:
+        """What a stage's report says about a row it left out for this overlap."""
+        return {
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "score": self.score,
+            "shared": self.shared,
+            "detail": self.describe(),
+        }
 
     def describe(self) -> str:
         if self.kind.startswith("exact"):
@@ -286,11 +301,58 @@ class ContaminationIndex:
 
     def check(self, code: str, instruction: str = "") -> Overlap | None:
         """The strongest overlap of this row with any indexed problem, or None. `code` must parse."""
-        hits = [
-            self._code.check(code_tokens(code), "code", self.threshold, self.min_shared),
-            self._text.check(text_tokens(instruction), "instruction", self.threshold, self.min_shared),
-        ]
+        return self.check_pieces([code], instruction)
+
+    def check_pieces(self, codes: Iterable[str], text: str = "") -> Overlap | None:
+        """The strongest overlap of any of these pieces of code (each must parse) or of this text with any
+        indexed problem, or None: for a row whose code is not one program (prose around code blocks)."""
+        hits = [self._code.check(code_tokens(code), "code", self.threshold, self.min_shared) for code in codes]
+        hits.append(self._text.check(text_tokens(text), "instruction", self.threshold, self.min_shared))
         found = [hit for hit in hits if hit is not None]
         if not found:
             return None
         return max(found, key=lambda hit: (hit.kind.startswith("exact"), hit.score, hit.shared))
+
+
+# --- the stages' options: harvest and dataset check their rows alike ---
+
+
+def add_arguments(parser: argparse.ArgumentParser, rows: str) -> None:
+    """`--exclude-suite` (repeatable; default humaneval), `--ngram-size`, `--ngram-threshold`: which suites `rows`
+    may not overlap, and how closely. There is no option to check nothing."""
+    parser.add_argument(
+        "--exclude-suite",
+        action="append",
+        help=f"eval suite whose problems no {rows} may overlap (repeatable; default: {', '.join(DEFAULT_SUITES)})",
+    )
+    parser.add_argument(
+        "--ngram-size",
+        type=int,
+        default=DEFAULT_NGRAM_SIZE,
+        help=f"tokens per n-gram in the overlap check (default {DEFAULT_NGRAM_SIZE}, most of a line of code)",
+    )
+    parser.add_argument(
+        "--ngram-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help=f"overlap coefficient of n-grams at which a row counts as an eval copy (default {DEFAULT_THRESHOLD})",
+    )
+
+
+def from_arguments(args: argparse.Namespace) -> tuple[ContaminationIndex, dict[str, Any]]:
+    """The index those options ask for, and the settings a report records. A bad option raises ValueError
+    naming it."""
+    suites = list(args.exclude_suite or DEFAULT_SUITES)
+    if args.ngram_size < 1:
+        raise ValueError(f"--ngram-size must be at least 1, got {args.ngram_size}")
+    if not 0.0 < args.ngram_threshold <= 1.0:
+        raise ValueError(f"--ngram-threshold must be in (0, 1], got {args.ngram_threshold}")
+    problems: list[Problem] = []
+    for suite in suites:
+        try:
+            problems.extend(load_suite(suite))
+        except (ValueError, OSError) as error:
+            raise ValueError(f"--exclude-suite {suite}: {error}") from None
+    index = ContaminationIndex.build(problems, ngram_size=args.ngram_size, threshold=args.ngram_threshold)
+    settings = {"exclude_suites": suites, "ngram_size": args.ngram_size, "ngram_threshold": args.ngram_threshold}
+    return index, settings

@@ -147,12 +147,14 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
     adapter_dir = layout.at("train", "adapter")
     completions = layout.at("eval", "completions")
 
+    # Training never sees the eval set: harvest and dataset check their rows against the same suites.
+    exclude = [arg for suite in excluded_suites(spec) for arg in ("--exclude-suite", _suite_arg(suite, layout))]
+
     harvest = ["harvest", "--output", layout.at("harvest", "candidates.jsonl"),
                "--report", layout.at("harvest", "report.json")]
     for source in spec.harvest.sources:
         harvest += ["--source", layout.source(source.path)]
-    for suite in excluded_suites(spec):
-        harvest += ["--exclude-suite", _suite_arg(suite, layout)]
+    harvest += exclude
 
     verify = ["verify", "--input", layout.at("harvest", "candidates.jsonl"),
               "--output", layout.at("verify", "verified.jsonl"), "--report", layout.at("verify", "report.json"),
@@ -163,6 +165,7 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
                "--output", layout.at("dataset", "train.jsonl"), "--report", layout.at("dataset", "report.json")]
     if spec.dataset.base:
         dataset += ["--base", layout.source(spec.dataset.base)]
+    dataset += exclude
 
     train = ["train", "--base-model", spec.base_model.name, "--dataset", layout.at("dataset", "train.jsonl"),
              "--output-dir", adapter_dir, "--report", layout.at("train", "report.json"),
@@ -220,8 +223,9 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
 
 
 def excluded_suites(spec: CycleSpec) -> list[str]:
-    """Every suite the cycle evaluates on is kept out of its training data, report-only suites included (their
-    figure would mean nothing otherwise), plus whatever else the manifest lists."""
+    """Every suite the cycle evaluates on is kept out of its training data (harvested and base rows alike),
+    report-only suites included (their figure would mean nothing otherwise), plus whatever else the manifest
+    lists."""
     suites = [*spec.harvest.exclude_suites, spec.eval.suite, *spec.eval.report_suites]
     return list(dict.fromkeys(suites))
 
@@ -274,8 +278,10 @@ def _early_finish(step: Step, result: StepResult, state: CycleState) -> Finish |
     whose generate step measured other adapters than the one trained and the one the release names ends Failed:
     an adapter folder changed in between, and a figure about other weights proves nothing about these."""
     if step.name == "dataset" and int(result.summary.get("rows", 1)) == 0:
-        return Finish(PHASE_SUCCEEDED, "Rejected", "no training rows: nothing passed the execution gate and "
-                      "there is no base dataset; the release is untouched")
+        excluded = int(result.summary.get("excluded", 0))
+        base = f"every base row ({excluded}) overlaps an eval suite" if excluded else "there is no base dataset"
+        return Finish(PHASE_SUCCEEDED, "Rejected", f"no training rows: nothing passed the execution gate and "
+                      f"{base}; the release is untouched")
     if step.name == "generate":
         evaluated = result.summary.get("adapters") or {}
         expected = {"candidate": (str(state.steps["train"].summary.get("adapter_digest", "")), "the train step wrote")}

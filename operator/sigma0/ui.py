@@ -23,7 +23,8 @@ def highlight(step: str, summary: Mapping[str, Any]) -> str:
         return (f"{s.get('passed', '?')}/{s.get('total', '?')} passed in {s.get('sandbox', '?')}; "
                 f"{_total(s.get('dropped'))} dropped")
     if step == "dataset":
-        return f"{s.get('rows', '?')} rows ({s.get('base_rows', 0)} base + {s.get('verified_rows', '?')} verified)"
+        shown = f"{s.get('rows', '?')} rows ({s.get('base_rows', 0)} base + {s.get('verified_rows', '?')} verified)"
+        return shown + (f"; {s['excluded']} base rows excluded (eval overlap)" if s.get("excluded") else "")
     if step == "train":
         return (f"{s.get('steps', '?')} steps on {s.get('device', '?')}, loss {_fmt(s.get('loss_first'))} → "
                 f"{_fmt(s.get('loss_last'))}")
@@ -101,7 +102,8 @@ def result_table(name: str, state: plan.CycleState, finished: Mapping[str, Any])
     table.add_column(style="bold")
     table.add_column()
     table.add_row("harvested", str(harvest.get("harvested", "—")))
-    table.add_row("excluded (eval overlap)", str(harvest.get("excluded", "—")))
+    table.add_row("excluded (eval overlap)", f"{harvest.get('excluded', '—')} harvested, "
+                  f"{dataset.get('excluded', '—')} base")
     table.add_row("duplicates", str(harvest.get("duplicates", "—")))
     table.add_row("verified", f"{verify.get('passed', '—')} of {verify.get('total', '—')} "
                   f"(sandbox: {verify.get('sandbox', '—')})")

