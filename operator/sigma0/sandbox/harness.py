@@ -13,6 +13,8 @@ Messages (wire.py framing, fd 3 in, fd 4 out):
                     ["fail", reason, detail]           the code did not compile or raised while it ran
     judge → child   ["call", ref, [args], {kwargs}]    call a handle; arguments are plain data or {"h": ref}
                     ["attr", ref, name]                read an attribute of a handle
+                                                       (a lambda from an assert comes as {"L": [source, captured]}
+                                                       and is made here; str.upper as {"M": ["str", "upper"]})
     child → judge   ["ok", value] | ["raise", type name, message]
 """
 
@@ -66,8 +68,14 @@ def serve(code: str, *, wire: Any, exit: Callable[[int], NoReturn], builtins_mod
         except (wire.NotPlain, RecursionError, ValueError):
             return keep(value)
 
+    def function(tag: str, value: list[Any]) -> Any:
+        """A lambda from an assert, made here with the values it captured; or a method of a builtin type by name."""
+        if tag == "L":
+            return eval(value[0], {**namespace, **value[1]})
+        return getattr(getattr(builtins_module, value[0]), value[1])
+
     def arguments(data: Any) -> Any:
-        return wire.decode(data, lambda ref, *_: handles[ref], _no_module)
+        return wire.decode(data, lambda ref, *_: handles[ref], _no_module, 0, function)
 
     def describe(value: Any, depth: int) -> Any:
         """A value that is not plain data, described as plain data: its type's name and its fields, recursively."""

@@ -15,7 +15,9 @@ Two kinds of checks:
 - Harvested asserts are untrusted text. They are evaluated by `Evaluator`, which walks the expression's tree and
   allows only: literals and displays, names, subscripts and slices, comparisons, boolean, unary and arithmetic
   operators, conditional expressions, comprehensions and generator expressions, f-strings, calls of the candidate's
-  names, of `BUILTINS` and of `MODULES`' functions, and the public methods of plain data. `validate` refuses the rest
+  names, of `BUILTINS` and of `MODULES`' functions, the public methods of plain data and of its types, and lambdas:
+  one passed to the candidate's function is shipped to the child as source (what the function does with it is its
+  answer, compared here like any other); one called here goes through this evaluator. `validate` refuses the rest
   before anything runs (reason `unsupported_asserts`). Sizes are guarded (`**`, `*`, `<<`, `range`) so that an
   assert cannot stall the judge in one C call; the worker's timer bounds the rest.
 
@@ -243,6 +245,8 @@ _MODULES = {name: _Module(name, names) for name, names in MODULES.items()}
 
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset, range, slice)
 _REGEX = (re.Pattern, re.Match)
+_PLAIN_TYPES = (bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
+"""Types whose public methods an assert may name (`str.upper`): their functions are the same in every process."""
 _REFUSED_METHODS = frozenset({"format", "format_map"})  # format fields reach attributes: `"{0.__class__}"`
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
@@ -280,7 +284,7 @@ _NODES = (
     ast.Expression, ast.Constant, ast.Name, ast.Load, ast.Store, ast.List, ast.Tuple, ast.Set, ast.Dict,
     ast.Subscript, ast.Slice, ast.Compare, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.BinOp, ast.IfExp,
     ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.comprehension, ast.JoinedStr, ast.FormattedValue,
-    ast.Call, ast.keyword, ast.Starred, ast.Attribute,
+    ast.Call, ast.keyword, ast.Starred, ast.Attribute, ast.Lambda, ast.arguments, ast.arg,
     *_BINARY, *_UNARY, *_COMPARE,
 )  # fmt: skip
 _BUILTIN_NAMES = frozenset(dir(builtins))
@@ -444,6 +448,8 @@ class Evaluator:
             return owner.names[name]
         if isinstance(owner, Handle):
             return owner.attribute(name)
+        if owner in _PLAIN_TYPES and name in vars(owner):  # its own methods (str.upper), not type's (int.mro)
+            return getattr(owner, name)
         if type(owner) in _PLAIN or isinstance(owner, _REGEX):
             return getattr(owner, name)
         raise Unsupported(f"attributes of a {type(owner).__name__} are not allowed in an assert")
@@ -491,6 +497,43 @@ class Evaluator:
     def on_GeneratorExp(self, node: ast.GeneratorExp, scopes: tuple[dict[str, Any], ...]) -> Any:
         return (self.value(node.elt, inner) for inner in self.comprehension(node.generators, scopes))
 
+    def on_Lambda(self, node: ast.Lambda, scopes: tuple[dict[str, Any], ...]) -> Any:
+        """A lambda is shipped to the child as source, with the values it captures from comprehensions here."""
+        used = {child.id for child in ast.walk(node.body) if isinstance(child, ast.Name)}
+        captured: dict[str, Any] = {}
+        for scope in scopes:
+            captured.update((name, value) for name, value in scope.items() if name in used)
+
+        def call(*args: Any) -> Any:
+            positional = node.args
+            if positional.vararg or positional.kwarg or positional.kwonlyargs or positional.defaults:
+                raise Unsupported("a lambda called in the judge takes plain positional parameters only")
+            names = [parameter.arg for parameter in positional.posonlyargs + positional.args]
+            if len(args) != len(names):
+                raise TypeError(f"<lambda> takes {len(names)} arguments, got {len(args)}")
+            return self.value(node.body, (*scopes, dict(zip(names, args, strict=True))))
+
+        return Shipped(ast.unparse(node), captured, call)
+
+
+class Shipped:
+    """A lambda from an assert. Passed to the candidate's code, it is shipped to the child as source and runs there
+    (what the candidate's function does with it is the candidate's answer, compared here like any other); called
+    here (`sorted(..., key=lambda v: -v)`), its body goes through the restricted evaluator like the rest."""
+
+    __slots__ = ("call", "captured", "source")
+
+    def __init__(self, source: str, captured: dict[str, Any], call: Callable[..., Any]) -> None:
+        self.source, self.captured, self.call = source, captured, call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            raise Unsupported("a lambda called in the judge takes positional arguments only")
+        return self.call(*args)
+
+    def __repr__(self) -> str:
+        return self.source
+
 
 def _assign(target: ast.expr, value: Any, scope: dict[str, Any]) -> None:
     if isinstance(target, ast.Name):
@@ -509,16 +552,25 @@ _ALLOWED_FUNCTIONS = frozenset(id(function) for function in BUILTINS.values()) |
 )
 _BUILTIN_METHOD = type(len)
 _METHOD_WRAPPER = type("".__str__)
+_METHOD_DESCRIPTOR = type(str.upper)
+_CLASS_METHOD_DESCRIPTOR = type(dict.__dict__["fromkeys"])
 
 
 def _allowed_callable(function: Any) -> bool:
     """An allowed builtin or module function, a stand-in, or a public method bound to plain data or a regex."""
-    if id(function) in _ALLOWED_FUNCTIONS or isinstance(function, StandIn):
+    if id(function) in _ALLOWED_FUNCTIONS or isinstance(function, StandIn | Shipped):
         return True
     if type(function) in (_BUILTIN_METHOD, _METHOD_WRAPPER):
         owner = getattr(function, "__self__", None)
-        return type(owner) in _PLAIN or isinstance(owner, _REGEX)
-    return False
+        return type(owner) in _PLAIN or isinstance(owner, _REGEX) or owner in _PLAIN_TYPES
+    return type(function) is _METHOD_DESCRIPTOR and function.__objclass__ in _PLAIN_TYPES
+
+
+def method_of_type(function: Any) -> tuple[str, str] | None:
+    """("str", "upper") for a public method of a plain type, which crosses to the child by name; else None."""
+    if type(function) is _METHOD_DESCRIPTOR and function.__objclass__ in _PLAIN_TYPES:
+        return function.__objclass__.__name__, function.__name__
+    return None
 
 
 def parse(source: str) -> ast.Expression:

@@ -161,19 +161,30 @@ _VIEWS: tuple[tuple[type, Callable[[Any], Any]], ...] = (
 
 
 def decode(
-    data: Any, handle: Callable[[int, str, bool, Any], Any], module: Callable[[str], Any], depth: int = 0
+    data: Any,
+    handle: Callable[[int, str, bool, Any], Any],
+    module: Callable[[str], Any],
+    depth: int = 0,
+    function: Callable[[str, Any], Any] | None = None,
 ) -> Any:
     """The value a message carries, built from builtin types and what `handle`/`module` return; Malformed if the
-    data is not something `encode` writes."""
+    data is not something `encode` writes. Only the child passes `function`, which makes the judge's functions
+    (`{"L": [lambda source, captured]}`, `{"M": [type, method]}`) into its own; the judge never accepts one."""
     try:
-        return _decode(data, handle, module, depth)
+        return _decode(data, handle, module, depth, function)
     except Malformed:
         raise
     except (TypeError, ValueError, KeyError, IndexError, OverflowError, RecursionError) as error:
         raise Malformed(f"undecodable value: {type(error).__name__}: {error}") from None
 
 
-def _decode(data: Any, handle: Callable[[int, str, bool, Any], Any], module: Callable[[str], Any], depth: int) -> Any:
+def _decode(
+    data: Any,
+    handle: Callable[[int, str, bool, Any], Any],
+    module: Callable[[str], Any],
+    depth: int,
+    function: Callable[[str, Any], Any] | None = None,
+) -> Any:
     kind = type(data)
     if data is None or kind is bool or kind is int or kind is float or kind is str:
         return data
@@ -184,7 +195,7 @@ def _decode(data: Any, handle: Callable[[int, str, bool, Any], Any], module: Cal
     def items(value: Any) -> list[Any]:
         if type(value) is not list:
             raise Malformed(f"expected a list, got {type(value).__name__}")
-        return [_decode(item, handle, module, below) for item in value]
+        return [_decode(item, handle, module, below, function) for item in value]
 
     if kind is list:
         return items(data)
@@ -197,7 +208,7 @@ def _decode(data: Any, handle: Callable[[int, str, bool, Any], Any], module: Cal
         if len(data) == 3 and callable_:
             return handle(ref, name, callable_, None)
         if len(data) == 4 and "s" in data and not callable_:
-            return handle(ref, name, callable_, _decode(data["s"], handle, module, below))
+            return handle(ref, name, callable_, _decode(data["s"], handle, module, below, function))
         raise Malformed("a bad handle")
     if len(data) != 1:
         raise Malformed("unexpected keys")
@@ -231,4 +242,6 @@ def _decode(data: Any, handle: Callable[[int, str, bool, Any], Any], module: Cal
         return Ellipsis
     if tag == "m" and type(value) is str:
         return module(value)
+    if tag in ("L", "M") and function is not None and type(value) is list and len(value) == 2:
+        return function(tag, [value[0], _decode(value[1], handle, module, below, function)])
     raise Malformed(f"unknown tag {tag!r}")

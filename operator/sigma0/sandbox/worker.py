@@ -177,6 +177,11 @@ class Child:
         def other(item: Any) -> Any:
             if isinstance(item, judge.Handle):
                 return {"h": item._ref, "k": item._kind, "c": True}  # the child looks it up by ref alone
+            if isinstance(item, judge.Shipped):
+                return {"L": [item.source, wire.encode(item.captured, other)]}
+            method = judge.method_of_type(item)
+            if method is not None:
+                return {"M": list(method)}
             raise judge.Unsupported(f"a {type(item).__name__} cannot be passed to the candidate's code")
 
         return wire.encode(value, other)
