@@ -680,6 +680,7 @@ def read_config() -> tuple[dict[str, Any], bytes]:
 def main() -> None:
     config, pending = read_config()
     worker = Worker(config, pending)
+    del pending  # the jobs it may hold live on only in the worker's buffer, which each child clears
     gc.collect()
     gc.freeze()  # children then leave the worker's objects alone when they collect: fewer pages copied on write
     try:
