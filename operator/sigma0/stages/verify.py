@@ -1,5 +1,6 @@
 """`sigma0 stage verify`: the execution gate into training. Each candidate row runs in the sandbox; only rows whose
-every assert ran and held are kept.
+every assert held, as the judge evaluated it against the row's functions without running their code, and whose
+asserts tell the function from trivial stand-ins (sigma0.sandbox.judge), are kept.
 
     sigma0 stage verify --input candidates.jsonl --output verified.jsonl --report report.json
                         [--sandbox auto|gvisor|process] [--timeout SECONDS] [--workers N] [--memory-mb MB]
