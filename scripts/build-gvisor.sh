@@ -14,7 +14,7 @@
 # flags) makes a warm call return at once, and a half-finished build is never
 # used. After every build and on every warm call, the systrap platform is
 # smoke-tested:
-#     runsc --root=<temp> --platform=systrap --network=none do /bin/true
+#     TMPDIR=<temp> runsc --root=<temp> --platform=systrap --network=none do /bin/true
 # and only when it passes is <cache root>/runsc.json written, naming the runsc,
 # the shim, the version and this kernel. sigma0's sandbox runner uses that runsc
 # with --platform=systrap only while runsc.json exists and names this kernel;
@@ -75,7 +75,9 @@ static() {
 smoke() {
   local root out rc=0
   root="$(mktemp -d "${TMPDIR:-/tmp}/sigma0-runsc-smoke-XXXXXX")"
-  out="$(timeout 60 "$bin/runsc" --root="$root" --platform=systrap --network=none do /bin/true 2>&1)" || rc=$?
+  # TMPDIR too: `runsc do` keeps its state in a runsc-do* folder under TMPDIR, whatever --root says.
+  out="$(TMPDIR="$root" timeout 60 "$bin/runsc" --root="$root" --platform=systrap --network=none do /bin/true 2>&1)" ||
+    rc=$?
   rm -rf "$root"
   if [[ $rc -ne 0 ]]; then
     rm -f "$record"

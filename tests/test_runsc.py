@@ -236,10 +236,10 @@ def test_a_runsc_that_runs_systrap_is_recorded_and_then_used(monkeypatch: pytest
     assert entry["shim"] == str(bin_folder / "containerd-shim-runsc-v1") and entry["kernel"] == KERNEL
     use(monkeypatch, {"PATH": str(tmp_path / "empty"), "SIGMA0_GVISOR_CACHE": str(tmp_path / "cache")})
     assert find_runsc() == Runsc(str(bin_folder / "runsc"), "systrap", "sigma0's build", pinned_version())
-    # and a batch really runs there, its runsc state under a --root of its own that is gone afterwards
-    before = set(Path("/tmp").glob("sigma0-runsc-*"))
+    # and a batch really runs there, its runsc state (--root, TMPDIR) in a folder of its own that is gone afterwards
+    before = set(Path("/tmp").glob("sigma0-runsc-*")) | set(Path("/tmp").glob("runsc-do*"))
     programs = [from_asserts("ok", "f", "def f(): return 1", ["assert f() == 1"]),
                 from_asserts("bad", "f", "def f(): return 2", ["assert f() == 1"])]  # fmt: skip
     verdicts = {v.id: v for v in run_programs(programs, sandbox="gvisor", workers=2, timeout=10, limits=Limits())}
     assert verdicts["ok"].passed and not verdicts["bad"].passed
-    assert set(Path("/tmp").glob("sigma0-runsc-*")) == before
+    assert set(Path("/tmp").glob("sigma0-runsc-*")) | set(Path("/tmp").glob("runsc-do*")) == before

@@ -7,7 +7,9 @@ one worker with several children: a fork inside gVisor's ptrace platform costs t
 children of one worker would queue behind each other's forks. Which runsc, on which platform P (find_runsc): the
 static build of a current gVisor that scripts/build-gvisor.sh caches, on systrap, when that script recorded that it
 runs here; else the runsc on PATH (Debian's, 2022, which has no systrap) on ptrace. Every batch's sandboxes keep
-their state under a --root of their own, removed when the batch ends. `runsc do` shows the host filesystem read-only
+their state in a folder of their own, removed when the batch ends: it is their --root and their TMPDIR, since `runsc
+do` (Debian's and the current one alike) keeps its state, and the bind mount that pins its gofers' empty network
+namespace, in a runsc-do* folder under TMPDIR whatever --root says. `runsc do` shows the host filesystem read-only
 under a tmpfs overlay, so jobs and verdicts travel over the worker's stdin and stdout. (The `gvisor` PyPI bindings
 start a sandbox and `exec` commands in it, but `Sandbox.exec` returns a command's output only when it ends, so a
 streaming worker does not fit it.) `process` runs the same worker without runsc.
@@ -189,7 +191,7 @@ class _Untrustworthy(Exception):
 class _Lane:
     """One worker process (one sandbox under gVisor) and the jobs it holds."""
 
-    def __init__(self, command: list[str], config: dict[str, Any]) -> None:
+    def __init__(self, command: list[str], config: dict[str, Any], env: dict[str, str]) -> None:
         self.command = command
         self.token = config["token"]
         # The runs' folders live here; made and removed on this side, so that a worker killed outside gVisor (whose
@@ -201,7 +203,7 @@ class _Lane:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
-            env=WORKER_ENV,
+            env=env,
             cwd="/",
             start_new_session=True,
             bufsize=0,
@@ -328,8 +330,9 @@ def run_programs(
             "limits": limits.for_worker(timeout),
         }
 
-    # The batch's runsc state (not the default /var/run/runsc, shared with everything else on the host).
+    # The batch's runsc state, in a folder of its own rather than /var/run/runsc or /tmp (see the module's docstring).
     root = tempfile.mkdtemp(prefix="sigma0-runsc-") if kind == "gvisor" else None
+    env = WORKER_ENV if root is None else {**WORKER_ENV, "TMPDIR": root}
     try:
         command = worker_command(kind, root)
         while queue or any(lane is not None and lane.inside for lane in lanes):
@@ -338,7 +341,7 @@ def run_programs(
                     lane.close(wait=True)
                     lane = lanes[index] = None
                 if lane is None and queue:
-                    lane = lanes[index] = _Lane(command, config())
+                    lane = lanes[index] = _Lane(command, config(), env)
                 while lane is not None and queue and len(lane.inside) < 2 * SLOTS_PER_LANE:
                     if lane.inside and (deaths[queue[0]] or any(deaths[key] for key in lane.inside)):
                         break  # a job that was in a dying worker runs alone, so a second death is its own
@@ -386,7 +389,15 @@ def run_programs(
             if lane is not None:
                 lane.close(wait=finished)
         if root is not None:
-            shutil.rmtree(root, ignore_errors=True)
+            _remove_runsc_root(root)
+
+
+def _remove_runsc_root(root: str) -> None:
+    """Remove a batch's runsc folder. A runsc killed before its own cleanup leaves its network namespace pinned by
+    a bind mount there (runsc-do*/null-netns): unmounted first, or neither the folder nor the namespace would go."""
+    for pinned in Path(root).glob("*/null-netns"):
+        subprocess.run(["umount", "--lazy", str(pinned)], capture_output=True, check=False)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _bury(
