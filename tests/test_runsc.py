@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -237,9 +238,25 @@ def test_a_runsc_that_runs_systrap_is_recorded_and_then_used(monkeypatch: pytest
     use(monkeypatch, {"PATH": str(tmp_path / "empty"), "SIGMA0_GVISOR_CACHE": str(tmp_path / "cache")})
     assert find_runsc() == Runsc(str(bin_folder / "runsc"), "systrap", "sigma0's build", pinned_version())
     # and a batch really runs there, its runsc state (--root, TMPDIR) in a folder of its own that is gone afterwards
-    before = set(Path("/tmp").glob("sigma0-runsc-*")) | set(Path("/tmp").glob("runsc-do*"))
-    programs = [from_asserts("ok", "f", "def f(): return 1", ["assert f() == 1"]),
+    roots: list[str] = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recording(prefix: str) -> str:
+        folder = mkdtemp(prefix=prefix)
+        if prefix == "sigma0-runsc-":
+            roots.append(folder)
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording)
+    slow = "import time\ndef f():\n    time.sleep(1.5)\n    return 1\n"
+    programs = [from_asserts("slow", "f", slow, ["assert f() == 1"]),
+                from_asserts("ok", "f", "def f(): return 1", ["assert f() == 1"]),
                 from_asserts("bad", "f", "def f(): return 2", ["assert f() == 1"])]  # fmt: skip
-    verdicts = {v.id: v for v in run_programs(programs, sandbox="gvisor", workers=2, timeout=10, limits=Limits())}
-    assert verdicts["ok"].passed and not verdicts["bad"].passed
-    assert set(Path("/tmp").glob("sigma0-runsc-*")) | set(Path("/tmp").glob("runsc-do*")) == before
+    verdicts, inside = {}, []
+    for verdict in run_programs(programs, sandbox="gvisor", workers=2, timeout=10, limits=Limits()):
+        if not verdicts:  # "slow" is still running: its sandbox's state is in the batch's folder, not in /tmp
+            inside = list(Path(roots[0]).glob("runsc-do*"))
+        verdicts[verdict.id] = verdict
+    assert verdicts["slow"].passed and verdicts["ok"].passed and not verdicts["bad"].passed
+    assert inside, "runsc do kept its state elsewhere"
+    assert len(roots) == 1 and not Path(roots[0]).exists()
