@@ -82,7 +82,8 @@ def gvisor_cache(environ: Mapping[str, str] | None = None) -> Path:
     environ = os.environ if environ is None else environ
     if environ.get("SIGMA0_GVISOR_CACHE"):
         return Path(environ["SIGMA0_GVISOR_CACHE"])
-    cache_home = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
+    # expanduser, not Path.home(): a pod's user may have neither HOME nor a passwd entry, and then there is no cache
+    cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
     return Path(cache_home) / "sigma0" / "gvisor"
 
 
