@@ -124,7 +124,7 @@ fi
 
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
 if [[ ! -x "$GO" ]]; then
-  log "no go command (looked on PATH and at /usr/local/go/bin/go); install Go >= 1.26"
+  log "no go command at '$GO' (GO, else PATH, else /usr/local/go/bin/go); install Go >= 1.26"
   exit 1
 fi
 log "cold build of gVisor $GVISOR_VERSION (runsc, containerd-shim-runsc-v1) with $("$GO" version) into $bin"
