@@ -115,7 +115,9 @@ def test_settings_that_cannot_work_are_bad_input(tmp_path: Path, monkeypatch: py
         verify.run(stage_args(tmp_path, "--timeout", "0"))
     with pytest.raises(StageInputError, match="does not exist"):
         verify.run(stage_args(tmp_path / "nowhere"))
-    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no runsc on PATH, and no runsc built by scripts/build-gvisor.sh
+    monkeypatch.setenv("SIGMA0_GVISOR_CACHE", str(tmp_path))
+    monkeypatch.delenv("SIGMA0_RUNSC", raising=False)
     with pytest.raises(StageInputError, match="needs runsc"):
         verify.run(stage_args(tmp_path, "--sandbox", "gvisor"))
 
