@@ -16,8 +16,8 @@ if ! command -v runsc >/dev/null 2>&1; then
   fi
 fi
 
-# A current runsc, static, on the systrap platform: scores HumanEval with ~15 % less CPU than Debian's ptrace-only
-# runsc (BENCHMARKS.md item 2). Built once (minutes) and cached; its smoke test records that it runs here, and sigma0 then uses it. Never
+# A current runsc, static, on the systrap platform: scores HumanEval in ~20 % less time and CPU than Debian's
+# ptrace-only runsc (BENCHMARKS.md item 2). Built once (minutes) and cached; its smoke test records that it runs here, and sigma0 then uses it. Never
 # fatal: without Go, the module proxy or a kernel that runs systrap, sigma0 keeps Debian's runsc on ptrace.
 # SIGMA0_BUILD_GVISOR=0 skips it.
 if [ "${SIGMA0_BUILD_GVISOR:-1}" != 0 ]; then
