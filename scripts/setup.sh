@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything sigma0 needs on a fresh Debian machine: gVisor (runsc) from Debian's packages, and a virtual
+# Set up everything sigma0 needs on a fresh Debian machine: gVisor (runsc) from Debian's packages, a current gVisor
+# built static from the Go module proxy for the faster systrap platform (scripts/build-gvisor.sh), and a virtual
 # environment in .venv with sigma0 and its ML and test dependencies. Idempotent: a warm machine returns in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,16 @@ if ! command -v runsc >/dev/null 2>&1; then
   else
     echo "setup: runsc (gVisor) is missing and this is not root: sandboxes fall back to plain processes" >&2
     echo "setup: install it with: sudo apt-get install runsc" >&2
+  fi
+fi
+
+# A current runsc, static, on the systrap platform: scores HumanEval in ~20 % less time and CPU than Debian's
+# ptrace-only runsc (BENCHMARKS.md item 2). Built once (minutes) and cached; its smoke test records that it runs here, and sigma0 then uses it. Never
+# fatal: without Go, the module proxy or a kernel that runs systrap, sigma0 keeps Debian's runsc on ptrace.
+# SIGMA0_BUILD_GVISOR=0 skips it.
+if [ "${SIGMA0_BUILD_GVISOR:-1}" != 0 ]; then
+  if ! bash scripts/build-gvisor.sh >/dev/null; then
+    echo "setup: no current gVisor (see above): sandboxes use Debian's runsc with --platform=ptrace" >&2
   fi
 fi
 

@@ -736,10 +736,13 @@ def test_a_wrong_completion_fails_a_humaneval_problem(sandbox: str) -> None:
 # --- the parent side ---------------------------------------------------------------------------------------------
 
 
-def test_auto_means_gvisor_exactly_when_runsc_is_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_auto_means_gvisor_exactly_when_there_is_a_runsc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert resolve_sandbox("process") == "process"
-    assert resolve_sandbox("auto") == ("gvisor" if HAS_RUNSC else "process")
-    monkeypatch.setenv("PATH", str(tmp_path))
+    if HAS_RUNSC:
+        assert resolve_sandbox("auto") == "gvisor"
+    monkeypatch.setenv("PATH", str(tmp_path))  # no runsc on PATH, and no runsc built by scripts/build-gvisor.sh
+    monkeypatch.setenv("SIGMA0_GVISOR_CACHE", str(tmp_path))
+    monkeypatch.delenv("SIGMA0_RUNSC", raising=False)
     assert resolve_sandbox("auto") == "process"
     with pytest.raises(SandboxUnavailable, match="runsc"):
         resolve_sandbox("gvisor")
@@ -771,7 +774,7 @@ def test_a_dying_worker_costs_only_the_candidate_that_killed_it(
 ) -> None:
     fake = tmp_path / "fake_worker.py"
     fake.write_text(FAKE_WORKER)
-    monkeypatch.setattr(runner, "worker_command", lambda kind: [sys.executable, str(fake)])
+    monkeypatch.setattr(runner, "worker_command", lambda kind, root=None: [sys.executable, str(fake)])
     programs = [from_asserts(f"ok{i}", "f", "def f(): return 1", ["assert f() == 1"]) for i in range(6)]
     programs.insert(2, from_asserts("killer", "f", "# DIE", ["assert f() == 1"]))
     programs.insert(5, from_asserts("forger", "f", "# FORGE", ["assert f() == 1"]))
@@ -782,7 +785,9 @@ def test_a_dying_worker_costs_only_the_candidate_that_killed_it(
 
 
 def test_a_worker_that_cannot_start_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "worker_command", lambda kind: [sys.executable, "-c", "import sys; sys.exit('no')"])
+    monkeypatch.setattr(
+        runner, "worker_command", lambda kind, root=None: [sys.executable, "-c", "import sys; sys.exit('no')"]
+    )
     program = from_asserts("x", "f", "def f(): return 1", ["assert f() == 1"])
     with pytest.raises(SandboxUnavailable, match="did not start"):
         list(run_programs([program], sandbox="process", workers=1, timeout=5))

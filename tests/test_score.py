@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sigma0.io import read_json, read_jsonl, text_digest
+from sigma0.sandbox.runner import find_runsc
 from sigma0.stages import StageInputError, score
 from sigma0.suites import Subset, load_suite
 
@@ -86,6 +87,8 @@ def test_every_problem_gets_one_result_and_pass_at_1_counts_them(tmp_path: Path,
     report = read_json(tmp_path / "report.json")
     assert report["failed"] == {"assertion": 2, "missing_completion": 1}
     assert report["pass_at_1"] == 0.25 and report["sandbox"] == sandbox
+    runsc = find_runsc()  # which runsc ran, on which platform
+    assert report["settings"]["runsc"] == (runsc.to_dict() if sandbox == "gvisor" and runsc else None)
 
 
 def test_an_interrupted_score_resumes_without_rerunning_what_is_done(tmp_path: Path, suite: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sigma0.io import read_json
+from sigma0.sandbox.runner import find_runsc
 from sigma0.stages import StageInputError, verify
 
 SANDBOXES = [
@@ -80,6 +81,9 @@ def test_output_is_exactly_the_passing_rows_unchanged_in_order(tmp_path: Path, s
     assert by_id["d"]["reason"] == "exit_before_asserts" and by_id["g"]["reason"] == "timeout"
     assert by_id["b"]["fn"] == "add" and "add(1, 2) == 3" in by_id["b"]["detail"]
     assert report["settings"]["sandbox"] == sandbox and report["settings"]["limits"]["memory_mb"] == 1024
+    # which runsc ran, on which platform (sigma0's systrap build where it runs, else Debian's on ptrace)
+    runsc = find_runsc()
+    assert report["settings"]["runsc"] == (runsc.to_dict() if sandbox == "gvisor" and runsc else None)
 
 
 def test_the_sandbox_used_is_said_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,7 +115,9 @@ def test_settings_that_cannot_work_are_bad_input(tmp_path: Path, monkeypatch: py
         verify.run(stage_args(tmp_path, "--timeout", "0"))
     with pytest.raises(StageInputError, match="does not exist"):
         verify.run(stage_args(tmp_path / "nowhere"))
-    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no runsc on PATH, and no runsc built by scripts/build-gvisor.sh
+    monkeypatch.setenv("SIGMA0_GVISOR_CACHE", str(tmp_path))
+    monkeypatch.delenv("SIGMA0_RUNSC", raising=False)
     with pytest.raises(StageInputError, match="needs runsc"):
         verify.run(stage_args(tmp_path, "--sandbox", "gvisor"))
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sigma0.sandbox.limits import Limits
-from sigma0.sandbox.runner import SANDBOXES, default_workers, describe_sandbox, resolve_sandbox
+from sigma0.sandbox.runner import SANDBOXES, Runsc, default_workers, describe_sandbox, find_runsc, resolve_sandbox
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,7 @@ class Settings:
     workers: int
     timeout: float
     limits: Limits
+    runsc: Runsc | None = None  # under gVisor: which runsc, on which platform (runner.find_runsc)
 
     def describe(self) -> str:
         return f"sandbox {describe_sandbox(self.sandbox)}, {self.workers} workers, timeout {self.timeout:g} s"
@@ -26,12 +27,16 @@ class Settings:
             "workers": self.workers,
             "timeout": self.timeout,
             "limits": self.limits.for_worker(self.timeout),
+            "runsc": None if self.runsc is None else self.runsc.to_dict(),
         }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--sandbox", choices=SANDBOXES, default="auto", help="auto (default): gvisor if runsc is on PATH, else process"
+        "--sandbox",
+        choices=SANDBOXES,
+        default="auto",
+        help="auto (default): gvisor if there is a runsc (sigma0's build or one on PATH), else process",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per candidate (default 10)")
     parser.add_argument("--workers", type=int, default=None, help="candidates run at once (default: CPU cores)")
@@ -46,9 +51,11 @@ def from_args(args: argparse.Namespace) -> Settings:
         raise ValueError(f"--workers must be positive, got {args.workers}")
     if args.memory_mb <= 0:
         raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
+    sandbox = resolve_sandbox(args.sandbox)
     return Settings(
-        sandbox=resolve_sandbox(args.sandbox),
+        sandbox=sandbox,
         workers=args.workers or default_workers(),
         timeout=args.timeout,
         limits=Limits(memory_mb=args.memory_mb),
+        runsc=find_runsc() if sandbox == "gvisor" else None,
     )

@@ -1,13 +1,18 @@
 """The parent side: pick the sandbox, start the warm workers of a batch, stream jobs in and verdicts out.
 
 A batch runs in `workers` lanes side by side. Each lane is one warm worker (worker.py) that forks a fresh child per
-candidate; under gVisor, the lane's worker runs inside one `runsc --network=none --platform=ptrace do` started once
+candidate; under gVisor, the lane's worker runs inside one `runsc --network=none --platform=P do` started once
 for the whole batch (a fresh interpreter per candidate inside gVisor costs ~3.5x; see DESIGN.md). Lanes rather than
 one worker with several children: a fork inside gVisor's ptrace platform costs the forking process ~12 ms, so the
-children of one worker would queue behind each other's forks. `runsc do` shows the host filesystem read-only under
-a tmpfs overlay, so jobs and verdicts travel over the worker's stdin and stdout. (The `gvisor` PyPI bindings start a
-sandbox and `exec` commands in it, but `Sandbox.exec` returns a command's output only when it ends, so a streaming
-worker does not fit it.) `process` runs the same worker without runsc.
+children of one worker would queue behind each other's forks. Which runsc, on which platform P (find_runsc): the
+static build of a current gVisor that scripts/build-gvisor.sh caches, on systrap, when that script recorded that it
+runs here; else the runsc on PATH (Debian's, 2022, which has no systrap) on ptrace. Every batch's sandboxes keep
+their state in a folder of their own, removed when the batch ends: it is their --root and their TMPDIR, since `runsc
+do` (Debian's and the current one alike) keeps its state, and the bind mount that pins its gofers' empty network
+namespace, in a runsc-do* folder under TMPDIR whatever --root says. `runsc do` shows the host filesystem read-only
+under a tmpfs overlay, so jobs and verdicts travel over the worker's stdin and stdout. (The `gvisor` PyPI bindings
+start a sandbox and `exec` commands in it, but `Sandbox.exec` returns a command's output only when it ends, so a
+streaming worker does not fit it.) `process` runs the same worker without runsc.
 
 If a worker dies or stops answering, the candidates that were inside it are run again, each alone in a new one; a
 candidate that was inside two dead workers gets `sandbox_error`. So no single candidate can stop the batch, and
@@ -28,7 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +43,8 @@ from sigma0.sandbox.limits import Limits
 from sigma0.sandbox.programs import Program, Reason, Verdict
 
 SANDBOXES = ("auto", "gvisor", "process")
-RUNSC_FLAGS = ("--network=none", "--platform=ptrace")
+RUNSC_FLAGS = ("--network=none",)
+RUNSC_PLATFORMS = ("systrap", "ptrace", "kvm")
 WORKER_PATH = Path(__file__).with_name("worker.py")
 WORKER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 START_TIMEOUT = 60.0
@@ -50,23 +58,113 @@ class SandboxUnavailable(RuntimeError):
     """The requested sandbox cannot be used here (runsc missing, or the worker would not start)."""
 
 
+@dataclass(frozen=True)
+class Runsc:
+    """The runsc that starts the gVisor sandboxes, the platform it runs them on, and why this one (`origin`)."""
+
+    path: str
+    platform: str
+    origin: str  # "SIGMA0_RUNSC", "sigma0's build" (scripts/build-gvisor.sh) or "PATH"
+    version: str | None = None  # gVisor's pseudo-version for sigma0's build; else what `runsc --version` says
+
+    def flags(self, root: str) -> list[str]:
+        return [f"--root={root}", *RUNSC_FLAGS, f"--platform={self.platform}"]
+
+    def describe(self) -> str:
+        return f"runsc {self.version or 'version unknown'} at {self.path} ({self.origin}), --platform={self.platform}"
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"path": self.path, "platform": self.platform, "origin": self.origin, "version": self.version}
+
+
+def gvisor_cache(environ: Mapping[str, str] | None = None) -> Path:
+    """Where scripts/build-gvisor.sh caches its builds and writes runsc.json (the same rule as that script)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("SIGMA0_GVISOR_CACHE"):
+        return Path(environ["SIGMA0_GVISOR_CACHE"])
+    # expanduser, not Path.home(): a pod's user may have neither HOME nor a passwd entry, and then there is no cache
+    cache_home = environ.get("XDG_CACHE_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
+    return Path(cache_home) / "sigma0" / "gvisor"
+
+
+def find_runsc(environ: Mapping[str, str] | None = None) -> Runsc | None:
+    """The runsc to start sandboxes with, None when there is none. In order:
+
+    - SIGMA0_RUNSC=PATH: that runsc, on SIGMA0_RUNSC_PLATFORM (default ptrace, which every runsc has); an unusable
+      one raises SandboxUnavailable rather than silently running another;
+    - sigma0's build: the runsc named by <gvisor cache>/runsc.json, which scripts/build-gvisor.sh writes only after
+      that runsc started a systrap sandbox on this kernel: systrap (or SIGMA0_RUNSC_PLATFORM);
+    - the runsc on PATH (Debian's has no systrap): ptrace (or SIGMA0_RUNSC_PLATFORM).
+    """
+    environ = os.environ if environ is None else environ
+    platform = environ.get("SIGMA0_RUNSC_PLATFORM") or None
+    if platform is not None and platform not in RUNSC_PLATFORMS:
+        raise SandboxUnavailable(
+            f"SIGMA0_RUNSC_PLATFORM={platform!r} is not a gVisor platform: use one of {', '.join(RUNSC_PLATFORMS)}"
+        )
+    override = environ.get("SIGMA0_RUNSC")
+    if override:
+        if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+            raise SandboxUnavailable(f"SIGMA0_RUNSC={override} is not an executable file")
+        return Runsc(override, platform or "ptrace", "SIGMA0_RUNSC", _runsc_version(override))
+    built = _recorded_build(gvisor_cache(environ) / "runsc.json")
+    if built is not None:
+        path, version = built
+        return Runsc(path, platform or "systrap", "sigma0's build", version)
+    found = shutil.which("runsc", path=environ.get("PATH", os.defpath))
+    if found is not None:
+        return Runsc(found, platform or "ptrace", "PATH", _runsc_version(found))
+    return None
+
+
+def _recorded_build(record: Path) -> tuple[str, str | None] | None:
+    """(runsc, version) from runsc.json if it names an executable runsc that passed its smoke test on this kernel."""
+    try:
+        found = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict) or found.get("platform") != "systrap" or found.get("kernel") != os.uname().release:
+        return None  # a smoke test on another kernel says nothing about this one: scripts/setup.sh reruns it
+    path = found.get("runsc")
+    if not isinstance(path, str) or not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        return None
+    version = found.get("version")
+    return path, version if isinstance(version, str) else None
+
+
+@lru_cache(maxsize=8)
+def _runsc_version(path: str) -> str | None:
+    """`runsc --version`'s version ("0.0~20221219.0" for Debian's), None if it will not say."""
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = done.stdout.splitlines()[0] if done.stdout.strip() else ""
+    return first.removeprefix("runsc version ").strip() or None
+
+
 def resolve_sandbox(requested: str) -> str:
-    """The sandbox to use: "auto" means "gvisor" when runsc is on PATH, else "process". The caller must say which."""
+    """The sandbox to use: "auto" means "gvisor" when there is a runsc (find_runsc), else "process"."""
     if requested not in SANDBOXES:
         raise ValueError(f"unknown sandbox {requested!r}: use one of {', '.join(SANDBOXES)}")
     if requested == "process":
         return "process"
-    if shutil.which("runsc"):
+    if find_runsc() is not None:
         return "gvisor"
     if requested == "gvisor":
-        raise SandboxUnavailable("sandbox 'gvisor' needs runsc on PATH; install gVisor or pass --sandbox process")
+        raise SandboxUnavailable(
+            "sandbox 'gvisor' needs runsc: run scripts/setup.sh, install gVisor, or pass --sandbox process"
+        )
     return "process"
 
 
 def describe_sandbox(kind: str) -> str:
-    """One line for logs: which sandbox, and how it is started."""
+    """One line for logs: which sandbox, and how it is started (for gVisor: which runsc, on which platform)."""
     if kind == "gvisor":
-        return f"gvisor ({shutil.which('runsc')} {' '.join(RUNSC_FLAGS)} do, one sandbox and warm worker per lane)"
+        runsc = find_runsc()
+        if runsc is None:
+            return "gvisor (no runsc found)"
+        return f"gvisor ({runsc.describe()}; `runsc {' '.join(RUNSC_FLAGS)} do`, one sandbox and warm worker per lane)"
     return "process (no gVisor: rlimits, own process group and user per candidate, one warm worker per lane)"
 
 
@@ -74,13 +172,16 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def worker_command(kind: str) -> list[str]:
+def worker_command(kind: str, root: str | None = None) -> list[str]:
+    """The worker's command line; under gVisor, inside `runsc do` with its state under `root`."""
     python = [sys.executable, "-I", "-B", "-u", str(WORKER_PATH)]
     if kind == "gvisor":
-        runsc = shutil.which("runsc")
+        runsc = find_runsc()
         if runsc is None:
-            raise SandboxUnavailable("runsc is not on PATH")
-        return [runsc, *RUNSC_FLAGS, "do", "-quiet", "-cwd", "/", *python]
+            raise SandboxUnavailable("no runsc: not on PATH, no SIGMA0_RUNSC, no build by scripts/build-gvisor.sh")
+        if root is None:
+            raise ValueError("a gVisor worker needs a --root folder of its own")
+        return [runsc.path, *runsc.flags(root), "do", "-quiet", "-cwd", "/", *python]
     return python
 
 
@@ -91,7 +192,7 @@ class _Untrustworthy(Exception):
 class _Lane:
     """One worker process (one sandbox under gVisor) and the jobs it holds."""
 
-    def __init__(self, command: list[str], config: dict[str, Any]) -> None:
+    def __init__(self, command: list[str], config: dict[str, Any], env: dict[str, str]) -> None:
         self.command = command
         self.token = config["token"]
         # The runs' folders live here; made and removed on this side, so that a worker killed outside gVisor (whose
@@ -103,7 +204,7 @@ class _Lane:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
-            env=WORKER_ENV,
+            env=env,
             cwd="/",
             start_new_session=True,
             bufsize=0,
@@ -212,7 +313,6 @@ def run_programs(
             runnable[str(len(runnable))] = program
     if not runnable:
         return
-    command = worker_command(kind)
     lanes: list[_Lane | None] = [None] * min(workers or default_workers(), len(runnable))
     queue = collections.deque(runnable)
     deaths: collections.Counter[str] = collections.Counter()
@@ -231,14 +331,18 @@ def run_programs(
             "limits": limits.for_worker(timeout),
         }
 
+    # The batch's runsc state, in a folder of its own rather than /var/run/runsc or /tmp (see the module's docstring).
+    root = tempfile.mkdtemp(prefix="sigma0-runsc-") if kind == "gvisor" else None
+    env = WORKER_ENV if root is None else {**WORKER_ENV, "TMPDIR": root}
     try:
+        command = worker_command(kind, root)
         while queue or any(lane is not None and lane.inside for lane in lanes):
             for index, lane in enumerate(lanes):
                 if lane is not None and lane.retiring and not lane.inside and queue:  # jobs came back from a dead lane
                     lane.close(wait=True)
                     lane = lanes[index] = None
                 if lane is None and queue:
-                    lane = lanes[index] = _Lane(command, config())
+                    lane = lanes[index] = _Lane(command, config(), env)
                 while lane is not None and queue and len(lane.inside) < 2 * SLOTS_PER_LANE:
                     if lane.inside and (deaths[queue[0]] or any(deaths[key] for key in lane.inside)):
                         break  # a job that was in a dying worker runs alone, so a second death is its own
@@ -285,6 +389,16 @@ def run_programs(
         for lane in lanes:
             if lane is not None:
                 lane.close(wait=finished)
+        if root is not None:
+            _remove_runsc_root(root)
+
+
+def _remove_runsc_root(root: str) -> None:
+    """Remove a batch's runsc folder. A runsc killed before its own cleanup leaves its network namespace pinned by
+    a bind mount there (runsc-do*/null-netns): unmounted first, or neither the folder nor the namespace would go."""
+    for pinned in Path(root).glob("*/null-netns"):
+        subprocess.run(["umount", "--lazy", str(pinned)], capture_output=True, check=False)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _bury(
