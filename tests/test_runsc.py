@@ -248,10 +248,10 @@ def test_a_runsc_that_runs_systrap_is_recorded_and_then_used(monkeypatch: pytest
         return folder
 
     monkeypatch.setattr(tempfile, "mkdtemp", recording)
-    slow = "import time\ndef f():\n    time.sleep(1.5)\n    return 1\n"
-    programs = [from_asserts("slow", "f", slow, ["assert f() == 1"]),
-                from_asserts("ok", "f", "def f(): return 1", ["assert f() == 1"]),
-                from_asserts("bad", "f", "def f(): return 2", ["assert f() == 1"])]  # fmt: skip
+    slow = "import time\ndef f():\n    time.sleep(1.5)\n    return 7\n"
+    programs = [from_asserts("slow", "f", slow, ["assert f() == 7"]),
+                from_asserts("ok", "f", "def f(): return 7", ["assert f() == 7"]),
+                from_asserts("bad", "f", "def f(): return 2", ["assert f() == 7"])]  # fmt: skip
     verdicts, inside = {}, []
     for verdict in run_programs(programs, sandbox="gvisor", workers=2, timeout=10, limits=Limits()):
         if not verdicts:  # "slow" is still running: its sandbox's state is in the batch's folder, not in /tmp

@@ -414,8 +414,7 @@ CASES: list[Case] = [
          "    __hash__ = str.__hash__\ndef name():\n    return S('no')\n", "assert name() == 'yes'", verdict=A),
     case("patched_builtins", "double", "import builtins\nbuiltins.all = builtins.any = lambda x: True\n"
          "builtins.len = lambda x: 1\nbuiltins.bool = lambda x: True\n" + WRONG,
-         "assert all([double(2) == 4])", "assert len([double(2)]) == 1 and bool(double(2) == 4)", verdict=C),
-    # (the judge never used the child's builtins; patching bool and len breaks the child's own channel: a crash)
+         "assert all([double(2) == 4])", "assert len([double(2)]) == 1 and bool(double(2) == 4)", verdict=A),
     case("patched_assertion_error", "double", "import builtins\n"
          "builtins.AssertionError = type('Nope', (Exception,), {})\n" + WRONG, DOUBLES, verdict=A),
     case("fake_harness_result", "double", """
