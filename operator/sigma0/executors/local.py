@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sigma0 import placement, plan
+from sigma0 import evidence, placement, plan
 from sigma0.io import read_json, text_digest, write_json_atomic
 from sigma0.spec import TrainingCycle
 
@@ -86,8 +86,8 @@ def _state_to_json(run: CycleRun) -> dict[str, Any]:
         "startedAt": run.started_at,
         "incumbentResolved": state.incumbent_resolved,
         "incumbent": asdict(state.incumbent) if state.incumbent else None,
-        "steps": {name: {"state": r.state, "summary": dict(r.summary), "message": r.message}
-                  for name, r in state.steps.items()},
+        "steps": {name: {"state": r.state, "summary": dict(r.summary), "message": r.message,
+                         "outputs": dict(r.outputs)} for name, r in state.steps.items()},
         "published": dict(state.published) if state.published is not None else None,
         "finished": run.finished,
         "placements": dict(run.placements),
@@ -99,7 +99,7 @@ def _state_from_json(cycle_dir: Path, data: dict[str, Any]) -> CycleRun:
     state = plan.CycleState(
         incumbent_resolved=bool(data.get("incumbentResolved")),
         incumbent=incumbent,
-        steps={name: plan.StepResult(r["state"], r.get("summary") or {}, r.get("message", ""))
+        steps={name: plan.StepResult(r["state"], r.get("summary") or {}, r.get("message", ""), r.get("outputs") or {})
                for name, r in (data.get("steps") or {}).items()},
         published=data.get("published"),
     )
@@ -184,6 +184,11 @@ class LocalExecutor:
                 result = self._run_step(run, action.step, resumed)
                 run.state = replace(run.state, steps={**run.state.steps, action.step.name: result})
             elif isinstance(action, plan.Publish):
+                tampered = _check_decision(action)
+                if tampered is not None:
+                    run.finished = {"phase": plan.PHASE_FAILED, "outcome": None, "reason": tampered, "at": _now()}
+                    save(run)
+                    return run
                 published = self.releases.publish(self.spec.release, cycle=run.name, action=action,
                                                   incumbent=run.state.incumbent, evidence=self._evidence(run))
                 run.state = replace(run.state, published=published)
@@ -211,12 +216,12 @@ class LocalExecutor:
             log.flush()
             code = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                   env=env, check=False).returncode
-        summary = _read_summary(summary_file)
+        summary, outputs = evidence.split(_read_summary(summary_file))
         if usage is not None:
             gpus = usage.gpus if "device" not in summary else int(summary["device"] == "cuda")
             placement.record_local(self.ledger, replace(usage, end=datetime.now(UTC), gpus=gpus))
         if code == 0:
-            result = plan.StepResult("succeeded", summary)
+            result = plan.StepResult("succeeded", summary, outputs=outputs)
         else:
             message = str(summary.get("error") or _tail(logs / f"{step.name}.log"))
             result = plan.StepResult("failed", summary, f"exit code {code}: {message}")
@@ -257,6 +262,16 @@ class LocalExecutor:
             "suite": self.spec.eval.suite,
             "subset": self.spec.eval.subset,
         }
+
+
+def _check_decision(action: plan.Publish) -> str | None:
+    """Why decision.json cannot be published (it is not what decide recorded), or None: the local release store
+    reads the decision from that file."""
+    try:
+        evidence.check([f"{action.decision_digest or evidence.UNRECORDED}={action.decision_file}"])
+    except evidence.EvidenceTampered as error:
+        return f"publish: {error}"
+    return None
 
 
 def _gpus_here() -> int:

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from sigma0 import placement, plan
+from sigma0 import evidence, placement, plan
 from sigma0.kube import CYCLES, GROUP, VERSION, jobs, queue
 from sigma0.kube.ledger import NAME as LEDGER_NAME
 from sigma0.kube.ledger import ClusterLedger, LedgerError
@@ -261,9 +261,10 @@ class JobExecutor:
                                     isolation=self._isolation(spec, layout, work.record, step))
             seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []))
             on = (job["metadata"].get("labels") or {}).get(jobs.LABEL_PLACEMENT) or stage.placement
+            summary, outputs = evidence.split(seen.summary)  # the digests go to their own field of the record
             updated = replace(stage, job=job["metadata"]["name"], attempt=attempt, state=seen.state,
-                              summary=seen.summary, message=seen.message, start=seen.start, end=seen.end,
-                              placement=on)
+                              summary=summary, message=seen.message, start=seen.start, end=seen.end,
+                              placement=on, outputs=outputs if seen.state == "succeeded" else {})
             if seen.state == "running":
                 work.waiting = seen.waiting or work.waiting
                 if seen.unschedulable_since and seen.waiting:

@@ -4,8 +4,9 @@ Pure. The status holds two kinds of fields:
 
     the record   what has been observed and must survive an operator restart: admitted, incumbentResolved,
                  resolvedIncumbent, stages (per step: Job, attempt, state, start, end, summary, message,
-                 isolation; GPU steps also their placement and the placements skipped, with why), published,
-                 failure. `read_record` turns it back into a CycleRecord.
+                 isolation, outputs: the digest of every file the step wrote, which later steps are held to;
+                 GPU steps also their placement and the placements skipped, with why), published, failure.
+                 `read_record` turns it back into a CycleRecord.
     the view     derived from the record on every write: phase, message, conditions (Harvested, Verified,
                  Trained, Evaluated, Decided, Ready, Failed), counts, candidate and incumbent pass@1 (with the
                  display strings the printer columns show), decision, releaseRevision, placement (the
@@ -51,10 +52,13 @@ class StageRecord:
     isolation: str | None = None
     placement: str | None = None  # GPU steps: the placement the Job runs on
     skipped: tuple[Mapping[str, Any], ...] = ()  # GPU steps: placements passed over (sigma0.placement.Skip)
+    outputs: Mapping[str, str] = field(default_factory=dict)  # what the step wrote, by digest (sigma0.evidence)
 
     def to_status(self) -> dict[str, Any]:
         data: dict[str, Any] = {"job": self.job, "attempt": self.attempt, "state": self.state,
                                 "summary": dict(self.summary)}
+        if self.outputs:
+            data["outputs"] = dict(self.outputs)
         for key, value in (("startTime", self.start), ("completionTime", self.end), ("message", self.message),
                            ("isolation", self.isolation), ("placement", self.placement)):
             if value:
@@ -69,7 +73,8 @@ class StageRecord:
                    start=data.get("startTime"), end=data.get("completionTime"),
                    summary=dict(data.get("summary") or {}), message=str(data.get("message") or ""),
                    isolation=data.get("isolation"), placement=data.get("placement"),
-                   skipped=tuple(dict(skip) for skip in data.get("skipped") or ()))
+                   skipped=tuple(dict(skip) for skip in data.get("skipped") or ()),
+                   outputs=dict(data.get("outputs") or {}))
 
     @property
     def fallbacks(self) -> int:
@@ -90,7 +95,7 @@ class CycleRecord:
     failure: tuple[str, str] | None = None
 
     def state(self) -> plan.CycleState:
-        steps = {name: plan.StepResult(r.state, r.summary, r.message) for name, r in self.stages.items()}
+        steps = {name: plan.StepResult(r.state, r.summary, r.message, r.outputs) for name, r in self.stages.items()}
         return plan.CycleState(self.incumbent_resolved, self.incumbent, steps, self.published)
 
     def with_stage(self, name: str, record: StageRecord) -> CycleRecord:

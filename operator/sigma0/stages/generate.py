@@ -58,6 +58,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="nf4")
 
 
+
+def outputs(args: argparse.Namespace) -> list[str]:
+    """What this stage writes, as its digests are recorded (sigma0.evidence): the report and one folder per adapter
+    and suite (its completions, their journal and generation.json), which is what a score step reads."""
+    root = args.output_dir.rstrip("/")  # a path or a URI: pathlib would turn s3:// into s3:/
+    folders = [f"{root}/{adapter}/{suite}"
+               for adapter in _labelled(args.adapter, "--adapter") for suite in _labelled(args.suite, "--suite")]
+    return [args.report, *folders]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise StageInputError("--max-new-tokens and --batch-size must be at least 1")

@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+
+def outputs(args: argparse.Namespace) -> list[str]:
+    """What this stage writes, as its digests are recorded (sigma0.evidence): the candidates and the report."""
+    return [args.output, args.report]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     suites = args.exclude_suite or DEFAULT_SUITES
     sources = [str(path) for path in args.source]
