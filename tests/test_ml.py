@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from sigma0.io import read_jsonl, tree_digest
+from sigma0.journal import Journal, resume_key
 from sigma0.ml.generation import HUMAN_EVAL_STOP_SEQUENCES, truncate_at_stop
 from sigma0.ml.models import TinySpec, byte_tokenizer, load_base_model, materialise_tiny
 from sigma0.ml.qlora import IGNORE_INDEX, TrainConfig, encode_example, train_adapter
@@ -277,10 +278,12 @@ def test_generate_stops_at_stop_sequences_and_resumes(data: Path, trained: dict[
     assert len(base_rows) == 5 and all(row["completion"] != EXPECTED for row in base_rows)
     assert summary["results"]["base/mini"]["tokens_generated"] <= 5 * 48
 
-    # An interrupted run: two rows written, the third cut off mid-line.
+    # An interrupted run: two rows written (and journaled: sigma0.journal), the third cut off mid-line.
     completions = output / "candidate" / "mini" / "completions.jsonl"
     lines = completions.read_text().splitlines(keepends=True)
-    completions.write_text("".join(lines[:2]) + lines[2][:10])
+    Journal(completions, resume_key()).rewrite([json.loads(line) for line in lines[:2]])
+    with completions.open("a") as handle:
+        handle.write(lines[2][:10])
     resumed = _generate(data, output, f"candidate={data / 'adapter'}")["results"]["candidate/mini"]
     assert (resumed["generated"], resumed["resumed"]) == (3, 2)
     rows = list(read_jsonl(completions))
