@@ -2,7 +2,9 @@
 
 State lives in `<workdir>/cycles/<name>/state.json`, rewritten atomically after every transition, so a killed run
 resumes where it stopped: finished steps are never redone, and an interrupted step is started again (every stage
-command resumes or rewrites its own outputs atomically).
+command resumes or rewrites its own outputs atomically; it resumes only from partial output its journal, made under
+the step's resume key kept here, vouches for: sigma0.journal). Each finished step's outputs are recorded by digest
+(sigma0.evidence), and later steps are held to them.
 
 GPU steps run on the placement `local` (this machine; the manifest's cluster placements do not apply here, and
 neither do their budgets). Their hours are accounted as the operator accounts a GPU pod's (sigma0.placement):
@@ -25,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sigma0 import evidence, placement, plan
+from sigma0 import evidence, journal, placement, plan
 from sigma0.io import read_json, text_digest, write_json_atomic
 from sigma0.spec import TrainingCycle
 
@@ -65,6 +67,7 @@ class CycleRun:
     started_at: str
     finished: dict[str, Any] | None = None
     placements: dict[str, str] = field(default_factory=dict)  # GPU step → the placement it ran on
+    resume_keys: dict[str, str] = field(default_factory=dict)  # step → the key of its journals (sigma0.journal)
 
 
 def _now() -> str:
@@ -91,6 +94,7 @@ def _state_to_json(run: CycleRun) -> dict[str, Any]:
         "published": dict(state.published) if state.published is not None else None,
         "finished": run.finished,
         "placements": dict(run.placements),
+        "resumeKeys": dict(run.resume_keys),
     }
 
 
@@ -104,7 +108,7 @@ def _state_from_json(cycle_dir: Path, data: dict[str, Any]) -> CycleRun:
         published=data.get("published"),
     )
     return CycleRun(data["name"], cycle_dir, state, data["manifestDigest"], data["startedAt"], data.get("finished"),
-                    dict(data.get("placements") or {}))
+                    dict(data.get("placements") or {}), dict(data.get("resumeKeys") or {}))
 
 
 def save(run: CycleRun) -> None:
@@ -201,13 +205,16 @@ class LocalExecutor:
 
     def _run_step(self, run: CycleRun, step: plan.Step, resumed: bool) -> plan.StepResult:
         run.state = replace(run.state, steps={**run.state.steps, step.name: plan.StepResult("running")})
+        # Made when the step first starts, so no step before it can know it; a rerun after a kill gets the same.
+        key = run.resume_keys.setdefault(step.name, secrets.token_hex(32))
         save(run)
         self.reporter.step_started(step, resumed)
         logs = run.cycle_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         summary_file = logs / f"{step.name}.summary.json"
         summary_file.unlink(missing_ok=True)
-        env = {**os.environ, "SIGMA0_TERMINATION_LOG": str(summary_file), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "SIGMA0_TERMINATION_LOG": str(summary_file), "PYTHONUNBUFFERED": "1",
+               journal.KEY_ENV: key}
         command = [sys.executable, "-m", "sigma0", *step.argv[1:]]
         began = time.monotonic()
         usage = self._gpu_started(run, step)

@@ -5,8 +5,9 @@ Pure. The status holds two kinds of fields:
     the record   what has been observed and must survive an operator restart: admitted, incumbentResolved,
                  resolvedIncumbent, stages (per step: Job, attempt, state, start, end, summary, message,
                  isolation, outputs: the digest of every file the step wrote, which later steps are held to;
-                 GPU steps also their placement and the placements skipped, with why), published, failure.
-                 `read_record` turns it back into a CycleRecord.
+                 resumeKey: the key of the journals it resumes from, sigma0.journal; GPU steps also their
+                 placement and the placements skipped, with why), published, failure. `read_record` turns it
+                 back into a CycleRecord.
     the view     derived from the record on every write: phase, message, conditions (Harvested, Verified,
                  Trained, Evaluated, Decided, Ready, Failed), counts, candidate and incumbent pass@1 (with the
                  display strings the printer columns show), decision, releaseRevision, placement (the
@@ -53,6 +54,7 @@ class StageRecord:
     placement: str | None = None  # GPU steps: the placement the Job runs on
     skipped: tuple[Mapping[str, Any], ...] = ()  # GPU steps: placements passed over (sigma0.placement.Skip)
     outputs: Mapping[str, str] = field(default_factory=dict)  # what the step wrote, by digest (sigma0.evidence)
+    resume_key: str | None = None  # the key of its journals (sigma0.journal), the same for every attempt
 
     def to_status(self) -> dict[str, Any]:
         data: dict[str, Any] = {"job": self.job, "attempt": self.attempt, "state": self.state,
@@ -60,7 +62,8 @@ class StageRecord:
         if self.outputs:
             data["outputs"] = dict(self.outputs)
         for key, value in (("startTime", self.start), ("completionTime", self.end), ("message", self.message),
-                           ("isolation", self.isolation), ("placement", self.placement)):
+                           ("isolation", self.isolation), ("placement", self.placement),
+                           ("resumeKey", self.resume_key)):
             if value:
                 data[key] = value
         if self.skipped:
@@ -74,7 +77,7 @@ class StageRecord:
                    summary=dict(data.get("summary") or {}), message=str(data.get("message") or ""),
                    isolation=data.get("isolation"), placement=data.get("placement"),
                    skipped=tuple(dict(skip) for skip in data.get("skipped") or ()),
-                   outputs=dict(data.get("outputs") or {}))
+                   outputs=dict(data.get("outputs") or {}), resume_key=data.get("resumeKey"))
 
     @property
     def fallbacks(self) -> int:
