@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sigma0 import plan
+from sigma0 import evidence, plan
 from sigma0.placement import GPU_STAGES
 from sigma0.spec import CycleSpec
 
@@ -188,7 +188,7 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
         return View(PHASE_QUEUED, None, PHASE_QUEUED, situation.queued_behind or "waiting for its turn")
     action = plan.next_action(spec, record.state(), layout)
     if isinstance(action, plan.Finish):
-        reason = action.outcome or "StageFailed"
+        reason = action.outcome or _failure_reason(record)
         return View(action.phase, action.outcome, reason, action.reason)
     if isinstance(action, plan.Publish):
         return View(PHASE_PROMOTING, None, PHASE_PROMOTING,
@@ -210,6 +210,18 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
         job = f" in Job {stage.job}" if stage else ""
         return View(action.step.phase, None, "Running", f"{action.step.name} is running{job}")
     return View(plan.PHASE_PENDING, None, "ResolvingIncumbent", f"reading AdapterRelease {spec.release}")
+
+
+EVIDENCE_REASONS = {evidence.TAMPERED: "EvidenceTampered", evidence.MISSING: "EvidenceMissing"}
+
+
+def _failure_reason(record: CycleRecord) -> str:
+    """StageFailed, or EvidenceTampered / EvidenceMissing when a stage refused an input that is not what its writer
+    recorded (sigma0.evidence): a person should see at a glance that something wrote where it should not have."""
+    for stage in record.stages.values():
+        if stage.state == "failed" and stage.summary.get("kind") in EVIDENCE_REASONS:
+            return EVIDENCE_REASONS[stage.summary["kind"]]
+    return "StageFailed"
 
 
 def _ratio_display(pass_at_1: float, passed: int, total: int) -> str:
