@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,12 @@ def test_train_stage_reuses_its_own_adapter_and_refuses_a_foreign_folder(data: P
     with pytest.raises(StageInputError, match="immutable"):
         _train(data / "train.jsonl", foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+    # The very adapter, manifest and all, planted where this step will write (by a candidate in a sandbox pod that
+    # ran before it): no journal of this step vouches for it, so it is refused, not reused.
+    planted = data / "planted"
+    shutil.copytree(data / "adapter", planted)
+    with pytest.raises(StageInputError, match="did not write"):
+        _train(data / "train.jsonl", planted)
 
 
 def test_train_stage_rejects_an_empty_or_malformed_dataset(tmp_path: Path) -> None:

@@ -35,6 +35,11 @@ def resume_key() -> bytes:
     return os.environ.get(KEY_ENV, "").encode()
 
 
+def mac(key: bytes, *parts: str) -> str:
+    """HMAC-SHA256 of `parts` under `key`: what a journal, or train's note beside its adapter, is signed with."""
+    return hmac.new(key, "\0".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
 def encode_row(row: dict[str, Any]) -> bytes:
     """One JSONL line, as sigma0.io.append_jsonl writes it."""
     return (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
@@ -51,7 +56,7 @@ class Journal:
         self._size = 0
 
     def _mac(self, size: int, digest: str) -> str:
-        return hmac.new(self.key, f"{self.path.name}\0{size}\0{digest}".encode(), hashlib.sha256).hexdigest()
+        return mac(self.key, self.path.name, str(size), digest)
 
     def resume(self) -> tuple[list[JsonlRecord], str | None]:
         """The rows an earlier run of this step provably wrote (the file is cut back to them), and, when a file was
