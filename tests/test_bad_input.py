@@ -22,7 +22,7 @@ from badinput.catalogue import RULES, Entry, entries, flat, names
 from peft import LoraConfig, get_peft_model
 
 from sigma0 import cli
-from sigma0.io import JsonlError, append_jsonl, read_records, resume_jsonl
+from sigma0.io import JsonlError, append_jsonl, read_jsonl, read_records, resume_jsonl
 from sigma0.ml.adapters import AdapterMismatch, adapter_problems, check_adapter_fits
 from sigma0.ml.models import TinySpec, build_tiny, load_base_model
 from sigma0.ml.qlora import save_adapter
@@ -402,15 +402,20 @@ def test_corrupt_completions_stop_score_and_the_results_already_written_stay(
     assert snapshot(scored["results.jsonl"], scored["report.json"]) == before
 
 
-def test_a_corrupt_results_line_is_refused_not_dropped(stage: Run, scored: dict[str, Path]) -> None:
-    """Only a last line cut off mid-write is dropped on resume (tests/test_score.py); any other bad line is refused
-    and the results file kept as it is."""
+def test_a_results_file_score_did_not_write_is_set_aside_as_it_was_and_scored_again(
+    stage: Run, scored: dict[str, Path]
+) -> None:
+    """Only rows the journal vouches for are resumed (tests/test_score.py); a file with any other line is not
+    what score wrote: it is kept, byte for byte, as results.jsonl.untrusted, and every problem is scored again."""
     results = scored["results.jsonl"]
+    honest = list(read_jsonl(results))
     first, second = results.read_text().splitlines(keepends=True)
     for broken in (first + "{oops\n" + second, first + second[:-1] + "}\n"):
         results.write_text(broken)
-        refused(stage("score", *score_argv(scored)), f"{results}:2: not valid JSON", "use a new --output")
-        assert results.read_text() == broken
+        code, summary, stderr = stage("score", *score_argv(scored))
+        assert code == 0 and summary["resumed"] == 0 and "set aside" in stderr, (code, summary, stderr)
+        assert (results.parent / "results.jsonl.untrusted").read_text() == broken
+        assert sorted(map(json.dumps, read_jsonl(results))) == sorted(map(json.dumps, honest))
 
 
 # Base models that are not models, adapters for another base ------------------------------------------------------
@@ -537,14 +542,17 @@ def test_adapter_problems_is_a_pure_comparison_of_shapes() -> None:
     assert adapter_problems(base, {}, ["q"]) == ["it holds no LoRA weights"]
 
 
-def test_a_corrupt_completions_file_stops_generate_and_stays_as_it_was(stage: Run, tmp_path: Path) -> None:
+def test_a_completions_file_generate_did_not_write_is_set_aside_as_it_was(stage: Run, tmp_path: Path) -> None:
     suite, out = tmp_path / "suite.jsonl", tmp_path / "out"
     suite.write_text("".join(json.dumps(problem) + "\n" for problem in PROBLEMS))
     completions = out / "base" / "mini" / "completions.jsonl"
     completions.parent.mkdir(parents=True)
     broken = json.dumps(COMPLETIONS[0]) + "\n{oops\n"
     completions.write_text(broken)
-    result = stage("generate", "--base-model", MODEL_A, "--adapter", "base=none", "--suite", f"mini={suite}",
-                   "--output-dir", out, "--report", out / "report.json", "--device", "cpu", "--max-new-tokens", "4")
-    refused(result, f"{completions}:2: not valid JSON", "remove the file to generate again")
-    assert completions.read_text() == broken
+    code, summary, stderr = stage("generate", "--base-model", MODEL_A, "--adapter", "base=none", "--suite",
+                                  f"mini={suite}", "--output-dir", out, "--report", out / "report.json", "--device",
+                                  "cpu", "--max-new-tokens", "4")
+    assert code == 0 and "set aside" in stderr, (code, summary, stderr)
+    assert summary["results"]["base/mini"]["resumed"] == 0
+    assert (completions.parent / "completions.jsonl.untrusted").read_text() == broken
+    assert len(list(read_jsonl(completions))) == len(PROBLEMS)

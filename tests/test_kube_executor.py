@@ -156,7 +156,10 @@ def test_a_first_reconcile_admits_resolves_and_starts_harvest(api: FakeApi) -> N
     result = run(api)
     assert result is not None and result.phase == "Harvesting"
     assert list(api.jobs) == ["c1-harvest-1"]
-    assert stages(api)["harvest"] == {"job": "c1-harvest-1", "attempt": 1, "state": "running", "summary": {}}
+    harvest = dict(stages(api)["harvest"])
+    key = harvest.pop("resumeKey")
+    assert harvest == {"job": "c1-harvest-1", "attempt": 1, "state": "running", "summary": {}}
+    assert len(key) == 64 and key == jobs.resume_key_of(api.jobs["c1-harvest-1"])
     status = api.cycles["c1"]["status"]
     assert status["admitted"] and status["incumbentResolved"] and "resolvedIncumbent" not in status
     assert {e["reason"] for e in api.events} >= {"Admitted", "IncumbentResolved", "StageStarted", "PhaseHarvesting"}
@@ -176,6 +179,7 @@ def test_a_job_created_by_an_operator_killed_before_its_status_write_is_adopted(
     assert "c1-verify-1" in api.jobs and "verify" not in stages(api)
     run(api)
     assert stages(api)["verify"]["job"] == "c1-verify-1" and stages(api)["harvest"]["state"] == "succeeded"
+    assert stages(api)["verify"]["resumeKey"] == jobs.resume_key_of(api.jobs["c1-verify-1"]) is not None
     assert sorted(api.jobs) == ["c1-harvest-1", "c1-verify-1"]
     assert any(e["reason"] == "JobAdopted" for e in api.events)
 
@@ -196,6 +200,63 @@ def test_a_job_that_vanished_before_it_finished_gets_another_attempt(api: FakeAp
     run(api)
     assert list(api.jobs) == ["c1-harvest-2"] and stages(api)["harvest"]["attempt"] == 2
     assert any(e["reason"] == "JobLost" for e in api.events)
+
+
+def test_every_attempt_of_a_step_resumes_under_the_key_its_first_attempt_got(api: FakeApi) -> None:
+    run(api)
+    first = jobs.resume_key_of(api.jobs["c1-harvest-1"])
+    del api.jobs["c1-harvest-1"]
+    run(api)
+    assert jobs.resume_key_of(api.jobs["c1-harvest-2"]) == first == stages(api)["harvest"]["resumeKey"]
+    api.finish("c1-harvest-2", {"harvested": 3, "kept": 3, "excluded": 0})
+    run(api)
+    assert jobs.resume_key_of(api.jobs["c1-verify-1"]) not in (None, first), "each step has its own key"
+
+
+def digest(char: str) -> str:
+    return "sha256:" + char * 64
+
+
+def argv_of(api: FakeApi, job: str) -> list[str]:
+    return api.jobs[job]["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_the_digests_a_stage_reports_are_recorded_and_the_next_step_is_held_to_them(api: FakeApi) -> None:
+    run(api)
+    folder = "/artifacts/cycles/team/c1-cycle-ui/harvest"
+    outputs = {"root": folder, "digests": {"candidates.jsonl": digest("1"), "report.json": digest("2")}}
+    api.finish("c1-harvest-1", {"harvested": 3, "kept": 3, "excluded": 0, "outputs": outputs})
+    run(api)
+    harvest = stages(api)["harvest"]
+    assert harvest["summary"] == {"harvested": 3, "kept": 3, "excluded": 0}
+    assert harvest["outputs"] == {f"{folder}/candidates.jsonl": digest("1"), f"{folder}/report.json": digest("2")}
+    argv = argv_of(api, "c1-verify-1")
+    assert argv[argv.index("--expect") + 1] == f"{digest('1')}={folder}/candidates.jsonl"
+
+
+def test_a_stage_that_finds_its_input_tampered_with_fails_the_cycle(api: FakeApi) -> None:
+    run(api)
+    api.finish("c1-harvest-1", {"harvested": 3, "kept": 3, "excluded": 0})  # an older image: no digests
+    run(api)
+    argv = argv_of(api, "c1-verify-1")
+    assert argv[argv.index("--expect") + 1] == "unrecorded=/artifacts/cycles/team/c1-cycle-ui/harvest/candidates.jsonl"
+    message = ("evidence_missing: no digest was recorded for /artifacts/cycles/team/c1-cycle-ui/harvest/candidates."
+               "jsonl when the stage that wrote it ended, so nothing shows it is that stage's output")
+    job = api.jobs["c1-verify-1"]
+    job["status"] |= {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                      "lastTransitionTime": "2026-01-01T00:00:55Z"}]}
+    said = json.dumps({"stage": "verify", "kind": "evidence_missing", "error": message})
+    api.pods.append({"metadata": {"name": "c1-verify-1-x", "creationTimestamp": "2026-01-01T00:00:31Z",
+                                  "labels": job["metadata"]["labels"],
+                                  "ownerReferences": [{"uid": job["metadata"]["uid"]}]},
+                     "status": {"phase": "Failed", "containerStatuses": [
+                         {"name": "stage", "state": {"terminated": {"exitCode": 2, "message": said}}}]}})
+    result = run(api)
+    assert result is not None and result.phase == "Failed"
+    status = api.cycles["c1"]["status"]
+    assert "verify failed" in status["message"] and "evidence_missing" in status["message"]
+    assert "outputs" not in stages(api)["verify"]
+    assert api.releases == {}, "the release is untouched"
 
 
 def test_a_job_left_by_a_deleted_cycle_of_the_same_name_is_not_adopted(api: FakeApi) -> None:

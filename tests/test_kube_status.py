@@ -151,6 +151,30 @@ def test_a_failed_stage_fails_the_cycle_with_its_reason() -> None:
     assert "decision" not in found
 
 
+def test_an_input_that_is_not_what_its_writer_recorded_fails_the_cycle_as_evidence_tampered() -> None:
+    record = record_after(["harvest", "verify"])
+    said = "evidence_tampered: /artifacts/x/verify/verified.jsonl has digest sha256:1, but the stage that wrote it..."
+    failed = status.StageRecord("c1-dataset-1", 1, "failed", summary={"kind": "evidence_tampered", "error": said},
+                                message=f"exit code 2: {said}")
+    found = rendered(record.with_stage("dataset", failed))
+    conditions = by_type(found)
+    assert found["phase"] == "Failed" and conditions["Failed"]["reason"] == "EvidenceTampered"
+    assert "dataset failed: exit code 2: evidence_tampered: /artifacts/x/verify/verified.jsonl" in found["message"]
+    assert "decision" not in found and "releaseRevision" not in found
+    assert_fits_the_crd(found)
+
+
+def test_the_recorded_digests_and_resume_key_fit_the_crd_and_survive_a_round_trip() -> None:
+    outputs = {"/artifacts/x/harvest/candidates.jsonl": "sha256:" + "1" * 64}
+    record = record_after(["harvest"]).with_stage("harvest", status.StageRecord(
+        "c1-harvest-1", 1, "succeeded", summary=SUMMARIES["harvest"], outputs=outputs, resume_key="k" * 64))
+    found = rendered(record)
+    assert found["stages"]["harvest"]["outputs"] == outputs and found["stages"]["harvest"]["resumeKey"] == "k" * 64
+    assert status.read_record(found) == record
+    assert status.read_record(found).state().steps["harvest"].outputs == outputs
+    assert_fits_the_crd(found)
+
+
 def test_a_deadline_is_a_failure_outside_the_plan() -> None:
     record = replace_failure(record_after(["harvest"], running="verify"), ("DeadlineExceeded", "too slow"))
     found = rendered(record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from sigma0.io import read_jsonl, tree_digest
+from sigma0.journal import Journal, resume_key
 from sigma0.ml.generation import HUMAN_EVAL_STOP_SEQUENCES, truncate_at_stop
 from sigma0.ml.models import TinySpec, byte_tokenizer, load_base_model, materialise_tiny
 from sigma0.ml.qlora import IGNORE_INDEX, TrainConfig, encode_example, train_adapter
@@ -210,6 +212,12 @@ def test_train_stage_reuses_its_own_adapter_and_refuses_a_foreign_folder(data: P
     with pytest.raises(StageInputError, match="immutable"):
         _train(data / "train.jsonl", foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+    # The very adapter, manifest and all, planted where this step will write (by a candidate in a sandbox pod that
+    # ran before it): no journal of this step vouches for it, so it is refused, not reused.
+    planted = data / "planted"
+    shutil.copytree(data / "adapter", planted)
+    with pytest.raises(StageInputError, match="did not write"):
+        _train(data / "train.jsonl", planted)
 
 
 def test_train_stage_rejects_an_empty_or_malformed_dataset(tmp_path: Path) -> None:
@@ -277,10 +285,12 @@ def test_generate_stops_at_stop_sequences_and_resumes(data: Path, trained: dict[
     assert len(base_rows) == 5 and all(row["completion"] != EXPECTED for row in base_rows)
     assert summary["results"]["base/mini"]["tokens_generated"] <= 5 * 48
 
-    # An interrupted run: two rows written, the third cut off mid-line.
+    # An interrupted run: two rows written (and journaled: sigma0.journal), the third cut off mid-line.
     completions = output / "candidate" / "mini" / "completions.jsonl"
     lines = completions.read_text().splitlines(keepends=True)
-    completions.write_text("".join(lines[:2]) + lines[2][:10])
+    Journal(completions, resume_key()).rewrite([json.loads(line) for line in lines[:2]])
+    with completions.open("a") as handle:
+        handle.write(lines[2][:10])
     resumed = _generate(data, output, f"candidate={data / 'adapter'}")["results"]["candidate/mini"]
     assert (resumed["generated"], resumed["resumed"]) == (3, 2)
     rows = list(read_jsonl(completions))

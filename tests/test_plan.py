@@ -97,7 +97,8 @@ def test_commands_carry_the_manifest_settings() -> None:
     assert "--sandbox gvisor" in verify and "--timeout 3" in verify
     decide = " ".join(by_name["decide"].argv)
     assert "--margin 0.05" in decide and "--significance 0.1" in decide and "--incumbent" not in decide
-    assert " ".join(by_name["dataset"].argv).endswith("--base /manifests/base.jsonl --exclude-suite humaneval")
+    dataset = " ".join(by_name["dataset"].argv)
+    assert "--base /manifests/base.jsonl" in dataset and "--exclude-suite humaneval" in dataset
     kinds = {s.name: s.kind for s in plan.steps(cycle_spec, state, LAYOUT)}
     assert kinds["verify"] == kinds["score-candidate"] == "sandbox"
     assert kinds["train"] == kinds["generate"] == "gpu"
@@ -192,3 +193,59 @@ def test_an_adapter_that_changed_before_generate_loaded_it_fails_the_cycle(label
     assert isinstance(action, plan.Finish) and action.phase == "Failed"
     assert f"generate loaded a {label} adapter with digest sha256:ffff" in action.reason
     assert "the release is untouched" in action.reason
+
+
+def digest(char: str) -> str:
+    return "sha256:" + char * 64
+
+
+OUTPUTS = {  # what each step records when it ends (sigma0.evidence), as the stage commands report it
+    "harvest": {LAYOUT.at("harvest", "candidates.jsonl"): digest("1")},
+    "verify": {LAYOUT.at("verify", "verified.jsonl"): digest("2")},
+    "dataset": {LAYOUT.at("dataset", "train.jsonl"): digest("3")},
+    "train": {LAYOUT.at("train", "adapter"): SUMMARIES["train"]["adapter_digest"]},
+    "generate": {LAYOUT.at("eval", "completions", "candidate", "gate"): digest("5"),
+                 LAYOUT.at("eval", "completions", "incumbent", "gate"): digest("6")},
+    "score-candidate": {LAYOUT.at("eval", "results", "candidate-gate.jsonl"): digest("7")},
+    "score-incumbent": {LAYOUT.at("eval", "results", "incumbent-gate.jsonl"): digest("8")},
+    "decide": {LAYOUT.at("decide", "decision.json"): digest("9")},
+}
+
+
+def expected(step: plan.Step) -> list[str]:
+    return [step.argv[i + 1] for i, token in enumerate(step.argv) if token == "--expect"]
+
+
+def test_every_step_is_held_to_the_digests_its_inputs_writers_recorded() -> None:
+    results = {name: plan.StepResult("succeeded", summary_of(name, INCUMBENT), outputs=outputs)
+               for name, outputs in OUTPUTS.items()}
+    state = plan.CycleState(True, INCUMBENT, results)
+    by_name = {s.name: s for s in plan.steps(spec(), state, LAYOUT)}
+    assert expected(by_name["harvest"]) == []
+    assert expected(by_name["verify"]) == [f"{digest('1')}={LAYOUT.at('harvest', 'candidates.jsonl')}"]
+    assert expected(by_name["dataset"]) == [f"{digest('2')}={LAYOUT.at('verify', 'verified.jsonl')}"]
+    assert expected(by_name["train"]) == [f"{digest('3')}={LAYOUT.at('dataset', 'train.jsonl')}"]
+    assert expected(by_name["generate"]) == [f"{SUMMARIES['train']['adapter_digest']}={LAYOUT.at('train', 'adapter')}",
+                                             f"{INCUMBENT.digest}={INCUMBENT.uri}"]
+    # score reads one file of the folder generate recorded: it is held to the folder's digest
+    assert expected(by_name["score-incumbent"]) == [
+        f"{digest('6')}={LAYOUT.at('eval', 'completions', 'incumbent', 'gate')}"]
+    assert by_name["score-incumbent"].reads == (
+        LAYOUT.at("eval", "completions", "incumbent", "gate", "completions.jsonl"),)
+    assert expected(by_name["decide"]) == [f"{digest('7')}={LAYOUT.at('eval', 'results', 'candidate-gate.jsonl')}",
+                                           f"{digest('8')}={LAYOUT.at('eval', 'results', 'incumbent-gate.jsonl')}"]
+    action = plan.next_action(spec(), state, LAYOUT)
+    assert isinstance(action, plan.Publish) and action.decision_digest == digest("9")
+
+
+def test_an_input_nobody_recorded_is_expected_as_unrecorded_and_a_failed_writer_records_nothing() -> None:
+    """An older stage image that reports no digests, or a step that failed: the reader is still given an
+    expectation, `unrecorded`, which its stage refuses (evidence_missing) rather than reading an unproven file."""
+    outputs = OUTPUTS["harvest"]
+    state = plan.CycleState(True, None, {"harvest": plan.StepResult("succeeded", {})})
+    action = plan.next_action(spec(), state, LAYOUT)
+    assert isinstance(action, plan.RunStep) and action.step.name == "verify"
+    assert expected(action.step) == [f"unrecorded={LAYOUT.at('harvest', 'candidates.jsonl')}"]
+    failed = plan.CycleState(True, None, {"harvest": plan.StepResult("failed", {}, "x", outputs=outputs)})
+    verify = {s.name: s for s in plan.steps(spec(), failed, LAYOUT)}["verify"]
+    assert expected(verify) == [f"unrecorded={LAYOUT.at('harvest', 'candidates.jsonl')}"]

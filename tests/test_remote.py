@@ -66,6 +66,27 @@ def test_pull_then_push_uploads_only_what_changed(tmp_path: Path) -> None:
     assert store.cat("/run1/adapter/weights.bin") == b"changed"
 
 
+def test_a_copys_journal_travels_with_it(tmp_path: Path) -> None:
+    """score resumes its results, train reuses its adapter, only as their journals (sigma0.journal) vouch: on a
+    store, each journal is pulled and pushed beside the file or folder it is about."""
+    store = fsspec.filesystem("memory")
+    store.pipe("/run2/results.jsonl", b'{"task_id": "T/0"}\n')
+    store.pipe("/run2/results.jsonl.journal", b'{"bytes": 19}')
+    store.pipe("/run2/adapter/w.bin", b"w")
+    planned = remote.plan_copies(["--output", "memory://run2/results.jsonl", "--output-dir", "memory://run2/adapter",
+                                  "--report", "memory://run2/new.json"], tmp_path)
+    before = remote.pull(planned.copies)
+    results, adapter, report = (c.local for c in planned.copies)
+    assert results.with_name("results.jsonl.journal").read_bytes() == b'{"bytes": 19}'
+    results.with_name("results.jsonl.journal").write_bytes(b'{"bytes": 38}')
+    adapter.with_name("adapter.journal").write_bytes(b"{}")
+    report.with_name("new.json.journal").write_bytes(b"{}")
+    uploaded = remote.push(planned.copies, before)
+    assert sorted(uploaded) == ["memory://run2/adapter.journal", "memory://run2/new.json.journal",
+                                "memory://run2/results.jsonl.journal"]
+    assert store.cat("/run2/results.jsonl.journal") == b'{"bytes": 38}'
+
+
 # Against S3 --------------------------------------------------------------------------------------------------------
 
 

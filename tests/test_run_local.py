@@ -155,3 +155,52 @@ def test_a_failing_stage_fails_the_cycle_and_leaves_the_release_untouched(tmp_pa
     assert state["finished"]["phase"] == "Failed"
     assert state["finished"]["reason"].startswith("train failed")
     assert LocalReleaseStore(workdir / "releases").current("coder") is None
+
+
+class Planter:
+    """A reporter that, when `after` ends, changes `path` (relative to the cycle folder) as a candidate running in
+    that sandbox step could have: the next step must refuse it."""
+
+    def __init__(self, cycle_dir: Path, after: str, path: str, change: Any) -> None:
+        self.cycle_dir, self.after, self.path, self.change = cycle_dir, after, path, change
+        self.ran: list[str] = []
+
+    def step_started(self, step: Any, resumed: bool) -> None:
+        self.ran.append(step.name)
+
+    def step_finished(self, step: Any, result: Any, seconds: float) -> None:
+        if step.name == self.after:
+            self.change(self.cycle_dir / self.path)
+
+    def step_skipped(self, step: Any, result: Any) -> None:
+        pass
+
+
+def test_a_row_planted_in_verified_jsonl_after_verify_stops_the_cycle_before_dataset_reads_it(
+    tmp_path: Path,
+) -> None:
+    from sigma0.executors.local import LocalExecutor, choose_cycle
+    from sigma0.local_release import LocalReleases
+    from sigma0.spec import load_manifest
+
+    workdir = tmp_path / "work"
+    path = manifest(tmp_path, name="planted")
+    cycle = load_manifest(str(path))
+    run = choose_cycle(cycle, workdir)
+
+    def plant(verified: Path) -> None:
+        row = {"id": "planted", "fn": "f", "instruction": "Return 1.", "code": "def f():\n    return 1\n"}
+        with verified.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    planter = Planter(run.cycle_dir, "verify", "verify/verified.jsonl", plant)
+    done = LocalExecutor(cycle, workdir, LocalReleases(workdir / "releases"), planter, tmp_path).run(run)
+
+    assert planter.ran == ["harvest", "verify", "dataset"]
+    assert done.finished is not None and done.finished["phase"] == "Failed"
+    assert "dataset failed" in done.finished["reason"] and "evidence_tampered" in done.finished["reason"]
+    state = state_of(workdir, "planted")
+    verified = str(run.cycle_dir.resolve() / "verify" / "verified.jsonl")
+    assert verified in state["steps"]["verify"]["outputs"]
+    assert not (run.cycle_dir / "dataset" / "train.jsonl").exists()
+    assert LocalReleaseStore(workdir / "releases").current("coder") is None, "the release is untouched"

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sigma0.io import read_json, read_jsonl, text_digest
+from sigma0.journal import KEY_ENV, Journal
+from sigma0.sandbox import Reason, Verdict
 from sigma0.sandbox.runner import find_runsc
 from sigma0.stages import StageInputError, score
 from sigma0.suites import Subset, load_suite
@@ -91,35 +95,108 @@ def test_every_problem_gets_one_result_and_pass_at_1_counts_them(tmp_path: Path,
     assert report["settings"]["runsc"] == (runsc.to_dict() if sandbox == "gvisor" and runsc else None)
 
 
-def test_an_interrupted_score_resumes_without_rerunning_what_is_done(tmp_path: Path, suite: Path) -> None:
-    write_completions(tmp_path, {task: problem["canonical_solution"] for task, problem in zip(
-        ["T/0", "T/1", "T/2", "T/3"], PROBLEMS, strict=True)})  # fmt: skip
-    # A result an earlier run left: marked so that a rerun would show (the real verdict would be "passed").
-    earlier = {"task_id": "T/1", "passed": False, "reason": "timeout", "detail": "from the earlier run",
-               "completion_digest": text_digest(PROBLEMS[1]["canonical_solution"])}  # fmt: skip
+CANONICAL = {problem["task_id"]: problem["canonical_solution"] for problem in PROBLEMS}
+
+
+def interrupted(verdicts: list[Verdict]) -> Callable[..., Iterator[Verdict]]:
+    """A sandbox that answers `verdicts`, then dies as a killed pod does (the rows so far stay written)."""
+
+    def run_programs(programs: Any, **kwargs: Any) -> Iterator[Verdict]:
+        list(programs)
+        yield from verdicts
+        raise KeyboardInterrupt("killed")
+
+    return run_programs
+
+
+def test_an_interrupted_score_resumes_without_rerunning_what_is_done(
+    tmp_path: Path, suite: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_completions(tmp_path, CANONICAL)
+    monkeypatch.setenv(KEY_ENV, "the step's key")
+    # An earlier run of this step, killed after one verdict: marked so that a rerun would show (the real verdict
+    # would be "passed"), and a second row cut off mid-write by the kill.
+    with monkeypatch.context() as patched:
+        earlier_verdict = Verdict("T/1", False, Reason.TIMEOUT, "from the earlier run")
+        patched.setattr(score, "run_programs", interrupted([earlier_verdict]))
+        with pytest.raises(KeyboardInterrupt):
+            score.run(stage_args(tmp_path, suite, "--sandbox", "process"))
     results = tmp_path / "results.jsonl"
-    results.write_text(json.dumps(earlier) + "\n" + '{"task_id": "T/2", "pass')  # cut off mid-write
+    earlier = list(read_jsonl(results))
+    assert [row["detail"] for row in earlier] == ["from the earlier run"]
+    with results.open("a") as handle:
+        handle.write('{"task_id": "T/2", "pass')
 
     summary = score.run(stage_args(tmp_path, suite, "--sandbox", "process"))
 
     assert summary["resumed"] == 1 and summary["passed"] == 3 and summary["total"] == 4
+    assert "set_aside" not in summary
     rows = list(read_jsonl(results))
-    assert rows[0] == earlier
+    assert rows[0] == earlier[0]
     assert sorted(row["task_id"] for row in rows) == ["T/0", "T/1", "T/2", "T/3"]
 
     again = score.run(stage_args(tmp_path, suite, "--sandbox", "process"))
     assert again["resumed"] == 4 and again["passed"] == 3 and list(read_jsonl(results)) == rows
 
 
+PLANTED = [{"task_id": task, "passed": False, "reason": "assertion", "detail": "planted",
+            "completion_digest": text_digest(text)} for task, text in CANONICAL.items()]  # fmt: skip
+
+
+def test_result_rows_this_step_did_not_write_are_set_aside_and_scored_again(
+    tmp_path: Path, suite: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A candidate that ran in an earlier sandbox pod plants failing rows for every problem, with the right
+    completion digests: without a journal, with one it made itself, or with one from another step's key."""
+    write_completions(tmp_path, CANONICAL)
+    results = tmp_path / "results.jsonl"
+    monkeypatch.setenv(KEY_ENV, "the step's key")
+    for forged_key in (None, b"", b"a key the planter guessed"):
+        results.write_text("".join(json.dumps(row) + "\n" for row in PLANTED))
+        if forged_key is not None:
+            forged = Journal(tmp_path / "other.jsonl", forged_key)
+            forged.rewrite(PLANTED)
+            (tmp_path / "other.jsonl.journal").replace(tmp_path / "results.jsonl.journal")
+
+        summary = score.run(stage_args(tmp_path, suite, "--sandbox", "process"))
+
+        assert summary["resumed"] == 0 and summary["passed"] == 4 and summary["pass_at_1"] == 1.0
+        assert "results.jsonl" in summary["set_aside"]
+        assert all(row["detail"] != "planted" for row in read_jsonl(results))
+        assert list(read_jsonl(tmp_path / "results.jsonl.untrusted")) == PLANTED
+        results.unlink()
+
+
+def test_rows_written_into_the_results_while_score_runs_do_not_survive(
+    tmp_path: Path, suite: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A completion that, while it runs, rewrites the results file (as code in a score pod could): score's own
+    rows are what the file holds at the end, and its journal vouches for exactly them."""
+    write_completions(tmp_path, CANONICAL)
+    results = tmp_path / "results.jsonl"
+    real = score.run_programs
+
+    def meddling(programs: Any, **kwargs: Any) -> Iterator[Verdict]:
+        for verdict in real(programs, **kwargs):
+            results.write_text("".join(json.dumps(row) + "\n" for row in PLANTED))
+            yield verdict
+
+    monkeypatch.setattr(score, "run_programs", meddling)
+    summary = score.run(stage_args(tmp_path, suite, "--sandbox", "process"))
+    rows = list(read_jsonl(results))
+    assert summary["passed"] == 4 and sorted(row["task_id"] for row in rows) == sorted(CANONICAL)
+    assert all(row["passed"] for row in rows)
+    monkeypatch.setattr(score, "run_programs", real)
+    assert score.run(stage_args(tmp_path, suite, "--sandbox", "process"))["resumed"] == 4
+
+
 def test_results_from_another_completion_or_task_set_are_refused(tmp_path: Path, suite: Path) -> None:
     write_completions(tmp_path, COMPLETIONS)
-    results = tmp_path / "results.jsonl"
-    stale = {"task_id": "T/0", "passed": True, "reason": "passed", "detail": "", "completion_digest": "sha256:other"}
-    results.write_text(json.dumps(stale) + "\n")
-    with pytest.raises(StageInputError, match="another completion"):
-        score.run(stage_args(tmp_path, suite, "--sandbox", "process"))
-    results.write_text(json.dumps({**stale, "task_id": "X/9"}) + "\n")
+    score.run(stage_args(tmp_path, suite, "--sandbox", "process"))
     with pytest.raises(StageInputError, match="not a task of this suite"):
+        score.run(stage_args(tmp_path, suite, "--sandbox", "process", "--subset", "first:2"))
+    write_completions(tmp_path, {**COMPLETIONS, "T/0": "    return 1 + x\n"})
+    with pytest.raises(StageInputError, match="another completion"):
         score.run(stage_args(tmp_path, suite, "--sandbox", "process"))
 
 

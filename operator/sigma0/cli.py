@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from sigma0 import __version__, remote
+from sigma0 import __version__, evidence, remote
 from sigma0.spec import ManifestError, TrainingCycle, load_manifest, validate_file
 from sigma0.stages import STAGES, StageInputError, load_stage
 from sigma0.termination import write_summary
@@ -40,11 +40,22 @@ def _stage_command(name: str, argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"sigma0 stage {name}", description=(module.__doc__ or "").strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)
-    parser.parse_args(argv)  # usage errors before any download
+    parser.add_argument("--expect", action="append", default=[], metavar="DIGEST=PATH",
+                        help="an input's digest as the stage that wrote it recorded (sigma0.evidence); checked "
+                        "before the stage reads anything (repeatable)")
+    given = parser.parse_args(argv)  # usage errors before any download
     with tempfile.TemporaryDirectory(prefix="sigma0-remote-") as scratch:
         try:
+            names = module.outputs(given)  # as the plan named them: the cycle's record holds these
             with remote.staged(argv, Path(scratch)) as local_argv:
-                summary = module.run(parser.parse_args(local_argv))
+                args = parser.parse_args(local_argv)
+                evidence.check(args.expect)
+                summary = module.run(args)
+                summary[evidence.OUTPUTS] = evidence.record(list(zip(names, module.outputs(args), strict=True)))
+        except evidence.EvidenceTampered as error:
+            write_summary({"stage": name, "error": str(error), "kind": error.reason})
+            print(f"sigma0 stage {name}: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         except StageInputError as error:
             write_summary({"stage": name, "error": str(error), "kind": "input"})
             print(f"sigma0 stage {name}: {error}", file=sys.stderr)

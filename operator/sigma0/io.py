@@ -178,5 +178,10 @@ def tree_digest(folder: str | os.PathLike[str]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def path_digest(path: str | os.PathLike[str]) -> str:
+    """The digest of a stage output: a folder's tree_digest, a file's file_digest."""
+    return tree_digest(path) if Path(path).is_dir() else file_digest(path)
+
+
 def text_digest(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
+from sigma0 import evidence
 from sigma0.spec import CycleSpec
 
 StepKind = Literal["plain", "sandbox", "gpu"]
@@ -30,13 +31,15 @@ TERMINAL_PHASES = (PHASE_SUCCEEDED, PHASE_FAILED)
 @dataclass(frozen=True)
 class Step:
     """One stage command of the cycle. `kind` says where it may run: `sandbox` steps execute untrusted code (gVisor,
-    no network), `gpu` steps load the model and never execute model output, `plain` steps only move data."""
+    no network), `gpu` steps load the model and never execute model output, `plain` steps only move data. `reads`:
+    the inputs that earlier steps wrote; argv expects each to have the digest its writer recorded."""
 
     name: str
     stage: str
     kind: StepKind
     phase: str
     argv: tuple[str, ...]
+    reads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,12 @@ class Incumbent:
 
 @dataclass(frozen=True)
 class StepResult:
+    """`outputs`: the digest of every file or folder the step wrote, recorded when it ended (sigma0.evidence)."""
+
     state: StepState
     summary: Mapping[str, Any] = field(default_factory=dict)
     message: str = ""
+    outputs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class Publish:
     decision_file: str
     candidate_uri: str
     candidate_digest: str
+    decision_digest: str | None = None  # what decide recorded for decision_file: check it before reading the file
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,13 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
     candidate_digest = str(train_summary.get("adapter_digest", ""))
     adapter_dir = layout.at("train", "adapter")
     completions = layout.at("eval", "completions")
+    recorded = {name: digest for result in state.steps.values() if result.state == "succeeded"
+                for name, digest in result.outputs.items()}
+
+    def step(name: str, stage: str, kind: StepKind, phase: str, args: list[str], reads: list[str],
+             expect: tuple[str, ...] = ()) -> Step:
+        return Step(name, stage, kind, phase, _cmd([*args, *evidence.expect_args(recorded, reads), *expect]),
+                    tuple(reads))
 
     # Training never sees the eval set: harvest and dataset check their rows against the same suites.
     exclude = [arg for suite in excluded_suites(spec) for arg in ("--exclude-suite", _suite_arg(suite, layout))]
@@ -181,13 +195,19 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
                 "--subset", e.subset, "--output-dir", completions, "--report", layout.at("eval", "generate.json"),
                 "--max-new-tokens", str(e.max_new_tokens), "--batch-size", str(e.batch_size),
                 "--device", t.device, "--quantization", t.quantization]
+    incumbent_expect: tuple[str, ...] = ()
     if incumbent:
         generate += ["--adapter", f"incumbent={incumbent.uri}"]
+        if incumbent.uri != "none":  # the release's adapter, as the release names it
+            incumbent_expect = ("--expect", f"{incumbent.digest}={incumbent.uri}")
     for label, suite in suites.items():
         generate += ["--suite", f"{label}={_suite_arg(suite, layout)}"]
 
+    def score_input(adapter: str, label: str) -> list[str]:
+        return [join(completions, adapter, label, "completions.jsonl")]
+
     def score(adapter: str, label: str, suite: str, digest: str) -> list[str]:
-        return ["score", "--completions", join(completions, adapter, label, "completions.jsonl"),
+        return ["score", "--completions", score_input(adapter, label)[0],
                 "--output", layout.at("eval", "results", f"{adapter}-{label}.jsonl"),
                 "--report", layout.at("eval", "results", f"{adapter}-{label}.json"),
                 "--suite", _suite_arg(suite, layout), "--subset", e.subset,
@@ -202,23 +222,27 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
     if p.significance is not None:
         decide += ["--significance", _num(p.significance)]
 
+    results = [layout.at("eval", "results", "candidate-gate.jsonl")]
+    if incumbent:
+        results.append(layout.at("eval", "results", "incumbent-gate.jsonl"))
+
     plan = [
-        Step("harvest", "harvest", "plain", "Harvesting", _cmd(harvest)),
-        Step("verify", "verify", "sandbox", "Verifying", _cmd(verify)),
-        Step("dataset", "dataset", "plain", "Training", _cmd(dataset)),
-        Step("train", "train", "gpu", "Training", _cmd(train)),
-        Step("generate", "generate", "gpu", "Evaluating", _cmd(generate)),
-        Step("score-candidate", "score", "sandbox", "Evaluating",
-             _cmd(score("candidate", "gate", e.suite, candidate_digest))),
+        step("harvest", "harvest", "plain", "Harvesting", harvest, []),
+        step("verify", "verify", "sandbox", "Verifying", verify, [layout.at("harvest", "candidates.jsonl")]),
+        step("dataset", "dataset", "plain", "Training", dataset, [layout.at("verify", "verified.jsonl")]),
+        step("train", "train", "gpu", "Training", train, [layout.at("dataset", "train.jsonl")]),
+        step("generate", "generate", "gpu", "Evaluating", generate, [adapter_dir], incumbent_expect),
+        step("score-candidate", "score", "sandbox", "Evaluating",
+             score("candidate", "gate", e.suite, candidate_digest), score_input("candidate", "gate")),
     ]
     if incumbent:
-        plan.append(Step("score-incumbent", "score", "sandbox", "Evaluating",
-                         _cmd(score("incumbent", "gate", e.suite, incumbent.digest))))
+        plan.append(step("score-incumbent", "score", "sandbox", "Evaluating",
+                         score("incumbent", "gate", e.suite, incumbent.digest), score_input("incumbent", "gate")))
     for index, suite in enumerate(e.report_suites):
         label = _suite_label(index)
-        plan.append(Step(f"score-candidate-{label}", "score", "sandbox", "Evaluating",
-                         _cmd(score("candidate", label, suite, candidate_digest))))
-    plan.append(Step("decide", "decide", "plain", "Deciding", _cmd(decide)))
+        plan.append(step(f"score-candidate-{label}", "score", "sandbox", "Evaluating",
+                         score("candidate", label, suite, candidate_digest), score_input("candidate", label)))
+    plan.append(step("decide", "decide", "plain", "Deciding", decide, results))
     return plan
 
 
@@ -266,11 +290,13 @@ def next_action(spec: CycleSpec, state: CycleState, layout: Layout) -> Action:
         early = _early_finish(step, result, state)
         if early is not None:
             return early
-    decision = state.steps["decide"].summary
+    decide = state.steps["decide"]
     train = state.steps["train"].summary
-    return Publish(decision=decision, decision_file=layout.at("decide", "decision.json"),
+    decision_file = layout.at("decide", "decision.json")
+    return Publish(decision=decide.summary, decision_file=decision_file,
                    candidate_uri=layout.at("train", "adapter"),
-                   candidate_digest=str(train.get("adapter_digest", "")))
+                   candidate_digest=str(train.get("adapter_digest", "")),
+                   decision_digest=decide.outputs.get(decision_file))
 
 
 def _early_finish(step: Step, result: StepResult, state: CycleState) -> Finish | None:

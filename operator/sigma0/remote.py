@@ -6,7 +6,7 @@ carry paths (sigma0.kube.jobs.layout). `sigma0 stage` runs the stage on local co
     1. `plan_copies` maps every remote argument to a local path under a scratch folder (the same URI always to
        the same path, so a folder and a file inside it agree) and rewrites the command line;
     2. `pull` downloads whatever of those exists remotely: inputs, and outputs a previous attempt left (stages
-       resume from them);
+       resume from them), each with its journal beside it (`<name>.journal`, sigma0.journal) if it has one;
     3. the stage runs on local files, as it does on a volume;
     4. `push` uploads every file that is new or changed under the mapped paths, also when the stage failed, so a
        resumable stage (score, generate) keeps its progress. A failed upload fails the stage: an output that did
@@ -43,6 +43,7 @@ CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSI
                         "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING",
                         "AZURE_STORAGE_SAS_TOKEN")
 PR_SET_DUMPABLE = 4
+JOURNAL = ".journal"  # sigma0.journal's suffix
 
 
 class RemoteError(RuntimeError):
@@ -106,12 +107,21 @@ def _open(uri: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(uri)
 
 
+def _journal(copy: Copy) -> tuple[str, Path]:
+    """The journal beside a copy (sigma0.journal: score's results, train's adapter): it travels with the copy."""
+    return f"{copy.uri}{JOURNAL}", copy.local.with_name(copy.local.name + JOURNAL)
+
+
 def pull(copies: Iterable[Copy]) -> Snapshot:
-    """Download every copy that exists in the store (a file, or a folder with everything under it); return the
-    (size, mtime) of each local file afterwards, which `push` compares against."""
+    """Download every copy that exists in the store (a file, or a folder with everything under it, and the journal
+    beside it); return the (size, mtime) of each local file afterwards, which `push` compares against."""
     for copy in copies:
         try:
             filesystem, path = _open(copy.uri)
+            journal_local = _journal(copy)[1]
+            if filesystem.isfile(path + JOURNAL):
+                journal_local.parent.mkdir(parents=True, exist_ok=True)
+                filesystem.get_file(path + JOURNAL, str(journal_local))
             if filesystem.isdir(path):
                 for remote_file in filesystem.find(path):
                     relative = posixpath.relpath(remote_file, path)
@@ -129,9 +139,10 @@ def pull(copies: Iterable[Copy]) -> Snapshot:
 
 
 def _files(copy: Copy) -> list[Path]:
+    journal = [_journal(copy)[1]] if _journal(copy)[1].is_file() else []
     if copy.local.is_dir():
-        return sorted(p for p in copy.local.rglob("*") if p.is_file())
-    return [copy.local] if copy.local.is_file() else []
+        return sorted(p for p in copy.local.rglob("*") if p.is_file()) + journal
+    return ([copy.local] if copy.local.is_file() else []) + journal
 
 
 def snapshot(copies: Iterable[Copy]) -> dict[Path, tuple[int, int]]:
@@ -152,8 +163,11 @@ def push(copies: Iterable[Copy], before: Snapshot) -> list[str]:
             stat = file.stat()
             if before.get(file) == (stat.st_size, stat.st_mtime_ns):
                 continue
-            relative = file.relative_to(copy.local).as_posix()
-            uri, target = (copy.uri, path) if relative == "." else (f"{copy.uri}/{relative}", f"{path}/{relative}")
+            if file == _journal(copy)[1]:
+                uri, target = f"{copy.uri}{JOURNAL}", f"{path}{JOURNAL}"
+            else:
+                relative = file.relative_to(copy.local).as_posix()
+                uri, target = (copy.uri, path) if relative == "." else (f"{copy.uri}/{relative}", f"{path}/{relative}")
             try:
                 filesystem.put_file(str(file), target)
             except Exception as error:

@@ -10,6 +10,7 @@ from typing import Any
 
 LIMIT_BYTES = 4096
 POD_PATH = Path("/dev/termination-log")
+CUT = "(cut: too large for a termination message)"
 
 
 def termination_path() -> Path | None:
@@ -21,17 +22,23 @@ def termination_path() -> Path | None:
     return None
 
 
+KEPT = ("outputs", "error", "kind", "stage")  # cut only when nothing else is left to cut
+
+
 def encode(summary: dict[str, Any], limit: int = LIMIT_BYTES) -> str:
     """Compact JSON that fits the limit: if it does not, the largest fields are replaced by a note, one by one,
-    so what arrives is always valid JSON and says what was cut."""
+    so what arrives is always valid JSON and says what was cut. The outputs' digests (sigma0.evidence) and an
+    error go last: a later stage cannot read an output whose digest was not recorded."""
     summary = dict(summary)
     text = json.dumps(summary, separators=(",", ":"), sort_keys=True, default=str)
     while len(text.encode()) > limit and summary:
-        largest = max(summary, key=lambda key: len(json.dumps(summary[key], default=str)))
-        if summary[largest] == "(cut: too large for a termination message)":
+        cuttable = ([key for key in summary if key not in KEPT and summary[key] != CUT]
+                    or [key for key in summary if summary[key] == CUT] or list(summary))
+        largest = max(cuttable, key=lambda key: len(json.dumps(summary[key], default=str)))
+        if summary[largest] == CUT:
             summary.pop(largest)
         else:
-            summary[largest] = "(cut: too large for a termination message)"
+            summary[largest] = CUT
         text = json.dumps(summary, separators=(",", ":"), sort_keys=True, default=str)
     return text
 

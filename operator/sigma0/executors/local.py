@@ -2,7 +2,9 @@
 
 State lives in `<workdir>/cycles/<name>/state.json`, rewritten atomically after every transition, so a killed run
 resumes where it stopped: finished steps are never redone, and an interrupted step is started again (every stage
-command resumes or rewrites its own outputs atomically).
+command resumes or rewrites its own outputs atomically; it resumes only from partial output its journal, made under
+the step's resume key kept here, vouches for: sigma0.journal). Each finished step's outputs are recorded by digest
+(sigma0.evidence), and later steps are held to them.
 
 GPU steps run on the placement `local` (this machine; the manifest's cluster placements do not apply here, and
 neither do their budgets). Their hours are accounted as the operator accounts a GPU pod's (sigma0.placement):
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sigma0 import placement, plan
+from sigma0 import evidence, journal, placement, plan
 from sigma0.io import read_json, text_digest, write_json_atomic
 from sigma0.release_rules import Releases
 from sigma0.spec import TrainingCycle
@@ -56,6 +58,7 @@ class CycleRun:
     started_at: str
     finished: dict[str, Any] | None = None
     placements: dict[str, str] = field(default_factory=dict)  # GPU step → the placement it ran on
+    resume_keys: dict[str, str] = field(default_factory=dict)  # step → the key of its journals (sigma0.journal)
 
 
 def _now() -> str:
@@ -77,11 +80,12 @@ def _state_to_json(run: CycleRun) -> dict[str, Any]:
         "startedAt": run.started_at,
         "incumbentResolved": state.incumbent_resolved,
         "incumbent": asdict(state.incumbent) if state.incumbent else None,
-        "steps": {name: {"state": r.state, "summary": dict(r.summary), "message": r.message}
-                  for name, r in state.steps.items()},
+        "steps": {name: {"state": r.state, "summary": dict(r.summary), "message": r.message,
+                         "outputs": dict(r.outputs)} for name, r in state.steps.items()},
         "published": dict(state.published) if state.published is not None else None,
         "finished": run.finished,
         "placements": dict(run.placements),
+        "resumeKeys": dict(run.resume_keys),
     }
 
 
@@ -90,12 +94,12 @@ def _state_from_json(cycle_dir: Path, data: dict[str, Any]) -> CycleRun:
     state = plan.CycleState(
         incumbent_resolved=bool(data.get("incumbentResolved")),
         incumbent=incumbent,
-        steps={name: plan.StepResult(r["state"], r.get("summary") or {}, r.get("message", ""))
+        steps={name: plan.StepResult(r["state"], r.get("summary") or {}, r.get("message", ""), r.get("outputs") or {})
                for name, r in (data.get("steps") or {}).items()},
         published=data.get("published"),
     )
     return CycleRun(data["name"], cycle_dir, state, data["manifestDigest"], data["startedAt"], data.get("finished"),
-                    dict(data.get("placements") or {}))
+                    dict(data.get("placements") or {}), dict(data.get("resumeKeys") or {}))
 
 
 def save(run: CycleRun) -> None:
@@ -175,6 +179,11 @@ class LocalExecutor:
                 result = self._run_step(run, action.step, resumed)
                 run.state = replace(run.state, steps={**run.state.steps, action.step.name: result})
             elif isinstance(action, plan.Publish):
+                tampered = _check_decision(action)
+                if tampered is not None:
+                    run.finished = {"phase": plan.PHASE_FAILED, "outcome": None, "reason": tampered, "at": _now()}
+                    save(run)
+                    return run
                 # the whole decision.json, not the step's summary: the local release log keeps its policy too
                 published = self.releases.publish(
                     self.spec.release, cycle=run.name, decision=read_json(action.decision_file),
@@ -190,13 +199,16 @@ class LocalExecutor:
 
     def _run_step(self, run: CycleRun, step: plan.Step, resumed: bool) -> plan.StepResult:
         run.state = replace(run.state, steps={**run.state.steps, step.name: plan.StepResult("running")})
+        # Made when the step first starts, so no step before it can know it; a rerun after a kill gets the same.
+        key = run.resume_keys.setdefault(step.name, secrets.token_hex(32))
         save(run)
         self.reporter.step_started(step, resumed)
         logs = run.cycle_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         summary_file = logs / f"{step.name}.summary.json"
         summary_file.unlink(missing_ok=True)
-        env = {**os.environ, "SIGMA0_TERMINATION_LOG": str(summary_file), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "SIGMA0_TERMINATION_LOG": str(summary_file), "PYTHONUNBUFFERED": "1",
+               journal.KEY_ENV: key}
         command = [sys.executable, "-m", "sigma0", *step.argv[1:]]
         began = time.monotonic()
         usage = self._gpu_started(run, step)
@@ -205,12 +217,12 @@ class LocalExecutor:
             log.flush()
             code = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                   env=env, check=False).returncode
-        summary = _read_summary(summary_file)
+        summary, outputs = evidence.split(_read_summary(summary_file))
         if usage is not None:
             gpus = usage.gpus if "device" not in summary else int(summary["device"] == "cuda")
             placement.record_local(self.ledger, replace(usage, end=datetime.now(UTC), gpus=gpus))
         if code == 0:
-            result = plan.StepResult("succeeded", summary)
+            result = plan.StepResult("succeeded", summary, outputs=outputs)
         else:
             message = str(summary.get("error") or _tail(logs / f"{step.name}.log"))
             result = plan.StepResult("failed", summary, f"exit code {code}: {message}")
@@ -251,6 +263,16 @@ class LocalExecutor:
             "suite": self.spec.eval.suite,
             "subset": self.spec.eval.subset,
         }
+
+
+def _check_decision(action: plan.Publish) -> str | None:
+    """Why decision.json cannot be published (it is not what decide recorded), or None: the local release store
+    reads the decision from that file."""
+    try:
+        evidence.check([f"{action.decision_digest or evidence.UNRECORDED}={action.decision_file}"])
+    except evidence.EvidenceTampered as error:
+        return f"publish: {error}"
+    return None
 
 
 def _gpus_here() -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from sigma0 import placement, plan
+from sigma0 import evidence, placement, plan
 from sigma0.kube import CYCLES, GROUP, VERSION, jobs, queue
 from sigma0.kube.ledger import NAME as LEDGER_NAME
 from sigma0.kube.ledger import ClusterLedger, LedgerError
@@ -258,12 +259,14 @@ class JobExecutor:
             if stage is None:  # created by an operator that was killed before it wrote the status
                 work.event("Normal", "JobAdopted", f"{step}: adopted Job {job['metadata']['name']}")
                 stage = StageRecord(job["metadata"]["name"], attempt, "running",
-                                    isolation=self._isolation(spec, layout, work.record, step))
+                                    isolation=self._isolation(spec, layout, work.record, step),
+                                    resume_key=jobs.resume_key_of(job))
             seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []))
             on = (job["metadata"].get("labels") or {}).get(jobs.LABEL_PLACEMENT) or stage.placement
+            summary, outputs = evidence.split(seen.summary)  # the digests go to their own field of the record
             updated = replace(stage, job=job["metadata"]["name"], attempt=attempt, state=seen.state,
-                              summary=seen.summary, message=seen.message, start=seen.start, end=seen.end,
-                              placement=on)
+                              summary=summary, message=seen.message, start=seen.start, end=seen.end,
+                              placement=on, outputs=outputs if seen.state == "succeeded" else {})
             if seen.state == "running":
                 work.waiting = seen.waiting or work.waiting
                 if seen.unschedulable_since and seen.waiting:
@@ -429,8 +432,10 @@ class JobExecutor:
         from kubernetes.client.exceptions import ApiException
 
         remaining = math.ceil((deadline - self.clock()).total_seconds()) + JOB_DEADLINE_SLACK_SECONDS
+        earlier = work.record.stages.get(step.name)  # every attempt of a step resumes under one key
+        key = (earlier.resume_key if earlier else None) or secrets.token_hex(32)
         body = jobs.build_job(step, cycle=ref, spec=spec, settings=self.settings, attempt=attempt,
-                              active_deadline_seconds=remaining, placement=on)
+                              active_deadline_seconds=remaining, placement=on, resume_key=key)
         name = body["metadata"]["name"]
         adopted = False
         try:
@@ -447,10 +452,12 @@ class JobExecutor:
                                 "waiting for the garbage collector to remove it")
                 return False
             adopted = True
+            key = jobs.resume_key_of(job) or key
         _, isolation = jobs.stage_argv(step, spec.placement.sandbox.runtime_class_name)
         work.jobs[step.name] = job
         work.record = work.record.with_stage(step.name, StageRecord(
-            name, attempt, "running", isolation=isolation, placement=on.name if on else None, skipped=skipped))
+            name, attempt, "running", isolation=isolation, placement=on.name if on else None, skipped=skipped,
+            resume_key=key))
         where = f" on placement {on.name}" if on else ""
         if adopted:  # created by an operator that was killed before it wrote the status, and not listed then
             work.event("Normal", "JobAdopted", f"{step.name}: adopted Job {name}, which already existed{where}")

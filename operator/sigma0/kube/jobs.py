@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sigma0 import plan
+from sigma0 import journal, plan
 from sigma0.kube import API_VERSION
 from sigma0.placement import Usage, gpu_count, options_for, parse_time
 from sigma0.spec import CycleSpec, GpuPlacement
@@ -245,9 +245,10 @@ def _security(settings: PodSettings) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: PodSettings, attempt: int,
-              active_deadline_seconds: int, placement: GpuPlacement | None = None) -> dict[str, Any]:
+              active_deadline_seconds: int, placement: GpuPlacement | None = None,
+              resume_key: str | None = None) -> dict[str, Any]:
     """The Job that runs `step` for `cycle` (attempt 1, 2, ...); a GPU step on `placement` (default: the first
-    of its placements)."""
+    of its placements). `resume_key`: the step's key for the journals of what it resumes (sigma0.journal)."""
     name = job_name(cycle.name, step.name, attempt)
     gpu = step.kind == "gpu"
     placement = (placement or options_for(spec, step.stage)[0]) if gpu else None
@@ -261,6 +262,8 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
     env = [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
            {"name": "SIGMA0_TERMINATION_LOG", "value": TERMINATION_PATH},
            {"name": "SIGMA0_CYCLE", "value": cycle.name}, {"name": "SIGMA0_STEP", "value": step.name}]
+    if resume_key:
+        env.append({"name": journal.KEY_ENV, "value": resume_key})
     env_from: list[dict[str, Any]] = []
     if volume is None:
         env += [{"name": "SIGMA0_ARTIFACTS_URI", "value": spec.artifacts.uri or ""},
@@ -416,6 +419,15 @@ def _waiting(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple
     if not any(c.get("type") == "PodScheduled" for c in status.get("conditions") or []):
         return "PodNotScheduled", f"pod {name} is waiting for the scheduler"
     return "PodPending", f"pod {name} is Pending"
+
+
+def resume_key_of(job: Mapping[str, Any]) -> str | None:
+    """The resume key a Job's pods run with (build_job), for a Job adopted without its record."""
+    for container in ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []:
+        for variable in container.get("env") or []:
+            if variable.get("name") == journal.KEY_ENV:
+                return str(variable.get("value") or "") or None
+    return None
 
 
 def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Observation:

@@ -4,8 +4,10 @@ Pure. The status holds two kinds of fields:
 
     the record   what has been observed and must survive an operator restart: admitted, incumbentResolved,
                  resolvedIncumbent, stages (per step: Job, attempt, state, start, end, summary, message,
-                 isolation; GPU steps also their placement and the placements skipped, with why), published,
-                 failure. `read_record` turns it back into a CycleRecord.
+                 isolation, outputs: the digest of every file the step wrote, which later steps are held to;
+                 resumeKey: the key of the journals it resumes from, sigma0.journal; GPU steps also their
+                 placement and the placements skipped, with why), published, failure. `read_record` turns it
+                 back into a CycleRecord.
     the view     derived from the record on every write: phase, message, conditions (Harvested, Verified,
                  Trained, Evaluated, Decided, Ready, Failed), counts, candidate and incumbent pass@1 (with the
                  display strings the printer columns show), decision, releaseRevision, placement (the
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sigma0 import plan
+from sigma0 import evidence, plan
 from sigma0.placement import GPU_STAGES
 from sigma0.spec import CycleSpec
 
@@ -51,12 +53,17 @@ class StageRecord:
     isolation: str | None = None
     placement: str | None = None  # GPU steps: the placement the Job runs on
     skipped: tuple[Mapping[str, Any], ...] = ()  # GPU steps: placements passed over (sigma0.placement.Skip)
+    outputs: Mapping[str, str] = field(default_factory=dict)  # what the step wrote, by digest (sigma0.evidence)
+    resume_key: str | None = None  # the key of its journals (sigma0.journal), the same for every attempt
 
     def to_status(self) -> dict[str, Any]:
         data: dict[str, Any] = {"job": self.job, "attempt": self.attempt, "state": self.state,
                                 "summary": dict(self.summary)}
+        if self.outputs:
+            data["outputs"] = dict(self.outputs)
         for key, value in (("startTime", self.start), ("completionTime", self.end), ("message", self.message),
-                           ("isolation", self.isolation), ("placement", self.placement)):
+                           ("isolation", self.isolation), ("placement", self.placement),
+                           ("resumeKey", self.resume_key)):
             if value:
                 data[key] = value
         if self.skipped:
@@ -69,7 +76,8 @@ class StageRecord:
                    start=data.get("startTime"), end=data.get("completionTime"),
                    summary=dict(data.get("summary") or {}), message=str(data.get("message") or ""),
                    isolation=data.get("isolation"), placement=data.get("placement"),
-                   skipped=tuple(dict(skip) for skip in data.get("skipped") or ()))
+                   skipped=tuple(dict(skip) for skip in data.get("skipped") or ()),
+                   outputs=dict(data.get("outputs") or {}), resume_key=data.get("resumeKey"))
 
     @property
     def fallbacks(self) -> int:
@@ -90,7 +98,7 @@ class CycleRecord:
     failure: tuple[str, str] | None = None
 
     def state(self) -> plan.CycleState:
-        steps = {name: plan.StepResult(r.state, r.summary, r.message) for name, r in self.stages.items()}
+        steps = {name: plan.StepResult(r.state, r.summary, r.message, r.outputs) for name, r in self.stages.items()}
         return plan.CycleState(self.incumbent_resolved, self.incumbent, steps, self.published)
 
     def with_stage(self, name: str, record: StageRecord) -> CycleRecord:
@@ -180,7 +188,7 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
         return View(PHASE_QUEUED, None, PHASE_QUEUED, situation.queued_behind or "waiting for its turn")
     action = plan.next_action(spec, record.state(), layout)
     if isinstance(action, plan.Finish):
-        reason = action.outcome or "StageFailed"
+        reason = action.outcome or _failure_reason(record)
         return View(action.phase, action.outcome, reason, action.reason)
     if isinstance(action, plan.Publish):
         return View(PHASE_PROMOTING, None, PHASE_PROMOTING,
@@ -202,6 +210,18 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
         job = f" in Job {stage.job}" if stage else ""
         return View(action.step.phase, None, "Running", f"{action.step.name} is running{job}")
     return View(plan.PHASE_PENDING, None, "ResolvingIncumbent", f"reading AdapterRelease {spec.release}")
+
+
+EVIDENCE_REASONS = {evidence.TAMPERED: "EvidenceTampered", evidence.MISSING: "EvidenceMissing"}
+
+
+def _failure_reason(record: CycleRecord) -> str:
+    """StageFailed, or EvidenceTampered / EvidenceMissing when a stage refused an input that is not what its writer
+    recorded (sigma0.evidence): a person should see at a glance that something wrote where it should not have."""
+    for stage in record.stages.values():
+        if stage.state == "failed" and stage.summary.get("kind") in EVIDENCE_REASONS:
+            return EVIDENCE_REASONS[stage.summary["kind"]]
+    return "StageFailed"
 
 
 def _ratio_display(pass_at_1: float, passed: int, total: int) -> str:

@@ -4,10 +4,12 @@ Every stage module exposes the same two functions, so the CLI, the local executo
 
     add_arguments(parser: argparse.ArgumentParser) -> None
     run(args: argparse.Namespace) -> dict      # the stage's summary: small, JSON-serialisable
+    outputs(args: argparse.Namespace) -> list  # the files and folders it writes
 
 `run` reads its inputs from files, writes its outputs to files, and returns a summary that the CLI writes to the
-termination-message file (what the operator reads from the pod status). Bad input raises `StageInputError`
-(exit code 2); anything else that goes wrong raises and exits 1.
+termination-message file (what the operator reads from the pod status), with the digest of every output added
+(sigma0.evidence). Bad input raises `StageInputError` (exit code 2); anything else that goes wrong raises and
+exits 1.
 """
 
 from __future__ import annotations

@@ -64,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     contamination.add_arguments(parser, rows="base row")
 
 
+
+def outputs(args: argparse.Namespace) -> list[str]:
+    """What this stage writes, as its digests are recorded (sigma0.evidence): the training file and the report."""
+    return [args.output, args.report]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     for given in filter(None, [args.base, args.verified]):
         if os.path.exists(args.output) and os.path.samefile(args.output, given):

@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+
+def outputs(args: argparse.Namespace) -> list[str]:
+    """What this stage writes, as its digests are recorded (sigma0.evidence): decision.json."""
+    return [args.output]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         policy = Policy(margin=args.margin, min_pass_at_1=args.min_pass_at_1, significance=args.significance)

@@ -1,9 +1,11 @@
 """`sigma0 stage generate`: greedy completions for every adapter and suite, from one base model loaded once.
 
-Writes DIR/<adapter>/<suite>/completions.jsonl (rows `{task_id, completion}`), appended and flushed per batch, so an
-interrupted run resumes where it stopped; beside it, generation.json records what the completions were made with,
-and a resumed run with different inputs is refused rather than mixing two models' completions. The completions are
-text only: the score stage runs them in the sandbox.
+Writes DIR/<adapter>/<suite>/completions.jsonl (rows `{task_id, completion}`), appended and flushed per row, so an
+interrupted run resumes where it stopped: from the rows its journal proves an earlier run of this step wrote
+(sigma0.journal; a file it does not vouch for, planted by a candidate in an earlier sandbox pod say, is set aside
+and generated again). Beside it, generation.json records what the completions were made with, and a resumed run
+with different inputs is refused rather than mixing two models' completions. The completions are text only: the
+score stage runs them in the sandbox.
 
 `--adapter LABEL=none` evaluates the base model itself (e.g. the first cycle's incumbent).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -20,7 +23,8 @@ from typing import Any
 
 from peft import PeftModel
 
-from sigma0.io import JsonlError, append_jsonl, file_digest, read_json, resume_jsonl, tree_digest, write_json_atomic
+from sigma0.io import file_digest, read_json, tree_digest, write_json_atomic
+from sigma0.journal import Journal, resume_key
 from sigma0.ml.adapters import AdapterMismatch, check_adapter_fits
 from sigma0.ml.generation import HUMAN_EVAL_STOP_SEQUENCES, generate_completions
 from sigma0.ml.models import DEVICES, QUANTIZATIONS, LoadedModel, load_base_model, peak_memory
@@ -56,6 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--quantization", choices=QUANTIZATIONS, default="nf4")
+
+
+
+def outputs(args: argparse.Namespace) -> list[str]:
+    """What this stage writes, as its digests are recorded (sigma0.evidence): the report and one folder per adapter
+    and suite (its completions, their journal and generation.json), which is what a score step reads."""
+    root = args.output_dir.rstrip("/")  # a path or a URI: pathlib would turn s3:// into s3:/
+    folders = [f"{root}/{adapter}/{suite}"
+               for adapter in _labelled(args.adapter, "--adapter") for suite in _labelled(args.suite, "--suite")]
+    return [args.report, *folders]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,9 +128,12 @@ def _generate_suite(
     max_new_tokens: int,
 ) -> dict[str, Any]:
     """Complete the problems not yet in folder/completions.jsonl, one batch at a time."""
-    _check_settings(folder / "generation.json", settings)
-    output = folder / "completions.jsonl"
-    done = completed_task_ids(output)
+    journal = Journal(folder / "completions.jsonl", resume_key())
+    done, untrusted = completed_task_ids(journal)
+    if done:
+        _check_settings(folder / "generation.json", settings)
+    else:  # nothing to resume: the settings are this run's, whatever the folder held
+        write_json_atomic(folder / "generation.json", settings)
     todo = [problem for problem in problems if problem.task_id not in done]
     # Longest prompts first: similar lengths share a batch (less padding), and running out of memory shows early.
     todo.sort(key=lambda problem: len(problem.prompt), reverse=True)
@@ -128,10 +145,10 @@ def _generate_suite(
             model, loaded.tokenizer, [problem.prompt for problem in batch], max_new_tokens
         )
         for problem, completion in zip(batch, completions, strict=True):
-            append_jsonl(output, {"task_id": problem.task_id, "completion": completion.text})
+            journal.append({"task_id": problem.task_id, "completion": completion.text})
         tokens += sum(completion.tokens for completion in completions)
     seconds = time.perf_counter() - start
-    return {
+    result = {
         "problems": len(problems),
         "generated": len(todo),
         "resumed": len(problems) - len(todo),
@@ -139,23 +156,24 @@ def _generate_suite(
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else 0.0,
         "seconds": round(seconds, 2),
     }
+    return result | ({"set_aside": untrusted} if untrusted else {})
 
 
-def completed_task_ids(path: Path) -> set[str]:
-    """Task ids already in a completions file. A last line cut off by a kill is dropped from the file."""
-    try:
-        records, _ = resume_jsonl(path)
-    except JsonlError as error:
-        raise StageInputError(f"{error}; remove the file to generate again") from error
+def completed_task_ids(journal: Journal) -> tuple[set[str], str | None]:
+    """Task ids an earlier run of this step completed (sigma0.journal: a row cut off by a kill is dropped from the
+    file), and why a file that was there was set aside instead, if one was."""
+    records, untrusted = journal.resume()
+    if untrusted is not None:
+        print(f"generate: {untrusted}; set aside, generating it again", file=sys.stderr)
     done: set[str] = set()
     for record in records:
         task_id = record.data.get("task_id")
         if not isinstance(task_id, str):
             raise StageInputError(
-                f"{path}:{record.line}: a row without a string task_id; remove the file to generate again"
+                f"{journal.path}:{record.line}: a row without a string task_id; remove the file to generate again"
             )
         done.add(task_id)
-    return done
+    return done, untrusted
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     contamination.add_arguments(parser, rows="harvested row")
 
 
+
+def outputs(args: argparse.Namespace) -> list[str]:
+    """What this stage writes, as its digests are recorded (sigma0.evidence): the candidates and the report."""
+    return [args.output, args.report]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sources = [str(path) for path in args.source]
     _refuse_to_overwrite(sources, [args.output, args.report])

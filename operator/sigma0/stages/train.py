@@ -1,20 +1,24 @@
 """`sigma0 stage train`: QLoRA-train a LoRA adapter on the dataset's prompt/completion rows.
 
 Writes the adapter folder (adapter_config.json, adapter_model.safetensors, sigma0-adapter.json with the base model,
-dataset digest and hyper-parameters) atomically, and reports its content digest. Run again with the same inputs
-after the adapter was written, it reuses the adapter instead of training twice; a folder holding anything else is
-refused, since adapters are immutable.
+dataset digest and hyper-parameters) atomically, and reports its content digest. Beside it, `<folder>.journal`
+vouches for that digest under the step's resume key (sigma0.journal). Run again with the same inputs after the
+adapter was written, it reuses the adapter instead of training twice, if the journal vouches for it; a folder
+holding anything else (an adapter planted by a candidate in an earlier sandbox pod, say, with a manifest made to
+match) is refused, since adapters are immutable.
 """
 
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from sigma0 import journal
 from sigma0.io import JsonlError, file_digest, read_json, read_records, tree_digest, write_json_atomic
 from sigma0.ml.models import DEVICES, QUANTIZATIONS, library_versions, load_base_model, peak_memory, pick_device
 from sigma0.ml.qlora import TrainConfig, encode_example, save_adapter, train_adapter
@@ -47,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto")
 
 
+
+def outputs(args: argparse.Namespace) -> list[str]:
+    """What this stage writes, as its digests are recorded (sigma0.evidence): the adapter folder (one digest, its
+    tree_digest, the adapter_digest of the summary) and the report."""
+    return [args.output_dir, args.report]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     began = time.perf_counter()
     config = _config(args)
@@ -77,6 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     result = train_adapter(loaded, examples, config)
     digest = save_adapter(result.model, output_dir, args.base_model, manifest)
+    write_json_atomic(_journal(output_dir), {"adapter_digest": digest,
+                                             "mac": journal.mac(journal.resume_key(), output_dir.name, digest)})
     summary = {
         "rows": len(rows),
         "rows_truncated": sum(example.truncated for example in examples),
@@ -136,6 +149,20 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _journal(output_dir: Path) -> Path:
+    return output_dir.with_name(output_dir.name + ".journal")
+
+
+def _vouched(output_dir: Path, digest: str) -> bool:
+    try:
+        entry = read_json(_journal(output_dir))
+    except (OSError, ValueError):
+        return False
+    expected = journal.mac(journal.resume_key(), output_dir.name, digest)
+    return isinstance(entry, dict) and entry.get("adapter_digest") == digest and hmac.compare_digest(
+        str(entry.get("mac")), expected)
+
+
 def _reuse(output_dir: Path, report: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The earlier run's summary if output_dir already holds this very adapter; None if output_dir is free."""
     if not output_dir.exists() or not any(output_dir.iterdir()):
@@ -147,6 +174,11 @@ def _reuse(output_dir: Path, report: Path, manifest: dict[str, Any]) -> dict[str
             "are immutable: choose a new --output-dir or remove that folder"
         )
     digest = tree_digest(output_dir)
+    if not _vouched(output_dir, digest):
+        raise StageInputError(
+            f"{output_dir} holds an adapter that this step did not write (no journal vouches for it under the "
+            "step's key); adapters are immutable: choose a new --output-dir or remove that folder"
+        )
     previous = read_json(report) if report.is_file() else {}
     if previous.get("adapter_digest") == digest:
         summary = {key: value for key, value in previous.items() if key != "losses"}

@@ -33,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_arguments(parser)
 
 
+
+def outputs(args: argparse.Namespace) -> list[str]:
+    """What this stage writes, as its digests are recorded (sigma0.evidence): the verified rows and the report."""
+    return [args.output, args.report]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     try:
