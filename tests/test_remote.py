@@ -105,13 +105,14 @@ GOOD = {"fn": "add", "instruction": "Add two numbers.", "code": "def add(a, b):\
         "asserts": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}
 # Passes only if it finds no trace of the store's secret in any process's environment or in its own.
 SNOOP = {"fn": "snoop", "instruction": "Return how many processes expose the secret.",
-         "code": ("import os\n\ndef snoop():\n    found = 0\n    for pid in os.listdir('/proc'):\n"
+         "code": ("import os\n\ndef snoop(tag):\n    found = 0\n    for pid in os.listdir('/proc'):\n"
                   "        if not pid.isdigit():\n            continue\n        try:\n"
                   "            with open(f'/proc/{pid}/environ', 'rb') as f:\n"
                   "                found += b'sigma0-test-secret' in f.read()\n"
                   "        except OSError:\n            pass\n"
-                  "    return found + sum('sigma0-test-secret' in v for v in os.environ.values())\n"),
-         "asserts": ["assert snoop() == 0"]}
+                  "    found += sum('sigma0-test-secret' in v for v in os.environ.values())\n"
+                  "    return f'{tag}: {found}'\n"),
+         "asserts": ["assert snoop('exposed') == 'exposed: 0'"]}  # a stand-in cannot say that (no vacuous assert)
 
 
 def _stage(name: str, args: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
