@@ -37,6 +37,9 @@ class Step:
     kind: StepKind
     phase: str
     argv: tuple[str, ...]
+    # A sandbox step's one output folder: everything it writes is under it, and no other step writes there. A pod
+    # that runs untrusted code gets this folder alone read-write (sigma0.kube.jobs).
+    writes: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Layout:
 
     cycle_dir: str
     input_dir: str
-    leaderboard: str
+    leaderboard: str  # "": each score step appends its row to leaderboard.jsonl in its own output folder
 
     def at(self, *parts: str) -> str:
         return join(self.cycle_dir, *parts)
@@ -147,6 +150,9 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
     adapter_dir = layout.at("train", "adapter")
     completions = layout.at("eval", "completions")
 
+    def results(adapter: str, label: str) -> str:  # one folder per score step: it writes nothing outside it
+        return layout.at("eval", "results", f"{adapter}-{label}")
+
     harvest = ["harvest", "--output", layout.at("harvest", "candidates.jsonl"),
                "--report", layout.at("harvest", "report.json")]
     for source in spec.harvest.sources:
@@ -184,37 +190,39 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
         generate += ["--suite", f"{label}={_suite_arg(suite, layout)}"]
 
     def score(adapter: str, label: str, suite: str, digest: str) -> list[str]:
+        folder = results(adapter, label)
         return ["score", "--completions", join(completions, adapter, label, "completions.jsonl"),
-                "--output", layout.at("eval", "results", f"{adapter}-{label}.jsonl"),
-                "--report", layout.at("eval", "results", f"{adapter}-{label}.json"),
+                "--output", join(folder, "results.jsonl"), "--report", join(folder, "report.json"),
                 "--suite", _suite_arg(suite, layout), "--subset", e.subset,
                 "--sandbox", e.sandbox, "--timeout", _num(e.timeout_seconds), "--workers", str(e.workers),
-                "--leaderboard", layout.leaderboard, "--adapter-digest", digest, "--label", f"{adapter}/{label}"]
+                "--leaderboard", layout.leaderboard or join(folder, "leaderboard.jsonl"),
+                "--adapter-digest", digest, "--label", f"{adapter}/{label}"]
 
-    decide = ["decide", "--candidate", layout.at("eval", "results", "candidate-gate.jsonl"),
+    decide = ["decide", "--candidate", join(results("candidate", "gate"), "results.jsonl"),
               "--output", layout.at("decide", "decision.json"),
               "--margin", _num(p.margin), "--min-pass-at-1", _num(p.min_pass_at1)]
     if incumbent:
-        decide += ["--incumbent", layout.at("eval", "results", "incumbent-gate.jsonl")]
+        decide += ["--incumbent", join(results("incumbent", "gate"), "results.jsonl")]
     if p.significance is not None:
         decide += ["--significance", _num(p.significance)]
 
     plan = [
         Step("harvest", "harvest", "plain", "Harvesting", _cmd(harvest)),
-        Step("verify", "verify", "sandbox", "Verifying", _cmd(verify)),
+        Step("verify", "verify", "sandbox", "Verifying", _cmd(verify), writes=layout.at("verify")),
         Step("dataset", "dataset", "plain", "Training", _cmd(dataset)),
         Step("train", "train", "gpu", "Training", _cmd(train)),
         Step("generate", "generate", "gpu", "Evaluating", _cmd(generate)),
         Step("score-candidate", "score", "sandbox", "Evaluating",
-             _cmd(score("candidate", "gate", e.suite, candidate_digest))),
+             _cmd(score("candidate", "gate", e.suite, candidate_digest)), writes=results("candidate", "gate")),
     ]
     if incumbent:
         plan.append(Step("score-incumbent", "score", "sandbox", "Evaluating",
-                         _cmd(score("incumbent", "gate", e.suite, incumbent.digest))))
+                         _cmd(score("incumbent", "gate", e.suite, incumbent.digest)),
+                         writes=results("incumbent", "gate")))
     for index, suite in enumerate(e.report_suites):
         label = _suite_label(index)
         plan.append(Step(f"score-candidate-{label}", "score", "sandbox", "Evaluating",
-                         _cmd(score("candidate", label, suite, candidate_digest))))
+                         _cmd(score("candidate", label, suite, candidate_digest)), writes=results("candidate", label)))
     plan.append(Step("decide", "decide", "plain", "Deciding", _cmd(decide)))
     return plan
 

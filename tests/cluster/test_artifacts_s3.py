@@ -92,7 +92,7 @@ def test_a_cycle_on_s3_artifacts_bootstraps_then_a_second_is_judged_against_the_
     assert tree_digest(local) == current["digest"], "the adapter in the bucket is the one the release names"
     cycle_prefix = current["uri"].removeprefix("s3://").removesuffix("/train/adapter")
     for output in ("harvest/candidates.jsonl", "verify/verified.jsonl", "dataset/train.jsonl",
-                   "eval/results/candidate-gate.jsonl", "decide/decision.json"):
+                   "eval/results/candidate-gate/results.jsonl", "decide/decision.json"):
         assert store.exists(f"{cycle_prefix}/{output}"), output
     assert store.exists(f"{BUCKET}/sigma0/leaderboard.jsonl")
 
