@@ -407,3 +407,36 @@ def test_the_newest_pod_speaks_for_a_retried_job() -> None:
 @pytest.mark.parametrize("text", ["", "not json", "[1, 2]", None])
 def test_parse_summary_only_accepts_a_json_object(text: str | None) -> None:
     assert jobs.parse_summary(text) is None
+
+
+# The operator's flags -------------------------------------------------------------------------------------------
+
+
+def _operator_settings(argv: list[str]) -> jobs.PodSettings:
+    import argparse
+
+    from sigma0.kube import operator
+
+    parser = argparse.ArgumentParser()
+    operator.add_arguments(parser)
+    return operator.settings_from(parser.parse_args(argv))
+
+
+def test_the_operator_refuses_host_paths_and_process_sandboxes_unless_a_flag_or_its_variable_allows_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SIGMA0_ALLOW_HOST_PATH", "SIGMA0_ALLOW_PROCESS_SANDBOX", "SIGMA0_GVISOR_RUNTIME_CLASSES"):
+        monkeypatch.delenv(name, raising=False)
+    default = _operator_settings([])
+    assert (default.allow_host_path, default.allow_process_sandbox) == (False, False)
+    assert default.gvisor_runtime_classes == ("gvisor",)
+    flagged = _operator_settings(["--allow-host-path", "--allow-process-sandbox", "--gvisor-runtime-class", "a",
+                                  "--gvisor-runtime-class", "b"])
+    assert (flagged.allow_host_path, flagged.allow_process_sandbox) == (True, True)
+    assert flagged.gvisor_runtime_classes == ("a", "b")
+    monkeypatch.setenv("SIGMA0_ALLOW_HOST_PATH", "false")
+    monkeypatch.setenv("SIGMA0_ALLOW_PROCESS_SANDBOX", "TRUE")
+    monkeypatch.setenv("SIGMA0_GVISOR_RUNTIME_CLASSES", "gvisor, gvisor-systrap")
+    from_env = _operator_settings([])
+    assert (from_env.allow_host_path, from_env.allow_process_sandbox) == (False, True)
+    assert from_env.gvisor_runtime_classes == ("gvisor", "gvisor-systrap")
+    assert _operator_settings(["--gvisor-runtime-class", "x"]).gvisor_runtime_classes == ("x",)  # the flag wins
