@@ -23,6 +23,7 @@ from s3server import SECRET_KEY, S3Server
 from sigma0.io import tree_digest
 
 from . import test_operator
+from .cluster import Cluster
 from .test_operator import GROUP, VERSION, Platform, apply, example, jobs_of, phase_is, release, wait_for
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def process_sandbox(cluster: Cluster) -> Iterator[str]:
+    """The operator of this module allows sandbox steps in plain pods (set before `platform` starts it)."""
+    with test_operator.process_sandbox_allowed(cluster) as runtime_class:
+        yield runtime_class
+
+
+@pytest.fixture(scope="module", autouse=True)
 def artifacts_secret() -> Iterator[None]:
     """The operator of this module passes the Secret SECRET to stage pods (set before `platform` starts it)."""
     before = os.environ.get("SIGMA0_ARTIFACTS_SECRET")
@@ -66,7 +74,7 @@ ns = test_operator.ns
 def s3_cycle(name: str, **spec: Any) -> dict[str, Any]:
     base = example()["spec"]
     return example(name, release="s3-coder", artifacts={"uri": f"s3://{BUCKET}/sigma0"},
-                   placement={"sandbox": {"runtimeClassName": ""}},
+                   placement={"sandbox": {"runtimeClassName": test_operator.PLAIN_RUNTIME_CLASS}},
                    verify={**base["verify"], "sandbox": "process"}, eval={**base["eval"], "sandbox": "process"},
                    **spec)
 
