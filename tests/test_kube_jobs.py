@@ -211,6 +211,19 @@ def test_root_with_slot_user_capabilities_only_in_sandbox_pods_under_a_known_gvi
         assert pod["runAsUser"] == 0
 
 
+def test_stage_outputs_are_readable_by_the_other_stage_pods_users(tmp_path) -> None:
+    """Sandbox pods run as root inside gVisor without CAP_DAC_OVERRIDE; the other pods as 65532. Each reads what
+    the other wrote (verify reads harvest's candidates, dataset reads verify's rows), so no output may be 0600."""
+    import stat
+
+    from sigma0.io import write_json_atomic, write_jsonl_atomic
+
+    write_jsonl_atomic(tmp_path / "verified.jsonl", [{"fn": "f"}])
+    write_json_atomic(tmp_path / "report.json", {"total": 1})
+    for name in ("verified.jsonl", "report.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
 def mounts_of(job: dict[str, Any]) -> list[dict[str, Any]]:
     return pod_of(job)["containers"][0]["volumeMounts"]
 
