@@ -68,6 +68,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                                                        "ports": [{"port": 9000, "protocol": "TCP"}]}]}},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "cronjob": {"enabled": True, "cycle": {"labels": {"team": "ml"}}},
+        "stagePods": {"allowHostPath": True, "allowProcessSandbox": True},
     },
 }
 
@@ -372,6 +373,7 @@ def test_the_charts_commands_parse_with_the_sigma0_cli_and_name_images_that_exis
     assert (args.sandbox_image, args.trainer_image) == ("registry.example.com/ml/sandbox:0.1.0-rc1",
                                                         "registry.example.com/ml/trainer:0.1.0-rc1")
     assert args.all_namespaces and args.run_as_user == 65532
+    assert args.allow_host_path and args.allow_process_sandbox  # what stagePods.allow* switch on
     images = {operator["image"], args.sandbox_image, args.trainer_image}
     (creator,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     images.add(creator["image"])
@@ -387,6 +389,12 @@ def test_the_charts_commands_parse_with_the_sigma0_cli_and_name_images_that_exis
         "containers"][0]["args"])
     assert defaults.artifacts_claim == one(render(), "PersistentVolumeClaim")["metadata"]["name"]
     assert defaults.sandbox_image == "ghcr.io/sigma0/sandbox:0.1.0"  # the operator's own default (jobs.PodSettings)
+    # by default: no hostPath, no sandbox without gVisor, and the chart's RuntimeClass is the gVisor one
+    assert not defaults.allow_host_path and not defaults.allow_process_sandbox
+    assert defaults.gvisor_runtime_class == [one(render(), "RuntimeClass")["metadata"]["name"]]
+    renamed = render({"runtimeClass": {"name": "gvisor-systrap"}})
+    renamed_args = one(renamed, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--gvisor-runtime-class=gvisor-systrap" in renamed_args
 
 
 def test_the_operator_deployment_is_hardened_and_recreated() -> None:

@@ -143,9 +143,9 @@ def api() -> FakeApi:
     return fake
 
 
-def run(api: FakeApi, now: datetime = NOW) -> executor.Result | None:
+def run(api: FakeApi, now: datetime = NOW, settings: jobs.PodSettings | None = None) -> executor.Result | None:
     clients = executor.Clients(api, api, api)
-    return executor.JobExecutor(clients, jobs.PodSettings(), clock=lambda: now).reconcile(NS, "c1")
+    return executor.JobExecutor(clients, settings or jobs.PodSettings(), clock=lambda: now).reconcile(NS, "c1")
 
 
 def stages(api: FakeApi) -> dict[str, Any]:
@@ -395,3 +395,32 @@ def test_a_reconcile_asked_for_while_another_waits_is_folded_into_it(api: FakeAp
     assert reads == ["c1"] and not operator._waiting
     operator.reconcile(NS, "c1")  # nothing waits any more: this one runs
     assert reads == ["c1", "c1"]
+
+
+@pytest.mark.parametrize("spec, reason, flag", [
+    ({"artifacts": {"path": "/srv/sigma0"}}, "HostPathNotAllowed", "allow_host_path"),
+    ({"verify": {"sandbox": "process"}}, "ProcessSandboxNotAllowed", "allow_process_sandbox"),
+    ({"placement": {"sandbox": {"runtimeClassName": "runc"}}}, "ProcessSandboxNotAllowed", "allow_process_sandbox"),
+])
+def test_a_cycle_the_operator_refuses_fails_at_once_and_touches_nothing(api: FakeApi, spec: dict[str, Any],
+                                                                        reason: str, flag: str) -> None:
+    api.cycles["c1"]["spec"].update(spec)
+    api.releases["coder"] = {"metadata": {"name": "coder", "resourceVersion": "0"}, "spec": {"revision": 0}}
+    before = copy.deepcopy(api.releases)
+    result = run(api)
+    assert result is not None and result.phase == "Failed" and result.finished_now
+    status = api.cycles["c1"]["status"]
+    assert status["failure"]["reason"] == reason and "--allow-" in status["failure"]["message"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == reason
+    assert not status.get("admitted") and not status.get("incumbentResolved")
+    assert api.jobs == {} and api.releases == before  # no Job, no queue slot, the release not even read
+    assert "list jobs" not in api.calls and not any(call.startswith("list trainingcycles") for call in api.calls)
+    assert reason in {e["reason"] for e in api.events}
+    run(api)  # a failed cycle stays failed, and nothing more happens
+    assert api.jobs == {}
+
+    # the same cycle, anew, under an operator started with the flag runs
+    api.cycles["c1"].pop("status")
+    run(api, settings=jobs.PodSettings(**{flag: True}))
+    assert list(api.jobs) == ["c1-harvest-1"]

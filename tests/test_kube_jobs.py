@@ -48,11 +48,13 @@ def test_a_sandbox_step_runs_hardened_under_the_runtime_class_with_the_stage_san
     assert pod["runtimeClassName"] == "gvisor"
     assert pod["automountServiceAccountToken"] is False
     assert pod["restartPolicy"] == "Never"
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
+    # root inside gVisor (not the node's root), with only what the worker needs to give each child its own user
+    assert pod["securityContext"]["runAsNonRoot"] is False and pod["securityContext"]["runAsUser"] == 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
-    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["privileged"] is False
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN", "KILL", "SETGID", "SETUID"]}
     assert container["resources"]["limits"]["cpu"] and container["resources"]["limits"]["memory"]
     assert container["image"] == "reg/sandbox:1"
     assert job["metadata"]["labels"][jobs.LABEL_NETWORK] == "none"
@@ -193,9 +195,163 @@ def test_artifacts_locations() -> None:
 
 def test_root_only_when_the_operator_is_told_so() -> None:
     settings = jobs.PodSettings(run_as_user=0)
-    job = jobs.build_job(step_named(spec(), "verify"), cycle=REF, spec=spec(), settings=settings, attempt=1,
+    job = jobs.build_job(step_named(spec(), "harvest"), cycle=REF, spec=spec(), settings=settings, attempt=1,
                          active_deadline_seconds=60)
     assert pod_of(job)["securityContext"]["runAsNonRoot"] is False
+
+
+def test_root_with_slot_user_capabilities_only_in_sandbox_pods_under_a_known_gvisor_runtime_class() -> None:
+    def security(cycle_spec, name: str, settings: jobs.PodSettings = SETTINGS) -> tuple[dict, dict]:
+        pod = pod_of(jobs.build_job(step_named(cycle_spec, name), cycle=REF, spec=cycle_spec, settings=settings,
+                                    attempt=1, active_deadline_seconds=60))
+        return pod["securityContext"], pod["containers"][0]["securityContext"]
+
+    non_root = ({"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                 "seccompProfile": {"type": "RuntimeDefault"}}, {"drop": ["ALL"]})
+    for name in ("harvest", "dataset", "train", "generate", "decide"):  # never root, whatever the runtime class
+        pod, container = security(spec(), name)
+        assert (pod, container["capabilities"]) == non_root, name
+    for name in ("verify", "score-candidate"):
+        pod, container = security(spec(), name)
+        assert pod["runAsUser"] == 0 and pod["runAsGroup"] == 0 and pod["runAsNonRoot"] is False
+        assert container["capabilities"]["add"] == ["CHOWN", "KILL", "SETGID", "SETUID"]
+        # a runtime class the operator does not know as gVisor (runc, kata, ...) gets no root: the node's could be it
+        elsewhere = spec(placement={"sandbox": {"runtimeClassName": "kata"}})
+        pod, container = security(elsewhere, name, jobs.PodSettings(allow_process_sandbox=True))
+        assert (pod, container["capabilities"]) == non_root, name
+        # the operator's list of gVisor classes decides
+        pod, _ = security(elsewhere, name, jobs.PodSettings(gvisor_runtime_classes=("gvisor", "kata")))
+        assert pod["runAsUser"] == 0
+
+
+def test_stage_outputs_are_readable_by_the_other_stage_pods_users(tmp_path) -> None:
+    """Sandbox pods run as root inside gVisor without CAP_DAC_OVERRIDE; the other pods as 65532. Each reads what
+    the other wrote (verify reads harvest's candidates, dataset reads verify's rows), so no output may be 0600."""
+    import stat
+
+    from sigma0.io import write_json_atomic, write_jsonl_atomic
+
+    write_jsonl_atomic(tmp_path / "verified.jsonl", [{"fn": "f"}])
+    write_json_atomic(tmp_path / "report.json", {"total": 1})
+    for name in ("verified.jsonl", "report.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def mounts_of(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return pod_of(job)["containers"][0]["volumeMounts"]
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _writable(job: dict[str, Any]) -> list[str]:
+    return [m["mountPath"] for m in mounts_of(job) if not m.get("readOnly")]
+
+
+def _mount_for(job: dict[str, Any], path: str) -> dict[str, Any]:
+    """The mount a path in the container resolves through: the deepest one it lies under."""
+    return max((m for m in mounts_of(job) if _under(path, m["mountPath"])), key=lambda m: len(m["mountPath"]))
+
+
+@pytest.mark.parametrize("name", ["verify", "score-candidate", "score-incumbent", "score-candidate-report0"])
+def test_a_sandbox_pod_reads_the_artifacts_read_only_and_writes_only_its_own_output_folder(name: str) -> None:
+    cycle_spec = spec(eval={"reportSuites": ["suites/heldout.jsonl"]})
+    layout = jobs.layout(REF, cycle_spec, SETTINGS)
+    incumbent = plan.Incumbent("sha256:" + "a" * 64, "/artifacts/releases/coder/aaa")
+    trained = plan.StepResult("succeeded", {"adapter_digest": "sha256:" + "c" * 64})
+    step = {s.name: s for s in plan.steps(cycle_spec, plan.CycleState(True, incumbent, {"train": trained}),
+                                          layout)}[name]
+    job = jobs.build_job(step, cycle=REF, spec=cycle_spec, settings=SETTINGS, attempt=1, active_deadline_seconds=60)
+    artifacts = [m for m in mounts_of(job) if m["name"] == "artifacts"]
+    assert artifacts[0] == {"name": "artifacts", "mountPath": "/artifacts", "readOnly": True}
+    own = step.writes
+    assert own and own.startswith(layout.cycle_dir + "/")
+    assert artifacts[1] == {"name": "artifacts", "mountPath": own, "subPath": own.removeprefix("/artifacts/")}
+    assert sorted(_writable(job)) == sorted(["/tmp", own])  # and the termination message, which kubelet owns
+    argv = pod_of(job)["containers"][0]["command"]
+    written = [argv[i + 1] for i, part in enumerate(argv) if part in ("--output", "--report", "--leaderboard")]
+    assert written and all(_mount_for(job, path)["mountPath"] == own for path in written), written
+    read = [argv[i + 1] for i, part in enumerate(argv) if part in ("--input", "--completions")]
+    read += [argv[i + 1] for i, part in enumerate(argv) if part == "--suite" and argv[i + 1].startswith("/")]
+    assert read and all(_mount_for(job, path).get("readOnly") for path in read), read
+    # nothing another step reads is writable here: not the other sandbox steps' folders, not the cycle's other
+    # outputs (completions, dataset, adapter, decision), not other cycles, not the inputs
+    for other in ("/artifacts/cycles/team/c1-01234567/eval/completions/candidate/gate/completions.jsonl",
+                  "/artifacts/cycles/team/c1-01234567/eval/results/candidate-gate/results.jsonl",
+                  "/artifacts/cycles/team/c1-01234567/eval/results/incumbent-gate/results.jsonl",
+                  "/artifacts/cycles/team/c1-01234567/verify/verified.jsonl",
+                  "/artifacts/cycles/team/c1-01234567/dataset/train.jsonl",
+                  "/artifacts/cycles/team/c1-01234567/decide/decision.json",
+                  "/artifacts/cycles/team/other-76543210/eval/results/candidate-gate/results.jsonl",
+                  "/artifacts/corpus/tasks.jsonl", "/artifacts/leaderboard.jsonl"):
+        if not _under(other, own):
+            assert _mount_for(job, other).get("readOnly") is True, other
+
+
+def test_the_output_folder_mount_keeps_the_claims_sub_path() -> None:
+    claimed = spec(artifacts={"pvc": {"claimName": "data", "subPath": "teams/a/"}})
+    job = build(claimed, "score-candidate")
+    assert mounts_of(job)[1:] == [
+        {"name": "artifacts", "mountPath": "/artifacts", "subPath": "teams/a/", "readOnly": True},
+        {"name": "artifacts", "mountPath": "/artifacts/cycles/team/c1-01234567/eval/results/candidate-gate",
+         "subPath": "teams/a/cycles/team/c1-01234567/eval/results/candidate-gate"}]
+
+
+def test_plain_and_gpu_pods_mount_the_artifacts_read_write_as_before() -> None:
+    for name in ("harvest", "dataset", "train", "generate", "decide"):
+        assert [m for m in mounts_of(build(spec(), name)) if m["name"] == "artifacts"] == [
+            {"name": "artifacts", "mountPath": "/artifacts"}], name
+
+
+def test_on_a_volume_there_is_no_shared_leaderboard_file() -> None:
+    layout = jobs.layout(REF, spec(), SETTINGS)
+    assert layout.leaderboard == ""
+    argv = step_named(spec(), "score-candidate").argv
+    at = argv[argv.index("--leaderboard") + 1]
+    assert at == "/artifacts/cycles/team/c1-01234567/eval/results/candidate-gate/leaderboard.jsonl"
+    remote = jobs.layout(REF, spec(artifacts={"uri": "s3://bucket/sigma0"}), SETTINGS)
+    assert remote.leaderboard == "s3://bucket/sigma0/leaderboard.jsonl"
+
+
+# What the operator refuses to run ----------------------------------------------------------------------------------
+
+
+def test_a_host_path_is_refused_unless_the_operator_allows_it() -> None:
+    on_node = spec(artifacts={"path": "/srv/sigma0"})
+    reason, message = jobs.refusal(on_node, jobs.PodSettings())
+    assert reason == "HostPathNotAllowed"
+    assert "spec.artifacts.path" in message and "--allow-host-path" in message and "artifacts.pvc" in message
+    assert jobs.refusal(on_node, jobs.PodSettings(allow_host_path=True)) is None
+    assert jobs.refusal(on_node, jobs.PodSettings(allow_process_sandbox=True))[0] == "HostPathNotAllowed"
+    for fine in (spec(), spec(artifacts={"pvc": {"claimName": "data"}}), spec(artifacts={"uri": "s3://b/x"})):
+        assert jobs.refusal(fine, jobs.PodSettings()) is None
+
+
+@pytest.mark.parametrize("overrides, says", [
+    ({"verify": {"sandbox": "process"}}, "spec.verify.sandbox is process"),
+    ({"eval": {"sandbox": "process"}}, "spec.eval.sandbox is process"),
+    ({"placement": {"sandbox": {"runtimeClassName": "runc"}}}, "runtimeClassName 'runc' is not a gVisor"),
+    ({"placement": {"sandbox": {"runtimeClassName": ""}}}, "runtimeClassName '' is not a gVisor"),
+])
+def test_untrusted_code_without_gvisor_is_refused_unless_the_operator_allows_it(overrides: dict[str, Any],
+                                                                                 says: str) -> None:
+    document = {"apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle", "metadata": {"name": "c1"},
+                "spec": {"release": "coder", "baseModel": {"name": "tiny://llama"},
+                         "harvest": {"sources": [{"path": "corpus/tasks.jsonl"}]}, **overrides}}
+    from sigma0.spec import CycleSpec, apply_defaults, openapi_schema  # (runtimeClassName "" is refused by the CRD)
+
+    cycle_spec = CycleSpec.model_validate(apply_defaults(openapi_schema("TrainingCycle"), document)["spec"])
+    reason, message = jobs.refusal(cycle_spec, jobs.PodSettings())
+    assert reason == "ProcessSandboxNotAllowed"
+    assert says in message and "--allow-process-sandbox" in message
+    assert jobs.refusal(cycle_spec, jobs.PodSettings(allow_process_sandbox=True)) is None
+    assert jobs.refusal(cycle_spec, jobs.PodSettings(allow_host_path=True)) is not None
+    # the gVisor sandbox asked for by name, under gVisor, is what the default is: nothing to refuse
+    assert jobs.refusal(spec(verify={"sandbox": "gvisor"}), jobs.PodSettings()) is None
+    named = cycle_spec.placement.sandbox.runtime_class_name
+    if named not in ("", "gvisor"):  # a class the operator is told is gVisor is fine
+        assert jobs.refusal(cycle_spec, jobs.PodSettings(gvisor_runtime_classes=(named,))) is None
 
 
 # observe ----------------------------------------------------------------------------------------------------------
@@ -277,3 +433,36 @@ def test_the_newest_pod_speaks_for_a_retried_job() -> None:
 @pytest.mark.parametrize("text", ["", "not json", "[1, 2]", None])
 def test_parse_summary_only_accepts_a_json_object(text: str | None) -> None:
     assert jobs.parse_summary(text) is None
+
+
+# The operator's flags -------------------------------------------------------------------------------------------
+
+
+def _operator_settings(argv: list[str]) -> jobs.PodSettings:
+    import argparse
+
+    from sigma0.kube import operator
+
+    parser = argparse.ArgumentParser()
+    operator.add_arguments(parser)
+    return operator.settings_from(parser.parse_args(argv))
+
+
+def test_the_operator_refuses_host_paths_and_process_sandboxes_unless_a_flag_or_its_variable_allows_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SIGMA0_ALLOW_HOST_PATH", "SIGMA0_ALLOW_PROCESS_SANDBOX", "SIGMA0_GVISOR_RUNTIME_CLASSES"):
+        monkeypatch.delenv(name, raising=False)
+    default = _operator_settings([])
+    assert (default.allow_host_path, default.allow_process_sandbox) == (False, False)
+    assert default.gvisor_runtime_classes == ("gvisor",)
+    flagged = _operator_settings(["--allow-host-path", "--allow-process-sandbox", "--gvisor-runtime-class", "a",
+                                  "--gvisor-runtime-class", "b"])
+    assert (flagged.allow_host_path, flagged.allow_process_sandbox) == (True, True)
+    assert flagged.gvisor_runtime_classes == ("a", "b")
+    monkeypatch.setenv("SIGMA0_ALLOW_HOST_PATH", "false")
+    monkeypatch.setenv("SIGMA0_ALLOW_PROCESS_SANDBOX", "TRUE")
+    monkeypatch.setenv("SIGMA0_GVISOR_RUNTIME_CLASSES", "gvisor, gvisor-systrap")
+    from_env = _operator_settings([])
+    assert (from_env.allow_host_path, from_env.allow_process_sandbox) == (False, True)
+    assert from_env.gvisor_runtime_classes == ("gvisor", "gvisor-systrap")
+    assert _operator_settings(["--gvisor-runtime-class", "x"]).gvisor_runtime_classes == ("x",)  # the flag wins

@@ -76,9 +76,39 @@ def test_with_an_incumbent_both_are_generated_and_scored_in_the_same_cycle() -> 
     incumbent_score = by_name["score-incumbent"].argv
     assert incumbent_score[incumbent_score.index("--adapter-digest") + 1] == INCUMBENT.digest
     decide = by_name["decide"].argv
-    assert decide[decide.index("--incumbent") + 1] == "/art/cycles/c1/eval/results/incumbent-gate.jsonl"
+    assert decide[decide.index("--incumbent") + 1] == "/art/cycles/c1/eval/results/incumbent-gate/results.jsonl"
     # the report-only suite never reaches the decision
     assert not any("report0" in part for part in decide)
+
+
+def _written(step: plan.Step) -> list[str]:
+    """The paths a step's command line names for it to write."""
+    argv = step.argv
+    return [argv[i + 1] for i, part in enumerate(argv) if part in ("--output", "--report", "--leaderboard")]
+
+
+def test_each_sandbox_step_writes_only_into_a_folder_of_its_own() -> None:
+    """What lets its pod mount that one folder read-write and everything else read-only (sigma0.kube.jobs): no
+    sandbox step writes where another step writes, and every path it writes lies in its own folder."""
+    cycle_spec = spec(eval={"reportSuites": ["heldout.jsonl"]})
+    state = plan.CycleState(True, INCUMBENT, {"train": plan.StepResult("succeeded", SUMMARIES["train"])})
+    for layout in (LAYOUT, plan.Layout("/art/cycles/c1", "/art", leaderboard="")):
+        steps = plan.steps(cycle_spec, state, layout)
+        sandboxed = [s for s in steps if s.kind == "sandbox"]
+        assert [s.name for s in sandboxed] == ["verify", "score-candidate", "score-incumbent",
+                                               "score-candidate-report0"]
+        folders = [s.writes for s in sandboxed]
+        assert all(folders) and len(set(folders)) == len(folders)
+        for step in sandboxed:
+            for path in _written(step):
+                if path != layout.leaderboard:
+                    assert path.startswith(f"{step.writes}/"), (step.name, path)
+            others = [f for f in folders if f != step.writes]
+            assert not any(f.startswith(f"{step.writes}/") or step.writes.startswith(f"{f}/") for f in others)
+    # with no shared leaderboard (a volume that sandbox pods mount read-only), each score keeps its row itself
+    by_name = {s.name: s for s in plan.steps(cycle_spec, state, plan.Layout("/art/cycles/c1", "/art", ""))}
+    score = by_name["score-incumbent"].argv
+    assert score[score.index("--leaderboard") + 1] == "/art/cycles/c1/eval/results/incumbent-gate/leaderboard.jsonl"
 
 
 def test_commands_carry_the_manifest_settings() -> None:
@@ -206,8 +236,8 @@ OUTPUTS = {  # what each step records when it ends (sigma0.evidence), as the sta
     "train": {LAYOUT.at("train", "adapter"): SUMMARIES["train"]["adapter_digest"]},
     "generate": {LAYOUT.at("eval", "completions", "candidate", "gate"): digest("5"),
                  LAYOUT.at("eval", "completions", "incumbent", "gate"): digest("6")},
-    "score-candidate": {LAYOUT.at("eval", "results", "candidate-gate.jsonl"): digest("7")},
-    "score-incumbent": {LAYOUT.at("eval", "results", "incumbent-gate.jsonl"): digest("8")},
+    "score-candidate": {LAYOUT.at("eval", "results", "candidate-gate", "results.jsonl"): digest("7")},
+    "score-incumbent": {LAYOUT.at("eval", "results", "incumbent-gate", "results.jsonl"): digest("8")},
     "decide": {LAYOUT.at("decide", "decision.json"): digest("9")},
 }
 
@@ -232,8 +262,9 @@ def test_every_step_is_held_to_the_digests_its_inputs_writers_recorded() -> None
         f"{digest('6')}={LAYOUT.at('eval', 'completions', 'incumbent', 'gate')}"]
     assert by_name["score-incumbent"].reads == (
         LAYOUT.at("eval", "completions", "incumbent", "gate", "completions.jsonl"),)
-    assert expected(by_name["decide"]) == [f"{digest('7')}={LAYOUT.at('eval', 'results', 'candidate-gate.jsonl')}",
-                                           f"{digest('8')}={LAYOUT.at('eval', 'results', 'incumbent-gate.jsonl')}"]
+    assert expected(by_name["decide"]) == [
+        f"{digest('7')}={LAYOUT.at('eval', 'results', 'candidate-gate', 'results.jsonl')}",
+        f"{digest('8')}={LAYOUT.at('eval', 'results', 'incumbent-gate', 'results.jsonl')}"]
     action = plan.next_action(spec(), state, LAYOUT)
     assert isinstance(action, plan.Publish) and action.decision_digest == digest("9")
 

@@ -138,7 +138,11 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 class atomic_writer:
-    """`with atomic_writer(path) as f:` writes to a temp file and renames it over `path` only on success."""
+    """`with atomic_writer(path) as f:` writes to a temp file and renames it over `path` only on success.
+
+    The file is 0644, as `open` makes it under the usual umask, not mkstemp's 0600: the next stage that reads it may
+    run as another user (a sandbox pod runs as root inside gVisor, without CAP_DAC_OVERRIDE, and reads what the
+    non-root pods wrote; they read what it wrote)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -146,6 +150,7 @@ class atomic_writer:
     def __enter__(self):  # type: ignore[no-untyped-def]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        os.fchmod(fd, 0o644)
         self._handle = os.fdopen(fd, "w", encoding="utf-8")
         return self._handle
 

@@ -40,6 +40,9 @@ class Step:
     phase: str
     argv: tuple[str, ...]
     reads: tuple[str, ...] = ()
+    # A sandbox step's one output folder: everything it writes is under it, and no other step writes there. A pod
+    # that runs untrusted code gets this folder alone read-write (sigma0.kube.jobs).
+    writes: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Layout:
 
     cycle_dir: str
     input_dir: str
-    leaderboard: str
+    leaderboard: str  # "": each score step appends its row to leaderboard.jsonl in its own output folder
 
     def at(self, *parts: str) -> str:
         return join(self.cycle_dir, *parts)
@@ -157,12 +160,15 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
                 for name, digest in result.outputs.items()}
 
     def step(name: str, stage: str, kind: StepKind, phase: str, args: list[str], reads: list[str],
-             expect: tuple[str, ...] = ()) -> Step:
+             expect: tuple[str, ...] = (), writes: str | None = None) -> Step:
         return Step(name, stage, kind, phase, _cmd([*args, *evidence.expect_args(recorded, reads), *expect]),
-                    tuple(reads))
+                    tuple(reads), writes)
 
     # Training never sees the eval set: harvest and dataset check their rows against the same suites.
     exclude = [arg for suite in excluded_suites(spec) for arg in ("--exclude-suite", _suite_arg(suite, layout))]
+
+    def results(adapter: str, label: str) -> str:  # one folder per score step: it writes nothing outside it
+        return layout.at("eval", "results", f"{adapter}-{label}")
 
     harvest = ["harvest", "--output", layout.at("harvest", "candidates.jsonl"),
                "--report", layout.at("harvest", "report.json")]
@@ -207,42 +213,47 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
         return [join(completions, adapter, label, "completions.jsonl")]
 
     def score(adapter: str, label: str, suite: str, digest: str) -> list[str]:
+        folder = results(adapter, label)
         return ["score", "--completions", score_input(adapter, label)[0],
-                "--output", layout.at("eval", "results", f"{adapter}-{label}.jsonl"),
-                "--report", layout.at("eval", "results", f"{adapter}-{label}.json"),
+                "--output", join(folder, "results.jsonl"), "--report", join(folder, "report.json"),
                 "--suite", _suite_arg(suite, layout), "--subset", e.subset,
                 "--sandbox", e.sandbox, "--timeout", _num(e.timeout_seconds), "--workers", str(e.workers),
-                "--leaderboard", layout.leaderboard, "--adapter-digest", digest, "--label", f"{adapter}/{label}"]
+                "--leaderboard", layout.leaderboard or join(folder, "leaderboard.jsonl"),
+                "--adapter-digest", digest, "--label", f"{adapter}/{label}"]
 
-    decide = ["decide", "--candidate", layout.at("eval", "results", "candidate-gate.jsonl"),
+    decide = ["decide", "--candidate", join(results("candidate", "gate"), "results.jsonl"),
               "--output", layout.at("decide", "decision.json"),
               "--margin", _num(p.margin), "--min-pass-at-1", _num(p.min_pass_at1)]
     if incumbent:
-        decide += ["--incumbent", layout.at("eval", "results", "incumbent-gate.jsonl")]
+        decide += ["--incumbent", join(results("incumbent", "gate"), "results.jsonl")]
     if p.significance is not None:
         decide += ["--significance", _num(p.significance)]
 
-    results = [layout.at("eval", "results", "candidate-gate.jsonl")]
+    decide_reads = [join(results("candidate", "gate"), "results.jsonl")]
     if incumbent:
-        results.append(layout.at("eval", "results", "incumbent-gate.jsonl"))
+        decide_reads.append(join(results("incumbent", "gate"), "results.jsonl"))
 
     plan = [
         step("harvest", "harvest", "plain", "Harvesting", harvest, []),
-        step("verify", "verify", "sandbox", "Verifying", verify, [layout.at("harvest", "candidates.jsonl")]),
+        step("verify", "verify", "sandbox", "Verifying", verify, [layout.at("harvest", "candidates.jsonl")],
+             writes=layout.at("verify")),
         step("dataset", "dataset", "plain", "Training", dataset, [layout.at("verify", "verified.jsonl")]),
         step("train", "train", "gpu", "Training", train, [layout.at("dataset", "train.jsonl")]),
         step("generate", "generate", "gpu", "Evaluating", generate, [adapter_dir], incumbent_expect),
         step("score-candidate", "score", "sandbox", "Evaluating",
-             score("candidate", "gate", e.suite, candidate_digest), score_input("candidate", "gate")),
+             score("candidate", "gate", e.suite, candidate_digest), score_input("candidate", "gate"),
+             writes=results("candidate", "gate")),
     ]
     if incumbent:
         plan.append(step("score-incumbent", "score", "sandbox", "Evaluating",
-                         score("incumbent", "gate", e.suite, incumbent.digest), score_input("incumbent", "gate")))
+                         score("incumbent", "gate", e.suite, incumbent.digest), score_input("incumbent", "gate"),
+                         writes=results("incumbent", "gate")))
     for index, suite in enumerate(e.report_suites):
         label = _suite_label(index)
         plan.append(step(f"score-candidate-{label}", "score", "sandbox", "Evaluating",
-                         score("candidate", label, suite, candidate_digest), score_input("candidate", label)))
-    plan.append(step("decide", "decide", "plain", "Deciding", decide, results))
+                         score("candidate", label, suite, candidate_digest), score_input("candidate", label),
+                         writes=results("candidate", label)))
+    plan.append(step("decide", "decide", "plain", "Deciding", decide, decide_reads))
     return plan
 
 

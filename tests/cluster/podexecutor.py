@@ -25,9 +25,14 @@ local process:
   running the tests (its venv's bin, where the `sigma0` command lives) followed
   by the host's PATH; HOME is the host's; KUBERNETES_SERVICE_HOST/PORT point at
   the API server on 127.0.0.1, so in-cluster config works for host processes;
+- volumeMounts' readOnly is honoured (a read-only bind mount, as kubelet
+  makes it; writes fail with EROFS), also for a read-write subPath mount
+  nested inside a read-only one; a missing subPath folder is made with the
+  mode of the volume's root, as kubelet's SafeMakeDir does;
 - the image is recorded in the status, never pulled; securityContext
   runAsUser/runAsGroup are honoured, readOnlyRootFilesystem is honoured under
-  gVisor (whose root is always read-only here), the rest is recorded only;
+  gVisor (whose root is always read-only here), the rest (capabilities
+  included: a gVisor pod gets runsc's small default set) is recorded only;
   resource limits are not enforced.
 
 It reports Running, then Succeeded or Failed with each container's exit code
@@ -163,6 +168,21 @@ def can_run_as(uid: int, argv: list[str], env: dict[str, str] | None = None, tim
             stdin=subprocess.DEVNULL,
         )
     return r.returncode == 0
+
+
+def make_sub_path(volume: Path, sub_path: str) -> Path:
+    """A volumeMount's subPath folder, made as kubelet makes it (SafeMakeDir in makeMounts): each missing folder
+    with the mode of the volume's root (so that fsGroup's g+rwx, or a 0777 test folder, carries over), owned by
+    whoever runs the node; and never outside the volume."""
+    folder = (volume / sub_path).resolve()
+    if folder != volume.resolve() and volume.resolve() not in folder.parents:
+        raise PodSetupError("CreateContainerConfigError", f"subPath {sub_path!r} leaves its volume")
+    mode = volume.stat().st_mode & 0o7777
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir()
+        path.chmod(mode)
+    return folder
 
 
 class PodSetupError(Exception):
@@ -539,8 +559,7 @@ class PodWorker:
                 raise PodSetupError("CreateContainerConfigError", f"volumeMount {m['name']} names no volume")
             src = vols[m["name"]]
             if m.get("subPath"):
-                src = src / m["subPath"]
-                src.mkdir(parents=True, exist_ok=True)
+                src = make_sub_path(vols[m["name"]], m["subPath"])
             mounts.append({"source": str(src), "target": m["mountPath"], "readonly": bool(m.get("readOnly"))})
         mounts.append(
             {

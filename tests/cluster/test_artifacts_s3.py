@@ -23,6 +23,7 @@ from s3server import SECRET_KEY, S3Server
 from sigma0.io import tree_digest
 
 from . import test_operator
+from .cluster import Cluster
 from .test_operator import GROUP, VERSION, Platform, apply, example, jobs_of, phase_is, release, wait_for
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,13 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def process_sandbox(cluster: Cluster) -> Iterator[str]:
+    """The operator of this module allows sandbox steps in plain pods (set before `platform` starts it)."""
+    with test_operator.process_sandbox_allowed(cluster) as runtime_class:
+        yield runtime_class
+
+
+@pytest.fixture(scope="module", autouse=True)
 def artifacts_secret() -> Iterator[None]:
     """The operator of this module passes the Secret SECRET to stage pods (set before `platform` starts it)."""
     before = os.environ.get("SIGMA0_ARTIFACTS_SECRET")
@@ -66,7 +74,7 @@ ns = test_operator.ns
 def s3_cycle(name: str, **spec: Any) -> dict[str, Any]:
     base = example()["spec"]
     return example(name, release="s3-coder", artifacts={"uri": f"s3://{BUCKET}/sigma0"},
-                   placement={"sandbox": {"runtimeClassName": ""}},
+                   placement={"sandbox": {"runtimeClassName": test_operator.PLAIN_RUNTIME_CLASS}},
                    verify={**base["verify"], "sandbox": "process"}, eval={**base["eval"], "sandbox": "process"},
                    **spec)
 
@@ -92,7 +100,7 @@ def test_a_cycle_on_s3_artifacts_bootstraps_then_a_second_is_judged_against_the_
     assert tree_digest(local) == current["digest"], "the adapter in the bucket is the one the release names"
     cycle_prefix = current["uri"].removeprefix("s3://").removesuffix("/train/adapter")
     for output in ("harvest/candidates.jsonl", "verify/verified.jsonl", "dataset/train.jsonl",
-                   "eval/results/candidate-gate.jsonl", "decide/decision.json"):
+                   "eval/results/candidate-gate/results.jsonl", "decide/decision.json"):
         assert store.exists(f"{cycle_prefix}/{output}"), output
     assert store.exists(f"{BUCKET}/sigma0/leaderboard.jsonl")
 

@@ -8,6 +8,7 @@ and the operator's log.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -48,8 +49,8 @@ T = TypeVar("T")
 class Operator:
     """`python -m sigma0 operator` with the ServiceAccount's kubeconfig; killable and restartable."""
 
-    def __init__(self, kubeconfig: Path, log: Path, run_as_user: int) -> None:
-        self.kubeconfig, self.log, self.run_as_user = kubeconfig, log, run_as_user
+    def __init__(self, kubeconfig: Path, log: Path, run_as_user: int, extra: tuple[str, ...] = ()) -> None:
+        self.kubeconfig, self.log, self.run_as_user, self.extra = kubeconfig, log, run_as_user, extra
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = self.liveness_port = 0
         self.starts = 0
@@ -59,7 +60,7 @@ class Operator:
         command = [sys.executable, "-m", "sigma0", "operator", "--kubeconfig", str(self.kubeconfig),
                    "--all-namespaces", "--run-as-user", str(self.run_as_user), "--resync-seconds", "3",
                    "--watch-timeout", "20", "--metrics-port", str(self.metrics_port),
-                   "--liveness-port", str(self.liveness_port), "--job-ttl", "3600"]
+                   "--liveness-port", str(self.liveness_port), "--job-ttl", "3600", *self.extra]
         with open(self.log, "ab") as out:
             out.write(f"\n==== start {self.starts + 1}: {' '.join(command)}\n".encode())
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -121,6 +122,29 @@ def _kubeconfig(cluster: Cluster, token: str, path: Path) -> Path:
     }
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+PLAIN_RUNTIME_CLASS = "runc"  # a RuntimeClass that is not gVisor: the pod executor runs its pods as host processes
+
+
+@contextlib.contextmanager
+def process_sandbox_allowed(cluster: Cluster) -> Iterator[str]:
+    """For a module whose cycles run their sandbox steps without gVisor (`sandbox: process` in plain pods): the
+    operator that module starts is told to allow it (SIGMA0_ALLOW_PROCESS_SANDBOX, read when it starts), and a
+    RuntimeClass that is not gVisor exists for the cycles to name (runtimeClassName cannot be empty). Yields its
+    name. Enter it before the module's `platform` fixture starts the operator."""
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": PLAIN_RUNTIME_CLASS},
+        "handler": PLAIN_RUNTIME_CLASS}))
+    before = os.environ.get("SIGMA0_ALLOW_PROCESS_SANDBOX")
+    os.environ["SIGMA0_ALLOW_PROCESS_SANDBOX"] = "true"
+    try:
+        yield PLAIN_RUNTIME_CLASS
+    finally:
+        if before is None:
+            os.environ.pop("SIGMA0_ALLOW_PROCESS_SANDBOX", None)
+        else:
+            os.environ["SIGMA0_ALLOW_PROCESS_SANDBOX"] = before
 
 
 @pytest.fixture(scope="module")
@@ -397,6 +421,139 @@ def test_a_failing_stage_fails_the_cycle_with_its_reason_and_leaves_the_release_
     assert release(platform, ns, "kept") == untouched
     events = platform.core.list_namespaced_event(ns, field_selector="involvedObject.name=broken").items
     assert {"Admitted", "StageStarted", "StageFailed", "PhaseFailed"} <= {e.reason for e in events}
+
+
+def test_host_paths_and_sandboxes_without_gvisor_are_refused_and_an_empty_runtime_class_cannot_be_applied(
+        platform: Platform, ns: str) -> None:
+    """This module's operator runs without --allow-host-path and --allow-process-sandbox: such cycles fail on
+    their first reconcile, saying why, and nothing is created for them."""
+    refused = {
+        "on-node": ({"artifacts": {"path": str(platform.artifacts)}}, "HostPathNotAllowed", "--allow-host-path"),
+        "in-process": ({"verify": {"sandbox": "process"}}, "ProcessSandboxNotAllowed", "--allow-process-sandbox"),
+        "under-runc": ({"placement": {"sandbox": {"runtimeClassName": PLAIN_RUNTIME_CLASS}}},
+                       "ProcessSandboxNotAllowed", "is not a gVisor RuntimeClass"),
+    }
+    for name, (spec, _, _) in refused.items():
+        assert apply(platform, ns, example(name, release=name, **spec)).returncode == 0
+    for name, (_, reason, says) in refused.items():
+        found = wait_for(platform, ns, f"{name} to fail", phase_is(platform, ns, name, "Failed", "Succeeded"))
+        failed = condition(found, "Failed")
+        assert (found["phase"], failed["reason"], found["failure"]["reason"]) == ("Failed", reason, reason)
+        assert says in failed["message"], failed["message"]
+        assert not found.get("admitted") and not found.get("stages")
+        assert jobs_of(platform, ns, name) == [] and release(platform, ns, name) is None
+    # an empty runtime class (no gVisor) is refused by the API server itself
+    answer = apply(platform, ns, example("no-runtime", placement={"sandbox": {"runtimeClassName": ""}}))
+    assert answer.returncode != 0 and "spec.placement.sandbox.runtimeClassName" in answer.stderr
+
+
+# The verify candidate below runs this at import, in its child inside the verify pod (gVisor), then fails its
+# assert saying what each write did. It goes for every cycle folder on the artifacts volume, its own included, and
+# plants what later steps would take on trust if they found it: completions that generate resumes, results that
+# score resumes (their digests match the planted completions), a decision, training rows, verified rows.
+PLANTER = r"""
+import errno as _errno
+import hashlib as _hashlib
+import json as _json
+import os as _os
+
+_MARK = "planted" + "-by-" + "a-candidate"
+
+
+def _digest(text):
+    return "sha256:" + _hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _plants():
+    completion = "    return True  # " + _MARK + "\n"
+    tasks = ["HumanEval/%d" % number for number in range(3)]
+    completions = "".join(_json.dumps({"task_id": t, "completion": completion}) + "\n" for t in tasks)
+    results = "".join(_json.dumps({"task_id": t, "passed": True, "reason": "passed", "detail": _MARK,
+                                   "completion_digest": _digest(completion)}) + "\n" for t in tasks)
+    decision = _json.dumps({"outcome": "Promoted", "reason": _MARK, "candidate_pass_at_1": 1.0})
+    row = _json.dumps({"prompt": _MARK, "completion": _MARK}) + "\n"
+    return {"completions": ("eval/completions/candidate/gate/completions.jsonl", completions),
+            "results": ("eval/results/candidate-gate/results.jsonl", results),
+            "decision": ("decide/decision.json", decision),
+            "dataset": ("dataset/train.jsonl", row),
+            "verified": ("verify/verified.jsonl", row)}
+
+
+def _plant():
+    said = {}
+    root = "/artifacts/cycles"
+    try:
+        cycles = [_os.path.join(root, ns, name) for ns in sorted(_os.listdir(root))
+                  for name in sorted(_os.listdir(_os.path.join(root, ns)))]
+    except OSError as error:
+        return "cycles:" + _errno.errorcode.get(error.errno, str(error.errno))
+    for folder in cycles:
+        for key, (rel, text) in _plants().items():
+            path = _os.path.join(folder, rel)
+            try:
+                _os.makedirs(_os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as handle:
+                    handle.write(text)
+                outcome = "written"
+            except OSError as error:
+                outcome = _errno.errorcode.get(error.errno, str(error.errno))
+            said.setdefault(key, set()).add(outcome)
+    return " ".join(key + ":" + ",".join(sorted(outcomes)) for key, outcomes in sorted(said.items()))
+
+
+_SAID = _plant()
+
+
+def plant_everywhere(a, b):
+    raise RuntimeError("plant " + _SAID)
+"""
+MARK = "planted-by-a-candidate"
+
+
+@pytest.mark.slow
+def test_a_verify_candidate_cannot_plant_files_that_later_steps_read_and_the_decision_stands(platform: Platform,
+                                                                                            ns: str) -> None:
+    row = {"fn": "plant_everywhere", "instruction": "Add two numbers.", "code": PLANTER,
+           "asserts": ["assert plant_everywhere(1, 2) == 3"]}
+    source = platform.artifacts / "corpus" / "planting.jsonl"
+    source.write_text(json.dumps(row) + "\n")
+    source.chmod(0o666)
+    base = example()["spec"]
+    sources = [*base["harvest"]["sources"], {"path": "corpus/planting.jsonl"}]
+    assert apply(platform, ns, example("planted", release="planted", harvest={"sources": sources})).returncode == 0
+    found = wait_for(platform, ns, "the planted cycle to end", phase_is(platform, ns, "planted", "Succeeded", "Failed"),
+                     timeout=400, interval=1)
+    assert found["phase"] == "Succeeded", diagnostics(platform, ns)
+    assert "gvisor" in found["stages"]["verify"]["isolation"]
+    folder = next((platform.artifacts / "cycles" / ns).glob("planted-*"))
+
+    # the candidate ran, in its verify pod, and every write outside its step's own folder failed: read-only
+    report = json.loads((folder / "verify" / "report.json").read_text())
+    (verdict,) = [v for v in report["verdicts"] if v["fn"] == "plant_everywhere"]
+    assert verdict["passed"] is False and "RuntimeError: plant " in verdict["detail"], verdict
+    said = dict(part.split(":", 1) for part in verdict["detail"].split("RuntimeError: plant ", 1)[1].split())
+    assert set(said) == {"completions", "results", "decision", "dataset", "verified"}, said
+    for key in ("completions", "results", "decision", "dataset"):
+        assert said[key] == "EROFS", (key, said)
+    # its own cycle's verify folder is the one place it may write (here, where the pod executor gives a gVisor pod
+    # no per-candidate users, it can): only the judge writes there after it, replacing verified.jsonl whole
+    assert set(said["verified"].split(",")) <= {"written", "EROFS"}, said
+
+    # nothing it planted is anywhere on the volume (the code holds the mark only in pieces)
+    planted = [str(p) for p in platform.artifacts.rglob("*") if p.is_file() and MARK.encode() in p.read_bytes()]
+    assert planted == []
+
+    # the decision is the one the cycle's own results make: the genuine score, not the planted 3 of 3
+    results = [json.loads(line) for line in
+               (folder / "eval" / "results" / "candidate-gate" / "results.jsonl").read_text().splitlines() if line]
+    passed = sum(bool(r["passed"]) for r in results)
+    assert (found["candidate"]["passed"], found["candidate"]["total"]) == (passed, len(results)) and len(results) == 3
+    decision = json.loads((folder / "decide" / "decision.json").read_text())
+    assert found["decision"]["outcome"] == decision["outcome"] == "Bootstrapped"
+    assert decision["candidate_passed"] == passed and decision["candidate_total"] == 3
+    published = release(platform, ns, "planted")
+    assert published is not None and published["spec"]["current"]["digest"] == found["candidate"]["digest"]
+    assert published["spec"]["current"]["passed"] == passed
 
 
 NOWHERE = {"sandbox": {"nodeSelector": {"sigma0.dev/pool": "nowhere"}}}  # no node has it: pods stay Pending

@@ -21,6 +21,7 @@ from sigma0.kube import ledger as kube_ledger
 from sigma0.placement import Usage, format_time, frees_at, gpu_hours, parse_time
 
 from . import test_operator
+from .cluster import Cluster
 from .test_operator import (
     GROUP,
     VERSION,
@@ -51,9 +52,16 @@ def cycle(name: str, train: list[dict[str, Any]], **spec: Any) -> dict[str, Any]
     tested in test_operator.py), so these tests are about placement only."""
     base = example()["spec"]
     return example(name, release=name, placement={"train": {"placements": train}, "eval": {"gpus": 0},
-                                                   "sandbox": {"runtimeClassName": ""}},
+                                                   "sandbox": {"runtimeClassName": test_operator.PLAIN_RUNTIME_CLASS}},
                    verify={**base["verify"], "sandbox": "process"}, eval={**base["eval"], "sandbox": "process"},
                    **spec)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def process_sandbox(cluster: Cluster) -> Iterator[str]:
+    """The operator of this module allows sandbox steps in plain pods (set before `platform` starts it)."""
+    with test_operator.process_sandbox_allowed(cluster) as runtime_class:
+        yield runtime_class
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -3,7 +3,8 @@
 The twin of sigma0.executors.local: the same plan (`plan.next_action`) decides; here a step is a batch/v1 Job and
 the release is an AdapterRelease. Each reconcile reads the world and converges:
 
-    1. read the cycle (its status is the record: sigma0.kube.status) and every Job and pod of it (by label)
+    1. read the cycle (its status is the record: sigma0.kube.status) and every Job and pod of it (by label); a
+       cycle this operator refuses to run (`jobs.refusal`: a hostPath, or no gVisor) fails here, touching nothing
     2. fold what the Jobs say into the record (a Job whose status write was lost is adopted by its name)
     3. the deadline, the release's queue (one admitted cycle per release), suspend
     4. act until the plan has to wait: resolve the incumbent, create a step's Job (409 AlreadyExists is the
@@ -194,6 +195,11 @@ class JobExecutor:
             failed = replace(record, failure=("InvalidSpec", f"the operator cannot read this spec: {error}"))
             return self._finish_pass(cycle, ref, None, _Pass(failed, {}), suspended=False)
         layout = jobs.layout(ref, spec, self.settings)
+        refused = jobs.refusal(spec, self.settings)
+        if refused is not None:  # before admission and before any Job: the cycle only learns why it cannot run
+            work = _Pass(replace(record, failure=refused), {})
+            work.event("Warning", refused[0], refused[1][:1000])
+            return self._finish_pass(cycle, ref, spec, work, suspended=False, layout=layout)
         if record.admitted:
             found = self._list(self.clients.batch.list_namespaced_job, ref)
             pods = self._list(self.clients.core.list_namespaced_pod, ref)

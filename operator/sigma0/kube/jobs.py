@@ -5,11 +5,13 @@ Pure: no API calls. The executor creates what `build_job` returns and feeds `obs
 What a stage pod looks like, by the step's kind (sigma0.plan.Step.kind):
 
     sandbox  verify, score: they execute untrusted code (harvested candidates, model completions). The sandbox
-             image under the cycle's runtimeClassName (default `gvisor`), no ServiceAccount token, non-root,
-             read-only root filesystem, every capability dropped, seccomp RuntimeDefault, CPU and memory limits,
-             and the label that the deny-all NetworkPolicy (manifests/per-namespace/) selects. A failed
-             sandbox pod is never retried (podFailurePolicy FailJob on any non-zero exit): the verdict stands.
-    plain    harvest, dataset, decide: they only move data. The same hardened pod, without the runtime class.
+             image under the cycle's runtimeClassName (default `gvisor`), no ServiceAccount token, read-only root
+             filesystem, seccomp RuntimeDefault, CPU and memory limits, and the label that the deny-all
+             NetworkPolicy (manifests/per-namespace/) selects. A failed sandbox pod is never retried
+             (podFailurePolicy FailJob on any non-zero exit): the verdict stands. The artifacts volume is mounted
+             read-only; only the step's own output folder is writable (see "What a sandbox pod may write").
+    plain    harvest, dataset, decide: they only move data. The same hardened pod, non-root, every capability
+             dropped, without the runtime class.
     gpu      train, generate: the trainer image with one of the step's GPU placements (GPUs, resources,
              nodeSelector, tolerations, priorityClassName; which one is the executor's choice, see
              sigma0.placement), labelled with the placement's name and GPU count, from which the operator counts
@@ -20,6 +22,26 @@ gVisor cannot nest: inside a gVisor pod, `runsc` cannot start another sandbox. S
 class, a sandbox step runs with `--sandbox process` (the stage's warm-worker, rlimits and nonce checks still
 apply) and the pod's runtime class is the isolation boundary; `stage_argv` rewrites that one value and says so,
 and the executor records it in the stage's status (`isolation`).
+
+What a sandbox pod may write. The stage process (the judge) and the candidate's child run in the same pod, so the
+pod's mounts are what a candidate that gets past the child's limits could touch. The artifacts volume is mounted
+read-only at /artifacts (inputs, every other step's outputs, every other cycle); a second mount of the same
+volume, by subPath, makes the step's own output folder (`Step.writes`: verify/, or eval/results/<adapter>-<label>/
+for each score step; no other step writes there) writable at its usual path, so the command line is unchanged.
+Only trusted steps (dataset, decide) read that folder afterwards. So a candidate can plant nothing that another
+step reads: not completions for generate to resume, not results for score to resume, not a decision. An emptyDir
+plus a copying step was the other way: one more container per step for the same guarantee. There is no shared
+leaderboard on a volume: each score step appends its row in its own folder. Within its own folder the judge is
+protected by users: under a runtime class the operator knows as gVisor (`--gvisor-runtime-class`, default
+`gvisor`) the pod runs as root inside the sandbox, with CHOWN, KILL, SETGID and SETUID only (gVisor's root is not
+the node's), so that the stage's worker gives each child a user of its own (sigma0.sandbox.worker), which cannot
+write the judge's files, signal or trace it. Every other stage pod is the images' non-root user with every
+capability dropped.
+
+What the operator refuses (`refusal`): a cycle whose artifacts are a node folder (`artifacts.path`, a hostPath
+volume) unless it runs with `--allow-host-path`, and one whose sandbox steps would run without gVisor (`sandbox:
+process`, or a runtimeClassName it does not know as gVisor) unless it runs with `--allow-process-sandbox`. Such a
+cycle fails at once with the reason in its status; nothing is created for it.
 
 Every pod mounts the artifacts volume at /artifacts (a PersistentVolumeClaim, or a node folder for
 `artifacts.path`), or, with an fsspec URI (`artifacts.uri`, e.g. s3://), gets URIs in its command line, which
@@ -79,6 +101,9 @@ class PodSettings:
     run_as_user: int = 65532  # the images' non-root user; 0 only for test harnesses that cannot do better
     ttl_seconds_after_finished: int = 86400
     backoff_limit: int = 1  # retries of plain and GPU pods on exit code 1 (never on 2, never for sandbox)
+    gvisor_runtime_classes: tuple[str, ...] = ("gvisor",)  # RuntimeClasses whose handler is gVisor (runsc)
+    allow_host_path: bool = False  # admit cycles with artifacts.path (a hostPath volume in every stage pod)
+    allow_process_sandbox: bool = False  # admit cycles whose sandbox steps would run without gVisor
 
 
 @dataclass(frozen=True)
@@ -101,8 +126,36 @@ class CycleRef:
 
 def layout(cycle: CycleRef, spec: CycleSpec, settings: PodSettings) -> plan.Layout:
     """The plan's Layout as the stage pods see it: under the mount path, or under the artifacts URI."""
-    root = spec.artifacts.uri.rstrip("/") if spec.artifacts.uri else settings.mount_path
-    return plan.Layout(cycle_dir=f"{root}/{cycle.folder}", input_dir=root, leaderboard=f"{root}/leaderboard.jsonl")
+    if spec.artifacts.uri:
+        root = spec.artifacts.uri.rstrip("/")
+        return plan.Layout(cycle_dir=f"{root}/{cycle.folder}", input_dir=root, leaderboard=f"{root}/leaderboard.jsonl")
+    # On a volume, score pods mount it read-only but for their own folder: no shared leaderboard file
+    root = settings.mount_path
+    return plan.Layout(cycle_dir=f"{root}/{cycle.folder}", input_dir=root, leaderboard="")
+
+
+def refusal(spec: CycleSpec, settings: PodSettings) -> tuple[str, str] | None:
+    """(reason, message) if this operator must not run the cycle at all, else None."""
+    if spec.artifacts.path and not settings.allow_host_path:
+        return "HostPathNotAllowed", (
+            f"spec.artifacts.path ({spec.artifacts.path}) would mount a node folder (hostPath) into every stage "
+            "pod, including those that run untrusted code; this operator refuses it. Use spec.artifacts.pvc or "
+            "spec.artifacts.uri, or start the operator with --allow-host-path (SIGMA0_ALLOW_HOST_PATH=true, "
+            "chart value stagePods.allowHostPath) on a single-tenant cluster")
+    runtime_class = spec.placement.sandbox.runtime_class_name
+    process = [f"spec.{part}.sandbox is process" for part in ("verify", "eval")
+               if getattr(spec, part).sandbox == "process"]
+    if runtime_class not in settings.gvisor_runtime_classes:
+        known = ", ".join(settings.gvisor_runtime_classes) or "none"
+        process.append(f"spec.placement.sandbox.runtimeClassName {runtime_class!r} is not a gVisor RuntimeClass "
+                       f"this operator knows (--gvisor-runtime-class: {known})")
+    if process and not settings.allow_process_sandbox:
+        return "ProcessSandboxNotAllowed", (
+            f"{'; '.join(process)}: verify and score would run untrusted code without gVisor; this operator "
+            "refuses it. Leave sandbox at auto or gvisor with a gVisor runtimeClassName, or start the operator "
+            "with --allow-process-sandbox (SIGMA0_ALLOW_PROCESS_SANDBOX=true, chart value "
+            "stagePods.allowProcessSandbox) where every candidate is trusted")
+    return None
 
 
 def artifacts_volume(spec: CycleSpec, settings: PodSettings) -> tuple[dict[str, Any] | None, str | None]:
@@ -232,16 +285,45 @@ def _placement(step: plan.Step, spec: CycleSpec, placement: GpuPlacement | None)
     return found
 
 
-def _security(settings: PodSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+# What the stage's worker needs to give each candidate's child a user of its own (sigma0.sandbox.worker).
+SLOT_USER_CAPABILITIES = ["CHOWN", "KILL", "SETGID", "SETUID"]
+
+
+def root_in_gvisor(step: plan.Step, spec: CycleSpec, settings: PodSettings) -> bool:
+    """Whether the step's pod runs as root inside gVisor: sandbox steps under a known gVisor RuntimeClass only."""
+    return step.kind == "sandbox" and spec.placement.sandbox.runtime_class_name in settings.gvisor_runtime_classes
+
+
+def _security(settings: PodSettings, root_in_sandbox: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pod securityContext, container securityContext)."""
-    user = settings.run_as_user
+    user = 0 if root_in_sandbox else settings.run_as_user
     pod: dict[str, Any] = {"runAsNonRoot": user != 0, "runAsUser": user, "runAsGroup": user,
                            "seccompProfile": {"type": "RuntimeDefault"}}
-    if user != 0:
-        pod["fsGroup"] = user
+    if settings.run_as_user != 0:  # the volume's group, as for every other stage pod
+        pod["fsGroup"] = settings.run_as_user
+    capabilities: dict[str, Any] = {"drop": ["ALL"]}
+    if root_in_sandbox:
+        capabilities["add"] = list(SLOT_USER_CAPABILITIES)
     container = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
-                 "capabilities": {"drop": ["ALL"]}}
+                 "capabilities": capabilities}
     return pod, container
+
+
+def _artifact_mounts(step: plan.Step, settings: PodSettings, sub_path: str | None) -> list[dict[str, Any]]:
+    """The artifacts volume's mounts: the whole of it read-write, or, for a sandbox step, read-only with the step's
+    own output folder (and nothing else) mounted read-write over it."""
+    mount: dict[str, Any] = {"name": "artifacts", "mountPath": settings.mount_path}
+    if sub_path:
+        mount["subPath"] = sub_path
+    if step.kind != "sandbox":
+        return [mount]
+    root = settings.mount_path.rstrip("/") + "/"
+    if not step.writes or not step.writes.startswith(root):
+        raise ValueError(f"sandbox step {step.name} names no output folder under {root}: {step.writes!r}")
+    own = step.writes.removeprefix(root).strip("/")
+    output = {"name": "artifacts", "mountPath": step.writes, "subPath": f"{sub_path.strip('/')}/{own}" if sub_path
+              else own}
+    return [{**mount, "readOnly": True}, output]
 
 
 def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: PodSettings, attempt: int,
@@ -272,12 +354,9 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
             env_from.append({"secretRef": {"name": settings.artifacts_secret}})
     else:
         volumes.append(volume)
-        mount = {"name": "artifacts", "mountPath": settings.mount_path}
-        if sub_path:
-            mount["subPath"] = sub_path
-        mounts.append(mount)
+        mounts += _artifact_mounts(step, settings, sub_path)
         env.append({"name": "SIGMA0_MODEL_CACHE", "value": f"{settings.mount_path}/models"})
-    pod_security, container_security = _security(settings)
+    pod_security, container_security = _security(settings, root_in_gvisor(step, spec, settings))
     container = {
         "name": CONTAINER,
         "image": settings.trainer_image if step.kind == "gpu" else settings.sandbox_image,

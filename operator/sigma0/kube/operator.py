@@ -26,7 +26,15 @@ ENV = {  # flag → environment variable that sets its default (the Deployment s
     "artifacts_claim": "SIGMA0_ARTIFACTS_CLAIM",
     "artifacts_secret": "SIGMA0_ARTIFACTS_SECRET",
     "clock_file": "SIGMA0_CLOCK_FILE",  # test only
+    "gvisor_runtime_class": "SIGMA0_GVISOR_RUNTIME_CLASSES",  # comma-separated
+    "allow_host_path": "SIGMA0_ALLOW_HOST_PATH",  # true / false
+    "allow_process_sandbox": "SIGMA0_ALLOW_PROCESS_SANDBOX",  # true / false
 }
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: true, 1, yes or on (any case) is on; unset or anything else is off."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def operator_clock(clock_file: str | None = None) -> Callable[[], datetime]:
@@ -60,6 +68,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for cycles with an artifacts URI (s3://...): a Secret in the cycle's namespace whose "
                         "keys stage pods get as environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
                         "AWS_ENDPOINT_URL, ...)")
+    parser.add_argument("--gvisor-runtime-class", action="append", default=None, metavar="NAME",
+                        help="a RuntimeClass whose handler is gVisor (runsc), repeatable; sandbox steps run only "
+                        "under one of these unless --allow-process-sandbox, and as root inside gVisor so that each "
+                        f"candidate gets a user of its own (default: {', '.join(defaults.gvisor_runtime_classes)}; "
+                        f"env {ENV['gvisor_runtime_class']}, comma-separated)")
+    parser.add_argument("--allow-host-path", action="store_true", default=env_flag(ENV["allow_host_path"]),
+                        help="run cycles whose spec.artifacts.path mounts a node folder (hostPath) into stage pods; "
+                        f"refused by default: single-tenant clusters only (env {ENV['allow_host_path']}=true)")
+    parser.add_argument("--allow-process-sandbox", action="store_true",
+                        default=env_flag(ENV["allow_process_sandbox"]),
+                        help="run cycles whose sandbox steps would run untrusted code without gVisor (sandbox: "
+                        "process, or a runtimeClassName not named by --gvisor-runtime-class); refused by default "
+                        f"(env {ENV['allow_process_sandbox']}=true)")
     parser.add_argument("--run-as-user", type=int, default=defaults.run_as_user,
                         help="uid of stage pods (non-root; 0 only where the images cannot run otherwise)")
     parser.add_argument("--job-ttl", type=int, default=defaults.ttl_seconds_after_finished,
@@ -80,11 +101,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true")
 
 
+def gvisor_runtime_classes(args: argparse.Namespace) -> tuple[str, ...]:
+    """--gvisor-runtime-class, else its environment variable, else the default (gvisor)."""
+    named = args.gvisor_runtime_class or os.environ.get(ENV["gvisor_runtime_class"], "").split(",")
+    found = tuple(dict.fromkeys(name.strip() for name in named if name.strip()))
+    return found or jobs.PodSettings().gvisor_runtime_classes
+
+
 def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
     return jobs.PodSettings(sandbox_image=args.sandbox_image, trainer_image=args.trainer_image,
                             default_claim=args.artifacts_claim, artifacts_secret=args.artifacts_secret,
                             run_as_user=args.run_as_user,
-                            ttl_seconds_after_finished=args.job_ttl, backoff_limit=args.backoff_limit)
+                            ttl_seconds_after_finished=args.job_ttl, backoff_limit=args.backoff_limit,
+                            gvisor_runtime_classes=gvisor_runtime_classes(args),
+                            allow_host_path=args.allow_host_path, allow_process_sandbox=args.allow_process_sandbox)
 
 
 def api_client(kubeconfig: str | None) -> Any:
@@ -117,7 +147,13 @@ def run(args: argparse.Namespace) -> int:
     if args.clock_file:
         logging.getLogger("sigma0.operator").warning("TEST CLOCK: the operator's time is offset by the seconds "
                                                      "in %s", args.clock_file)
-    executor = JobExecutor(clients, settings_from(args), metrics=metrics, clock=operator_clock(args.clock_file))
+    settings = settings_from(args)
+    for allowed, what in ((settings.allow_host_path, "--allow-host-path: cycles may mount node folders (hostPath)"),
+                          (settings.allow_process_sandbox, "--allow-process-sandbox: untrusted code may run "
+                           "without gVisor")):
+        if allowed:
+            logging.getLogger("sigma0.operator").warning("%s", what)
+    executor = JobExecutor(clients, settings, metrics=metrics, clock=operator_clock(args.clock_file))
     identity = f"sigma0@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
     peering = None
     if args.peering:
