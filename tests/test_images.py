@@ -9,7 +9,6 @@ line must parse with the very CLI the package installs.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import re
 import subprocess
@@ -286,9 +285,7 @@ def test_the_command_of_each_stage_job_exists_in_the_image_it_names(step: plan.S
     command = container["command"]
     assert command[:3] == ["sigma0", "stage", step.stage] and step.stage in STAGES
     # the same CLI: the stage's own parser accepts the arguments
-    parser = argparse.ArgumentParser(prog=f"sigma0 stage {step.stage}")
-    load_stage(step.stage).add_arguments(parser)
-    parser.parse_args(command[3:])
+    cli.stage_parser(step.stage, load_stage(step.stage)).parse_args(command[3:])
     # everything the command imports is installed in that image
     needed = distributions_for(third_party_imports([STAGES[step.stage], "sigma0.cli"],
                                                    top_level_only=frozenset({"sigma0.cli"})))

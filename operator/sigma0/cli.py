@@ -29,6 +29,17 @@ from sigma0.termination import write_summary
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def stage_parser(name: str, module: Any) -> argparse.ArgumentParser:
+    """The command line of `sigma0 stage NAME`: the stage's own arguments and those every stage takes."""
+    parser = argparse.ArgumentParser(prog=f"sigma0 stage {name}", description=(module.__doc__ or "").strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    parser.add_argument("--expect", action="append", default=[], metavar="DIGEST=PATH",
+                        help="an input's digest as the stage that wrote it recorded (sigma0.evidence); checked "
+                        "before the stage reads anything (repeatable)")
+    return parser
+
+
 def _stage_command(name: str, argv: Sequence[str]) -> int:
     """Run one stage: its summary goes to stdout and to the termination-message file. Remote arguments (fsspec
     URIs, sigma0.remote) are run on local copies: downloaded first, uploaded after."""
@@ -37,12 +48,7 @@ def _stage_command(name: str, argv: Sequence[str]) -> int:
     except StageInputError as error:
         print(f"sigma0 stage: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    parser = argparse.ArgumentParser(prog=f"sigma0 stage {name}", description=(module.__doc__ or "").strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    module.add_arguments(parser)
-    parser.add_argument("--expect", action="append", default=[], metavar="DIGEST=PATH",
-                        help="an input's digest as the stage that wrote it recorded (sigma0.evidence); checked "
-                        "before the stage reads anything (repeatable)")
+    parser = stage_parser(name, module)
     given = parser.parse_args(argv)  # usage errors before any download
     with tempfile.TemporaryDirectory(prefix="sigma0-remote-") as scratch:
         try:
