@@ -87,7 +87,7 @@ class LoopbackChild:
             try:
                 return self.cross(target(*args, **kwargs))  # type: ignore[operator]
             except Exception as error:
-                return judge.reply_value(["raise", type(error).__name__, str(error)], exceptions=False)
+                judge.raise_reply(["raise", type(error).__name__, str(error)], exceptions=False)
         return self.cross(getattr(target, request[2]))  # type: ignore[arg-type]
 
     def evaluate(self, source: str, function: str = "f") -> object:

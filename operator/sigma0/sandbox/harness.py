@@ -29,7 +29,7 @@ REPLY_FD = 4
 DATA_DEPTH = 20
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     try:
         message = str(error)
     except BaseException:
@@ -104,16 +104,14 @@ def serve(code: str, *, wire: Any, exit: Callable[[int], NoReturn], builtins_mod
     try:
         body = compile(code, "<candidate>", "exec", dont_inherit=True)
     except BaseException as error:
-        wire.send(
-            REPLY_FD,
-            ["fail", "syntax" if isinstance(error, SyntaxError | ValueError) else "error", _describe(error)[:2000]],
-        )
+        reason = "syntax" if isinstance(error, SyntaxError | ValueError) else "error"
+        wire.send(REPLY_FD, ["fail", reason, describe_error(error)[:2000]])
         exit(1)
     namespace: dict[str, Any] = {"__name__": "candidate", "__builtins__": builtins_module}
     try:
         exec(body, namespace)
     except BaseException as error:
-        wire.send(REPLY_FD, ["fail", _reason(error), "while running the code: " + _describe(error)[:2000]])
+        wire.send(REPLY_FD, ["fail", _reason(error), "while running the code: " + describe_error(error)[:2000]])
         exit(1)
     wire.send(REPLY_FD, ["ready", {name: encode(value) for name, value in namespace.items() if name[:2] != "__"}])
     while True:
@@ -131,7 +129,7 @@ def serve(code: str, *, wire: Any, exit: Callable[[int], NoReturn], builtins_mod
             else:
                 exit(2)
         except BaseException as error:
-            reply = ["raise", type(error).__name__, _describe(error)[:2000]]
+            reply = ["raise", type(error).__name__, describe_error(error)[:2000]]
         wire.send(REPLY_FD, reply)
 
 

@@ -38,7 +38,7 @@ import operator
 import re
 import string
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 # --- what a candidate's answers become ------------------------------------------------------------------------------
 
@@ -117,14 +117,12 @@ class Handle:
     __lt__ = __le__ = __gt__ = __ge__ = __contains__ = _own_code
 
 
-def reply_value(reply: Any, exceptions: bool) -> Any:
-    """The value of an ["ok", v] reply; a ["raise", kind, message] reply raises. With `exceptions`, a builtin
-    exception type is raised as itself (so that trusted suite code can catch a ValueError); otherwise as
-    CandidateRaised. An exit raised inside the call is CandidateExited either way."""
+def raise_reply(reply: Any, exceptions: bool) -> NoReturn:
+    """Raise what a reply that is not ["ok", value] says: for ["raise", kind, message], with `exceptions` a builtin
+    exception type as itself (so that trusted suite code can catch a ValueError), otherwise CandidateRaised; an exit
+    raised inside the call is CandidateExited either way. Anything else is BadReply."""
     if type(reply) is not list or not reply:
         raise BadReply("a reply that is not a message")
-    if reply[0] == "ok" and len(reply) == 2:
-        return reply[1]
     if reply[0] == "raise" and len(reply) == 3 and type(reply[1]) is str and type(reply[2]) is str:
         kind, message = reply[1], reply[2]
         if kind in _EXITS:
@@ -191,13 +189,14 @@ def _format(value: Any, spec: str = "") -> str:
     return format(value, spec)
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+    """The names in a space-separated list (ruff would have literal lists of them, one per line)."""
     return text.split()
 
 
 BUILTINS: dict[str, Any] = {
     name: getattr(builtins, name)
-    for name in _words(
+    for name in words(
         "abs all any ascii bin bool bytes callable chr complex dict divmod enumerate filter float frozenset hash hex "
         "int isinstance len list map max min oct ord repr reversed round set slice sorted str sum tuple zip"
     )
@@ -207,7 +206,7 @@ BUILTINS: dict[str, Any] = {
 MODULES: dict[str, dict[str, Any]] = {
     "math": {
         name: getattr(math, name)
-        for name in _words(
+        for name in words(
             "pi e tau inf nan sqrt isqrt floor ceil trunc fabs isclose isnan isinf isfinite log log2 log10 log1p exp "
             "expm1 sin cos tan asin acos atan atan2 sinh cosh tanh asinh acosh atanh hypot degrees radians copysign "
             "fmod remainder gcd lcm fsum dist modf frexp ldexp erf erfc"
@@ -216,14 +215,14 @@ MODULES: dict[str, dict[str, Any]] = {
     | {"pow": math.pow},
     "string": {
         name: getattr(string, name)
-        for name in _words(
+        for name in words(
             "ascii_letters ascii_lowercase ascii_uppercase digits hexdigits octdigits punctuation printable "
             "whitespace capwords"
         )
     },
     "re": {
         name: getattr(re, name)
-        for name in _words(
+        for name in words(
             "match fullmatch search findall finditer sub subn split escape compile IGNORECASE I MULTILINE M DOTALL S "
             "ASCII A VERBOSE X"
         )

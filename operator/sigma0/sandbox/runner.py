@@ -324,7 +324,6 @@ def run_programs(
         # The token marks the worker's own lines: a candidate that writes to the worker's stdout blindly is caught.
         uid_base = UID_FLOOR + secrets.randbelow(UID_RANGES) * SLOTS_PER_LANE
         return {
-            "slots": SLOTS_PER_LANE,
             "uid_base": uid_base,
             "token": secrets.token_hex(16),
             "timeout": timeout,

@@ -75,12 +75,8 @@ FAILURES_FROM_CHILD = ("syntax", "error", "memory", "exit_before_asserts")
 """What a child may say about itself before it is asked anything: only ways to fail."""
 
 
-def _words(text: str) -> list[str]:
-    return text.split()
-
-
 SUITE_MODULES = frozenset(
-    _words(
+    judge.words(
         "math cmath string re collections itertools functools heapq bisect typing random statistics fractions "
         "decimal operator hashlib json copy datetime numbers array dataclasses enum"
     )
@@ -173,7 +169,7 @@ class Child:
         reply = self.receive()
         if type(reply) is list and len(reply) == 2 and reply[0] == "ok":
             return self.decode(reply[1])
-        return judge.reply_value(reply, exceptions=self.suite)
+        judge.raise_reply(reply, exceptions=self.suite)
 
     def encode(self, value: Any) -> Any:
         def other(item: Any) -> Any:
@@ -658,16 +654,8 @@ def _failure(error: BaseException, prefix: str) -> tuple[str, str]:
     if isinstance(error, MemoryError):
         return "memory", prefix + "MemoryError"
     if isinstance(error, AssertionError):
-        return "assertion", prefix + _describe(error)
-    return "error", prefix + _describe(error)
-
-
-def _describe(error: BaseException) -> str:
-    try:
-        message = str(error)
-    except BaseException:
-        message = "<unprintable>"
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+        return "assertion", prefix + harness.describe_error(error)
+    return "error", prefix + harness.describe_error(error)
 
 
 def _with_tail(child: Child, text: str) -> str:
