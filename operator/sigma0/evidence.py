@@ -22,18 +22,16 @@ expectation about an s3:// input is checked against the very copy the stage read
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sigma0.io import path_digest
+from sigma0.io import DIGEST, path_digest
 from sigma0.stages import StageInputError
 
 OUTPUTS = "outputs"  # the summary key
 UNRECORDED = "unrecorded"
 TAMPERED = "evidence_tampered"
 MISSING = "evidence_missing"
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class EvidenceTampered(StageInputError):
@@ -82,7 +80,7 @@ def expand(entry: Any) -> dict[str, str]:
         return {}
     root = str(entry.get("root") or "")
     return {(_join(root, str(name)) if root else str(name)): digest
-            for name, digest in entry["digests"].items() if isinstance(digest, str) and DIGEST.match(digest)}
+            for name, digest in entry["digests"].items() if isinstance(digest, str) and DIGEST.fullmatch(digest)}
 
 
 def split(summary: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -162,6 +163,11 @@ class atomic_writer:
             os.replace(self._tmp, self.path)
         else:
             os.unlink(self._tmp)
+
+
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+"""The format of every digest sigma0 writes (files, folders, adapters; the AdapterRelease schema's pattern): match
+it with `fullmatch`, so that nothing may follow it, a newline included."""
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:

@@ -30,10 +30,11 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from sigma0.gate import Outcome
+from sigma0.io import DIGEST
 from sigma0.plan import Incumbent
 
 # Used with fullmatch: Python's `$` also matches before a final newline, which the API server's patterns do not.
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# DIGEST (sigma0.io) is the digest format, shared with the evidence record.
 NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # a Kubernetes object name (RFC 1123 subdomain)
 DEFAULT_HISTORY_LIMIT = 10
 MAX_HISTORY_LIMIT = 50  # the AdapterRelease schema's maximum for spec.historyLimit and spec.history
