@@ -96,6 +96,11 @@ class RawRow:
         return {"source": self.source, "index": self.index}
 
 
+def source_of(where: str) -> str:
+    """The source file of a row's `where` (`path:line` or `path[index]`, RawRow.where)."""
+    return re.sub(r"(:\d+|\[\d+\])$", "", where)
+
+
 @dataclass(frozen=True)
 class Candidate:
     id: str

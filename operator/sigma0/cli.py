@@ -4,6 +4,7 @@
     sigma0 run MANIFEST [--workdir DIR]           run the whole cycle on this machine, resumably
     sigma0 stage NAME ...                         one stage command (what a local step or a Job's pod runs)
     sigma0 release show|history|rollback NAME     the local release store (--cluster: the AdapterRelease)
+    sigma0 digest FOLDER                          an adapter folder's digest, as spec.candidate.digest names it
     sigma0 operator [--namespace NS ...]          the Kubernetes operator (kopf): TrainingCycles as Jobs
     sigma0 cycle create MANIFEST                  create a TrainingCycle in a cluster (what the nightly CronJob runs)
 """
@@ -63,7 +64,7 @@ def _stage_command(name: str, argv: Sequence[str]) -> int:
             print(f"sigma0 stage {name}: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except StageInputError as error:
-            write_summary({"stage": name, "error": str(error), "kind": "input"})
+            write_summary({"stage": name, "error": str(error), "kind": error.kind})
             print(f"sigma0 stage {name}: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except Exception as error:  # the stage failed: say why in the termination message, keep the traceback in logs
@@ -170,6 +171,18 @@ def _release(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _digest(args: argparse.Namespace, console: Console) -> int:
+    """`sigma0 digest FOLDER`: the content digest a cycle importing this adapter checks (sigma0.io.tree_digest)."""
+    from sigma0.io import path_digest
+
+    path = Path(args.path)
+    if not path.exists():
+        console.print(f"[red]{path}: no such file or folder[/]", highlight=False)
+        return EXIT_BAD_INPUT
+    print(path_digest(path))
+    return EXIT_OK
+
+
 def _custom_api(kubeconfig: str | None) -> Any:
     from kubernetes import client
 
@@ -217,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--namespace", default="default", help="with --cluster: the release's namespace")
     release.add_argument("--kubeconfig", help="with --cluster: a kubeconfig (default: in-cluster, $KUBECONFIG)")
 
+    digest = commands.add_parser("digest", help="print an adapter folder's digest (for spec.candidate.digest)")
+    digest.add_argument("path")
+
     from sigma0.kube.operator import add_arguments as add_operator_arguments
 
     add_operator_arguments(commands.add_parser("operator", help="run the Kubernetes operator (kopf)"))
@@ -233,5 +249,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stage_command(argv[1], argv[2:])
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
-    handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator, "cycle": _cycle}
+    handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator, "cycle": _cycle,
+                "digest": _digest}
     return handlers[args.command](args, console)

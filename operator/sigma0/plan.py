@@ -7,6 +7,16 @@ step's result) and says what to do next. It does no I/O. The executors do the I/
     JobExecutor:    a step is a batch/v1 Job watched by kopf;     the release is an AdapterRelease resource
 
 Running it again with the same observations gives the same answer, so a restarted executor resumes where it was.
+
+Three ways through, chosen by the spec alone (the executors never ask which):
+
+    train     harvest → verify → dataset → train → generate → score → decide → publish (the default)
+    import    import → generate → score → decide → publish: `spec.candidate` names an adapter trained elsewhere;
+              the import step copies it into the cycle and fails unless it has the digest the spec names, before
+              any GPU step; from there on it is a candidate like a trained one (same problems, same decoding,
+              same decision, same evidence, copied into the release's store by digest when it wins)
+    dry run   harvest → verify [→ dataset], then Finish(Succeeded, DryRun) with a report of what would train:
+              `spec.stopAfter`; nothing is trained or evaluated and the release is neither read nor written
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ PHASE_PENDING = "Pending"
 PHASE_SUCCEEDED = "Succeeded"
 PHASE_FAILED = "Failed"
 TERMINAL_PHASES = (PHASE_SUCCEEDED, PHASE_FAILED)
+DRY_RUN = "DryRun"  # the outcome of a cycle that stopped after spec.stopAfter
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,7 @@ class Publish:
     candidate_uri: str
     candidate_digest: str
     decision_digest: str | None = None  # what decide recorded for decision_file: check it before reading the file
+    evidence: Mapping[str, Any] = field(default_factory=dict)  # what the decision rests on, logged with it
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,7 @@ class Finish:
     phase: str
     outcome: str | None
     reason: str
+    report: Mapping[str, Any] | None = None  # a dry run's: what would train (dry_run_report)
 
 
 Action = ResolveIncumbent | RunStep | AwaitStep | Publish | Finish
@@ -152,9 +165,8 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
     incumbent eval) and on earlier results (the candidate's digest, for the leaderboard)."""
     v, t, e, p = spec.verify, spec.train, spec.eval, spec.promote
     incumbent = state.incumbent
-    train_summary = state.steps.get("train", StepResult("running")).summary
-    candidate_digest = str(train_summary.get("adapter_digest", ""))
-    adapter_dir = layout.at("train", "adapter")
+    candidate_digest = candidate_digest_of(spec, state)
+    adapter_dir = candidate_dir(spec, layout)
     completions = layout.at("eval", "completions")
     recorded = {name: digest for result in state.steps.values() if result.state == "succeeded"
                 for name, digest in result.outputs.items()}
@@ -172,7 +184,7 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
 
     harvest = ["harvest", "--output", layout.at("harvest", "candidates.jsonl"),
                "--report", layout.at("harvest", "report.json")]
-    for source in spec.harvest.sources:
+    for source in spec.harvest.sources if spec.harvest else ():
         harvest += ["--source", layout.source(source.path)]
     harvest += exclude
 
@@ -233,12 +245,21 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
     if incumbent:
         decide_reads.append(join(results("incumbent", "gate"), "results.jsonl"))
 
-    plan = [
-        step("harvest", "harvest", "plain", "Harvesting", harvest, []),
-        step("verify", "verify", "sandbox", "Verifying", verify, [layout.at("harvest", "candidates.jsonl")],
-             writes=layout.at("verify")),
-        step("dataset", "dataset", "plain", "Training", dataset, [layout.at("verify", "verified.jsonl")]),
-        step("train", "train", "gpu", "Training", train, [layout.at("dataset", "train.jsonl")]),
+    if spec.candidate is not None:
+        imported = ["import", "--source", layout.source(spec.candidate.uri), "--digest", spec.candidate.digest,
+                    "--output-dir", adapter_dir, "--report", layout.at("import", "report.json")]
+        plan = [step("import", "import", "plain", "Importing", imported, [])]
+    else:
+        plan = [
+            step("harvest", "harvest", "plain", "Harvesting", harvest, []),
+            step("verify", "verify", "sandbox", "Verifying", verify, [layout.at("harvest", "candidates.jsonl")],
+                 writes=layout.at("verify")),
+            step("dataset", "dataset", "plain", "Training", dataset, [layout.at("verify", "verified.jsonl")]),
+            step("train", "train", "gpu", "Training", train, [layout.at("dataset", "train.jsonl")]),
+        ]
+        if spec.stop_after is not None:  # a dry run: nothing after the stage it stops after
+            return plan[: [s.name for s in plan].index(spec.stop_after) + 1]
+    plan += [
         step("generate", "generate", "gpu", "Evaluating", generate, [adapter_dir], incumbent_expect),
         step("score-candidate", "score", "sandbox", "Evaluating",
              score("candidate", "gate", e.suite, candidate_digest), score_input("candidate", "gate"),
@@ -261,8 +282,100 @@ def excluded_suites(spec: CycleSpec) -> list[str]:
     """Every suite the cycle evaluates on is kept out of its training data (harvested and base rows alike),
     report-only suites included (their figure would mean nothing otherwise), plus whatever else the manifest
     lists."""
-    suites = [*spec.harvest.exclude_suites, spec.eval.suite, *spec.eval.report_suites]
+    listed = spec.harvest.exclude_suites if spec.harvest else ()
+    suites = [*listed, spec.eval.suite, *spec.eval.report_suites]
     return list(dict.fromkeys(suites))
+
+
+def candidate_dir(spec: CycleSpec, layout: Layout) -> str:
+    """Where the cycle's candidate adapter is: the one the train step writes, or the import step's copy."""
+    return layout.at("import", "adapter") if spec.candidate is not None else layout.at("train", "adapter")
+
+
+def candidate_digest_of(spec: CycleSpec, state: CycleState) -> str:
+    """The candidate's digest as the step that made it reported it ("" until then)."""
+    made_by = "import" if spec.candidate is not None else "train"
+    return str(state.steps.get(made_by, StepResult("running")).summary.get("adapter_digest", ""))
+
+
+def skipped(spec: CycleSpec) -> dict[str, str]:
+    """The stages (Step.stage) this cycle does not run, each with why: what `kubectl get tc` shows in the
+    conditions of a cycle that imports its candidate or stops early."""
+    if spec.candidate is not None:
+        why = (f"the candidate is an adapter trained elsewhere ({spec.candidate.uri}, {spec.candidate.digest}), "
+               "imported by this cycle: nothing is harvested, verified or trained (spec.candidate)")
+        return dict.fromkeys(("harvest", "verify", "dataset", "train"), why)
+    if spec.stop_after is not None:
+        why = (f"a dry run: the cycle stops after {spec.stop_after} (spec.stopAfter); nothing is trained or "
+               "evaluated and the release is untouched")
+        after = ("dataset", "train", "generate", "score", "decide")
+        return dict.fromkeys(after[after.index(spec.stop_after) + 1:] if spec.stop_after in after else after, why)
+    return {}
+
+
+def holds_release(spec: CycleSpec) -> bool:
+    """Whether the cycle competes for its release: reads the incumbent and may publish, so it waits its turn in
+    the release's queue (sigma0.kube.queue). A dry run does neither: it never queues, and never holds a release
+    up."""
+    return spec.stop_after is None
+
+
+def publish_evidence(spec: CycleSpec, state: CycleState) -> dict[str, Any]:
+    """What a decision rests on besides the two result sets, logged with every publish (promotion log locally,
+    the AdapterRelease's history on a cluster): the training data's digest, or where an imported candidate came
+    from; and the suite and problems both adapters were evaluated on."""
+    found: dict[str, Any] = {"suite": spec.eval.suite, "subset": spec.eval.subset}
+    if spec.candidate is not None:
+        return {"imported_from": spec.candidate.uri, "imported_digest": spec.candidate.digest, **found}
+    dataset = state.steps.get("dataset")
+    return {"dataset_digest": dataset.summary.get("dataset_digest") if dataset else None, **found}
+
+
+def dry_run_report(spec: CycleSpec, state: CycleState) -> dict[str, Any]:
+    """What a dry run found would train, from the summaries of the steps it ran: rows read and kept by source,
+    drops by reason (harvest's and verify's), eval overlap, and after `dataset` the dataset's rows, size and
+    digest."""
+    harvest = state.steps["harvest"].summary
+    verify = state.steps["verify"].summary
+    dropped: dict[str, int] = {}
+    for reasons in (harvest.get("dropped") or {}, verify.get("dropped") or {}):
+        for reason, count in reasons.items():
+            dropped[reason] = dropped.get(reason, 0) + int(count)
+    if harvest.get("duplicates"):
+        dropped["duplicate"] = dropped.get("duplicate", 0) + int(harvest["duplicates"])
+    by_source = {source: dict(counts) for source, counts in (harvest.get("by_source") or {}).items()}
+    for source, passed in (verify.get("passed_by_source") or {}).items():
+        by_source.setdefault(source, {})["verified"] = int(passed)
+    report: dict[str, Any] = {
+        "stoppedAfter": spec.stop_after,
+        "harvested": int(harvest.get("harvested", 0)),
+        "verified": int(verify.get("passed", 0)),
+        "bySource": by_source,
+        "dropped": dict(sorted(dropped.items())),
+        "evalOverlap": {"harvested": int(harvest.get("excluded", 0))},
+    }
+    dataset = state.steps.get("dataset")
+    if spec.stop_after == "dataset" and dataset is not None:
+        s = dataset.summary
+        report["evalOverlap"]["base"] = int(s.get("excluded", 0))
+        report["dataset"] = {"rows": int(s.get("rows", 0)), "baseRows": int(s.get("base_rows", 0)),
+                             "verifiedRows": int(s.get("verified_rows", 0)), "bytes": int(s.get("bytes", 0)),
+                             "digest": str(s.get("dataset_digest", ""))}
+    return report
+
+
+def describe_dry_run(report: Mapping[str, Any]) -> str:
+    """The report in one sentence, for the status message and the Ready condition."""
+    overlap = report["evalOverlap"]
+    dropped = ", ".join(f"{reason} {count}" for reason, count in report["dropped"].items()) or "none"
+    text = (f"dry run, stopped after {report['stoppedAfter']}: {report['verified']} of {report['harvested']} "
+            f"harvested rows passed the execution gate; dropped: {dropped}; excluded as eval overlap: "
+            f"{overlap['harvested']} harvested")
+    dataset = report.get("dataset")
+    if dataset is not None:
+        text += (f", {overlap.get('base', 0)} base; would train on {dataset['rows']} rows ({dataset['baseRows']} base "
+                 f"+ {dataset['verifiedRows']} verified, {dataset['bytes']} bytes, {dataset['digest']})")
+    return text + "; nothing was trained or evaluated and the release is untouched"
 
 
 def _suite_arg(suite: str, layout: Layout) -> str:
@@ -284,7 +397,7 @@ def _num(value: float) -> str:
 
 def next_action(spec: CycleSpec, state: CycleState, layout: Layout) -> Action:
     """What to do next, given everything observed so far. Pure and idempotent."""
-    if not state.incumbent_resolved:
+    if not state.incumbent_resolved and holds_release(spec):
         return ResolveIncumbent()
     if state.published is not None:
         outcome = str(state.published.get("outcome"))
@@ -298,30 +411,32 @@ def next_action(spec: CycleSpec, state: CycleState, layout: Layout) -> Action:
         if result.state == "failed":
             reason = result.message or "the stage failed without a message"
             return Finish(PHASE_FAILED, None, f"{step.name} failed: {reason}")
-        early = _early_finish(step, result, state)
+        early = _early_finish(spec, step, result, state)
         if early is not None:
             return early
+    if spec.stop_after is not None:
+        report = dry_run_report(spec, state)
+        return Finish(PHASE_SUCCEEDED, DRY_RUN, describe_dry_run(report), report)
     decide = state.steps["decide"]
-    train = state.steps["train"].summary
     decision_file = layout.at("decide", "decision.json")
     return Publish(decision=decide.summary, decision_file=decision_file,
-                   candidate_uri=layout.at("train", "adapter"),
-                   candidate_digest=str(train.get("adapter_digest", "")),
-                   decision_digest=decide.outputs.get(decision_file))
+                   candidate_uri=candidate_dir(spec, layout), candidate_digest=candidate_digest_of(spec, state),
+                   decision_digest=decide.outputs.get(decision_file), evidence=publish_evidence(spec, state))
 
 
-def _early_finish(step: Step, result: StepResult, state: CycleState) -> Finish | None:
+def _early_finish(spec: CycleSpec, step: Step, result: StepResult, state: CycleState) -> Finish | None:
     """A cycle with nothing to train on ends Rejected after the dataset step, instead of training on nothing; one
     whose generate step measured other adapters than the one trained and the one the release names ends Failed:
     an adapter folder changed in between, and a figure about other weights proves nothing about these."""
-    if step.name == "dataset" and int(result.summary.get("rows", 1)) == 0:
+    if step.name == "dataset" and int(result.summary.get("rows", 1)) == 0 and spec.stop_after is None:
         excluded = int(result.summary.get("excluded", 0))
         base = f"every base row ({excluded}) overlaps an eval suite" if excluded else "there is no base dataset"
         return Finish(PHASE_SUCCEEDED, "Rejected", f"no training rows: nothing passed the execution gate and "
                       f"{base}; the release is untouched")
     if step.name == "generate":
         evaluated = result.summary.get("adapters") or {}
-        expected = {"candidate": (str(state.steps["train"].summary.get("adapter_digest", "")), "the train step wrote")}
+        made_by = "the import step copied" if spec.candidate is not None else "the train step wrote"
+        expected = {"candidate": (candidate_digest_of(spec, state), made_by)}
         if state.incumbent is not None:
             expected["incumbent"] = (state.incumbent.digest, "the release names")
         for label, (digest, whose) in expected.items():

@@ -181,6 +181,17 @@ class EvalSpec(_Model):
     workers: int = 2
 
 
+class CandidateSpec(_Model):
+    """An adapter trained elsewhere, gated instead of a trained one: where it is and the digest it must have."""
+
+    uri: str
+    digest: str
+
+
+# The stages a dry run may stop after (spec.stopAfter): the CRD's enum.
+StopAfter = Literal["verify", "dataset"]
+
+
 class PromoteSpec(_Model):
     margin: float = 0.0
     min_pass_at1: float = Field(0.0, alias="minPassAt1")
@@ -239,7 +250,9 @@ class PlacementSpec(_Model):
 class CycleSpec(_Model):
     release: str
     base_model: BaseModelRef
-    harvest: HarvestSpec
+    harvest: HarvestSpec | None = None  # None only with `candidate` (CEL rules in the CRD)
+    candidate: CandidateSpec | None = None
+    stop_after: StopAfter | None = None
     verify: VerifySpec = VerifySpec()
     dataset: DatasetSpec = DatasetSpec()
     train: TrainSpec = TrainSpec()
@@ -269,6 +282,11 @@ class TrainingCycle(BaseModel):
 
 KINDS = ("TrainingCycle", "AdapterRelease")
 
+# What a cycle that imports its candidate (spec.candidate) cannot have: the settings of training it here.
+CANDIDATE_EXCLUDES = ("harvest", "verify", "dataset", "train", "placement.train")
+# What cannot be added to or removed from a cycle once it exists (each one present is immutable itself).
+PRESENCE_FIXED = ("harvest", "verify", "dataset", "train", "candidate", "stopAfter")
+
 # The CRDs' CEL rules, in Python (tests/test_bad_input.py checks that every rule in crds/ is one of these).
 # Rules that only look at the new object: checked by _cel_equivalents, after the schema holds.
 CEL_RULES = {
@@ -277,6 +295,10 @@ CEL_RULES = {
         "!has(self.placements) || [has(self.name), has(self.gpus), has(self.gpuResource), has(self.resources), "
         "has(self.nodeSelector), has(self.tolerations), has(self.priorityClassName), has(self.weeklyGPUHours), "
         "has(self.unschedulableSeconds)].all(x, !x)",
+        "has(self.harvest) || has(self.candidate)",
+        *(f"!has(self.candidate) || !has(self.{name})" for name in CANDIDATE_EXCLUDES if "." not in name),
+        "!has(self.candidate) || !has(self.placement) || !has(self.placement.train)",
+        "!has(self.candidate) || !has(self.stopAfter)",
     ),
     "AdapterRelease": ("!has(self.passed) || !has(self.total) || self.passed <= self.total",),
 }
@@ -284,7 +306,15 @@ CEL_RULES = {
 TRANSITION_RULES: dict[str, Callable[[Any, Any], bool]] = {  # rule → predicate(self, oldSelf)
     "self == oldSelf": operator.eq,
     "self >= oldSelf": operator.ge,
+    " && ".join(f"has(self.{name}) == has(oldSelf.{name})" for name in PRESENCE_FIXED):
+        lambda new, old: all((name in new) == (name in old) for name in PRESENCE_FIXED),
 }
+
+
+def _rule_message(kind: str, rule: str) -> str:
+    """The CRD's own message for a rule on the spec (so both sides say the same words)."""
+    spec = openapi_schema(kind)["properties"]["spec"]
+    return next(r["message"] for r in spec.get("x-kubernetes-validations", []) if " ".join(r["rule"].split()) == rule)
 
 
 def _cel_equivalents(kind: str, spec: dict[str, Any]) -> list[str]:
@@ -296,6 +326,16 @@ def _cel_equivalents(kind: str, spec: dict[str, Any]) -> list[str]:
                 for where, pointer in pointers
                 if pointer and "passed" in pointer and "total" in pointer and pointer["passed"] > pointer["total"]]
     problems = []
+    if "harvest" not in spec and "candidate" not in spec:
+        problems.append(f"spec.harvest: {_rule_message(kind, 'has(self.harvest) || has(self.candidate)')}")
+    if "candidate" in spec:
+        for name in (*CANDIDATE_EXCLUDES, "stopAfter"):
+            parent, _, child = name.rpartition(".")
+            holder = (spec.get(parent) or {}) if parent else spec
+            if child in holder:
+                rule = (f"!has(self.candidate) || !has(self.{parent}) || !has(self.{name})" if parent
+                        else f"!has(self.candidate) || !has(self.{name})")
+                problems.append(f"spec.{name}: {_rule_message(kind, rule)}")
     artifacts = spec.get("artifacts") or {}
     chosen = [key for key in ("path", "pvc", "uri") if key in artifacts]
     if len(chosen) > 1:
@@ -324,7 +364,7 @@ def transition_problems(kind: str, old: dict[str, Any], new: dict[str, Any]) -> 
 
     def walk(schema: dict[str, Any], old: Any, new: Any, path: list[str]) -> None:
         for rule in schema.get("x-kubernetes-validations", []):
-            if "oldSelf" in rule["rule"] and not TRANSITION_RULES[rule["rule"]](new, old):
+            if "oldSelf" in rule["rule"] and not TRANSITION_RULES[" ".join(rule["rule"].split())](new, old):
                 changed = "; ".join(_changes(old, new, path)[:3])
                 problems.append(f"{_field_path(path)}: {rule['message']} ({changed})")
         if isinstance(old, dict) and isinstance(new, dict):

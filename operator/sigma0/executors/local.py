@@ -164,7 +164,7 @@ class LocalExecutor:
     def _drive(self, run: CycleRun) -> CycleRun:
         layout = self.layout(run)
         self._close_interrupted(run)
-        for step in plan.steps(self.spec, run.state, layout) if run.state.incumbent_resolved else []:
+        for step in plan.steps(self.spec, run.state, layout):
             done = run.state.steps.get(step.name)
             if done is not None and done.state == "succeeded":
                 self.reporter.step_skipped(step, done)
@@ -188,11 +188,13 @@ class LocalExecutor:
                 published = self.releases.publish(
                     self.spec.release, cycle=run.name, decision=read_json(action.decision_file),
                     candidate_uri=action.candidate_uri, candidate_digest=action.candidate_digest,
-                    incumbent=run.state.incumbent, evidence=self._evidence(run))
+                    incumbent=run.state.incumbent, evidence=action.evidence)
                 run.state = replace(run.state, published=published)
             else:
                 run.finished = {"phase": action.phase, "outcome": action.outcome, "reason": action.reason,
                                 "at": _now()}
+                if action.report is not None:
+                    run.finished["report"] = dict(action.report)
                 save(run)
                 return run
             save(run)
@@ -255,14 +257,6 @@ class LocalExecutor:
                 log = run.cycle_dir / "logs" / f"{row.stage}.log"
                 ended = datetime.fromtimestamp(log.stat().st_mtime, UTC) if log.exists() else row.start
                 placement.record_local(self.ledger, replace(row, end=max(ended, row.start)))
-
-    def _evidence(self, run: CycleRun) -> dict[str, Any]:
-        steps = run.state.steps
-        return {
-            "dataset_digest": steps["dataset"].summary.get("dataset_digest"),
-            "suite": self.spec.eval.suite,
-            "subset": self.spec.eval.subset,
-        }
 
 
 def _check_decision(action: plan.Publish) -> str | None:

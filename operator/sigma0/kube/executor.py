@@ -352,7 +352,7 @@ class JobExecutor:
                 published = releases.publish(
                     spec.release, cycle=ref.name, decision=action.decision, candidate_uri=action.candidate_uri,
                     candidate_digest=action.candidate_digest, incumbent=work.record.incumbent,
-                    evidence=self._evidence(spec, work.record))
+                    evidence=action.evidence)
                 published = {k: v for k, v in published.items() if v is not None}
                 work.record = replace(work.record, published=published)
                 self.metrics.decided(spec.release, str(published["outcome"]))
@@ -577,12 +577,6 @@ class JobExecutor:
                                                          _request_timeout=self.clients.timeout)
                 work.record = work.record.with_stage(step, replace(stage, state="failed",
                                                                    message="stopped: the cycle's deadline passed"))
-
-    @staticmethod
-    def _evidence(spec: CycleSpec, record: CycleRecord) -> dict[str, Any]:
-        dataset = record.stages.get("dataset")
-        return {"dataset_digest": dataset.summary.get("dataset_digest") if dataset else None,
-                "suite": spec.eval.suite, "subset": spec.eval.subset}
 
     # Writing ---------------------------------------------------------------------------------------------------
 

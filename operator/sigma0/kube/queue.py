@@ -5,6 +5,10 @@ operator's admission lock, and records `admitted: true` in the cycle's status be
 the decision survives restarts and a cycle once admitted keeps its place until it ends. An admitted cycle that
 is suspended still holds the release; a suspended cycle that was never admitted does not block the ones after it.
 
+A dry run (spec.stopAfter) does not compete for its release (sigma0.plan.holds_release): it reads and writes no
+release and asks for no GPU. So it never enters the queue: it is admitted at once, and never counts as a cycle
+ahead of another; a real cycle never waits for a dry run, nor a dry run for a real cycle.
+
 `movable` picks the cycles worth a reconcile when a release frees up and on the periodic resync: the heads of the
 queues, not every cycle behind them (each of which would list its release only to learn that it still waits).
 """
@@ -16,7 +20,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sigma0.plan import TERMINAL_PHASES
+from pydantic import ValidationError
+
+from sigma0.plan import TERMINAL_PHASES, holds_release
+from sigma0.spec import CycleSpec
 
 
 @dataclass(frozen=True)
@@ -27,15 +34,17 @@ class Entry:
     finished: bool
     suspended: bool
     deleting: bool = False
+    queues: bool = True  # False: a dry run, which never queues for its release
 
     @classmethod
     def of(cls, cycle: Mapping[str, Any]) -> Entry:
         status = cycle.get("status") or {}
         metadata = cycle["metadata"]
+        spec = cycle.get("spec") or {}
         return cls(name=metadata["name"], created=metadata.get("creationTimestamp") or "",
                    admitted=bool(status.get("admitted")), finished=status.get("phase") in TERMINAL_PHASES,
-                   suspended=bool((cycle.get("spec") or {}).get("suspend")),
-                   deleting=bool(metadata.get("deletionTimestamp")))
+                   suspended=bool(spec.get("suspend")), deleting=bool(metadata.get("deletionTimestamp")),
+                   queues=_holds_release(spec))
 
     @property
     def place(self) -> tuple[str, str]:
@@ -44,8 +53,8 @@ class Entry:
 
     @property
     def waiting(self) -> bool:
-        """In the queue: not finished, not being deleted, not admitted and not suspended."""
-        return not (self.finished or self.deleting or self.admitted or self.suspended)
+        """In the queue: not finished, not being deleted, not admitted and not suspended (and not a dry run)."""
+        return self.queues and not (self.finished or self.deleting or self.admitted or self.suspended)
 
 
 @dataclass(frozen=True)
@@ -64,9 +73,9 @@ def admission(name: str, entries: Iterable[Entry]) -> Admission:
     """Whether cycle `name` may start now, given every cycle of the same release (itself included)."""
     everyone = list(entries)
     me = next((e for e in everyone if e.name == name), None)
-    if me is not None and me.admitted:
+    if me is not None and (me.admitted or not me.queues):
         return Admission(True)
-    live = [e for e in everyone if not e.finished and not e.deleting and e.name != name]
+    live = [e for e in everyone if e.queues and not e.finished and not e.deleting and e.name != name]
     active = sorted((e for e in live if e.admitted), key=lambda e: e.place)
     if me is None:  # not listed yet (a cache behind the API server): never admit what cannot be ordered
         return Admission(False, tuple(e.name for e in active) or ("(this cycle is not listed yet)",))
@@ -87,9 +96,17 @@ def movable(unfinished: Iterable[Mapping[str, Any]], now: datetime) -> list[Mapp
         head = entry.waiting and queue_key not in fronts
         if entry.waiting:
             fronts.add(queue_key)
-        if head or entry.admitted or entry.deleting or _past_deadline(cycle, now):
+        if head or entry.admitted or not entry.queues or entry.deleting or _past_deadline(cycle, now):
             chosen.append(cycle)
     return chosen
+
+
+def _holds_release(spec: Mapping[str, Any]) -> bool:
+    """sigma0.plan.holds_release, on the spec as listed (no need to validate every cycle of a release)."""
+    try:
+        return holds_release(CycleSpec.model_validate(spec))
+    except ValidationError:  # an unreadable spec fails on its own reconcile; until then it queues like any other
+        return True
 
 
 def _past_deadline(cycle: Mapping[str, Any], now: datetime) -> bool:

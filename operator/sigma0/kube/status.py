@@ -9,9 +9,11 @@ Pure. The status holds two kinds of fields:
                  placement and the placements skipped, with why), published, failure. `read_record` turns it
                  back into a CycleRecord.
     the view     derived from the record on every write: phase, message, conditions (Harvested, Verified,
-                 Trained, Evaluated, Decided, Ready, Failed), counts, candidate and incumbent pass@1 (with the
-                 display strings the printer columns show), decision, releaseRevision, placement (the
-                 `-o wide` column), placementWait (while no GPU placement has budget left).
+                 Trained, Evaluated, Decided, Ready, Failed; a stage the plan skips, for a cycle that imports its
+                 candidate or a dry run, makes its condition False with reason Skipped and says why), counts,
+                 candidate and incumbent pass@1 (with the display strings the printer columns show), decision,
+                 releaseRevision, placement (the `-o wide` column), placementWait (while no GPU placement has
+                 budget left), dryRun (a dry run's report: sigma0.plan.dry_run_report).
 
 kopf keeps nothing in it: the operator uses only event handlers, which store no progress (see handlers.py).
 """
@@ -34,7 +36,7 @@ PHASE_WAITING = "Waiting"  # a GPU step cannot start: every placement's budget i
 GROUPS: dict[str, tuple[str, ...]] = {  # condition type → the stages (Step.stage) it covers
     "Harvested": ("harvest",),
     "Verified": ("verify",),
-    "Trained": ("dataset", "train"),
+    "Trained": ("dataset", "train", "import"),
     "Evaluated": ("generate", "score"),
     "Decided": ("decide",),
 }
@@ -175,6 +177,7 @@ class View:
     outcome: str | None
     reason: str  # CamelCase, for the Ready / Failed conditions
     message: str
+    report: Mapping[str, Any] | None = None  # a dry run's
 
 
 def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: Situation) -> View:
@@ -189,7 +192,7 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
     action = plan.next_action(spec, record.state(), layout)
     if isinstance(action, plan.Finish):
         reason = action.outcome or _failure_reason(record)
-        return View(action.phase, action.outcome, reason, action.reason)
+        return View(action.phase, action.outcome, reason, action.reason, action.report)
     if isinstance(action, plan.Publish):
         return View(PHASE_PROMOTING, None, PHASE_PROMOTING,
                     f"applying the decision {action.decision.get('outcome')} to AdapterRelease {spec.release}")
@@ -212,12 +215,14 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
     return View(plan.PHASE_PENDING, None, "ResolvingIncumbent", f"reading AdapterRelease {spec.release}")
 
 
-EVIDENCE_REASONS = {evidence.TAMPERED: "EvidenceTampered", evidence.MISSING: "EvidenceMissing"}
+EVIDENCE_REASONS = {evidence.TAMPERED: "EvidenceTampered", evidence.MISSING: "EvidenceMissing",
+                    "digest_mismatch": "DigestMismatch"}  # the last: an imported adapter not the one named
 
 
 def _failure_reason(record: CycleRecord) -> str:
     """StageFailed, or EvidenceTampered / EvidenceMissing when a stage refused an input that is not what its writer
-    recorded (sigma0.evidence): a person should see at a glance that something wrote where it should not have."""
+    recorded (sigma0.evidence): a person should see at a glance that something wrote where it should not have; or
+    DigestMismatch when an imported adapter is not the one spec.candidate names."""
     for stage in record.stages.values():
         if stage.state == "failed" and stage.summary.get("kind") in EVIDENCE_REASONS:
             return EVIDENCE_REASONS[stage.summary["kind"]]
@@ -297,6 +302,11 @@ def _group_condition(kind: str, spec: CycleSpec, record: CycleRecord, layout: pl
         if situation.waiting is not None:
             return _condition(kind, "Unknown", situation.waiting[0], situation.waiting[1])
         return _condition(kind, "Unknown", "Running", f"{step.name} is running in Job {stage.job}")
+    skips = {stage: why for stage, why in plan.skipped(spec).items() if stage in GROUPS[kind]}
+    if skips and not (kind == "Decided" and current.outcome is not None):
+        ran = [s.name for s, r in stages if r is not None and r.state == "succeeded"]
+        done = f"; {', '.join(ran)} succeeded" if ran else ""
+        return _condition(kind, "False", "Skipped", f"{', '.join(skips)} skipped: {next(iter(skips.values()))}{done}")
     if stages and all(r is not None and r.state == "succeeded" for _, r in stages):
         if kind == "Decided":
             return _decided(record, current)
@@ -378,8 +388,8 @@ def render(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation:
         status["startTime"] = previous.get("startTime") or now
     if current.phase in plan.TERMINAL_PHASES:
         status["completionTime"] = previous.get("completionTime") or now
-    train = _succeeded_summary(record, "train") or {}
-    candidate = _figures(_succeeded_summary(record, "score-candidate") or {}, train.get("adapter_digest"))
+    candidate = _figures(_succeeded_summary(record, "score-candidate") or {},
+                         plan.candidate_digest_of(spec, record.state()) or None)
     if candidate:
         status["candidate"] = candidate
     if record.incumbent_resolved:
@@ -391,6 +401,8 @@ def render(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation:
     found = decision(record, current)
     if found is not None:
         status["decision"] = found
+    if current.report is not None:
+        status["dryRun"] = dict(current.report)
     if record.published is not None and record.published.get("revision") is not None:
         status["releaseRevision"] = int(record.published["revision"])
     placements = placement_display(record)

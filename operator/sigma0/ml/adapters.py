@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from safetensors import SafetensorError, safe_open
-from torch import nn
+if TYPE_CHECKING:  # the import stage reads adapter configs in the sandbox image, which has no torch
+    from torch import nn
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -106,6 +106,8 @@ def _linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import SafetensorError, safe_open
+
     path = folder / WEIGHTS
     if not path.is_file():
         raise AdapterMismatch(f"{folder} is not a complete adapter: it has no {WEIGHTS}")

@@ -22,6 +22,7 @@ STAGES: dict[str, str] = {
     "verify": "sigma0.stages.verify",
     "dataset": "sigma0.stages.dataset",
     "train": "sigma0.stages.train",
+    "import": "sigma0.stages.import_adapter",
     "generate": "sigma0.stages.generate",
     "score": "sigma0.stages.score",
     "decide": "sigma0.stages.decide",
@@ -29,7 +30,10 @@ STAGES: dict[str, str] = {
 
 
 class StageInputError(Exception):
-    """The stage was given input it cannot use; the message says which and what to do."""
+    """The stage was given input it cannot use; the message says which and what to do. `kind` goes into the
+    summary (a person sees it as the cycle's reason: sigma0.kube.status)."""
+
+    kind = "input"
 
 
 def load_stage(name: str) -> ModuleType:

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": len(rows),
         "excluded": len(checked.excluded_rows),
         "dataset_digest": file_digest(args.output),
+        "bytes": os.path.getsize(args.output),
     }
     write_json_atomic(args.report, {
         **summary,

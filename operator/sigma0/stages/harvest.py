@@ -22,10 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from sigma0 import contamination
-from sigma0.candidates import ALIASES, Candidate, RawRow, RowError, SourceError, normalise_row, parse_source
+from sigma0.candidates import (
+    ALIASES,
+    Candidate,
+    RawRow,
+    RowError,
+    SourceError,
+    normalise_row,
+    parse_source,
+    source_of,
+)
 from sigma0.contamination import ContaminationIndex
 from sigma0.io import write_json_atomic, write_jsonl_atomic
 from sigma0.stages import StageInputError
+
+BY_SOURCE_SHOWN = 8  # sources counted one by one in the summary (the report file lists every row)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,13 +85,19 @@ class HarvestResult:
     duplicate_rows: list[dict[str, Any]] = field(default_factory=list)
     dropped_rows: list[dict[str, Any]] = field(default_factory=list)
 
+    read_by_source: Counter[str] = field(default_factory=Counter)
+
     def summary(self) -> dict[str, Any]:
+        kept = Counter(source_of(candidate.source) for candidate in self.kept)
         return {
             "harvested": self.harvested,
             "kept": len(self.kept),
             "excluded": len(self.excluded_rows),
             "duplicates": len(self.duplicate_rows),
             "dropped": dict(sorted(Counter(row["reason"] for row in self.dropped_rows).items())),
+            # what a dry run reports; the first sources only, so that a summary fits a termination message
+            "by_source": {source: {"harvested": count, "kept": kept[source]}
+                          for source, count in list(self.read_by_source.items())[:BY_SOURCE_SHOWN]},
         }
 
 
@@ -90,6 +107,7 @@ def harvest(raw_rows: list[RawRow], index: ContaminationIndex) -> HarvestResult:
     first_of: dict[tuple[str, str], Candidate] = {}
     for raw in raw_rows:
         result.harvested += 1
+        result.read_by_source[raw.source] += 1
         try:
             candidate = normalise_row(raw)
         except RowError as error:

@@ -19,9 +19,11 @@ import time
 from collections import Counter
 from typing import Any
 
+from sigma0.candidates import source_of
 from sigma0.io import JsonlError, atomic_writer, read_records, write_json_atomic
 from sigma0.sandbox import Program, SandboxUnavailable, Verdict, from_asserts, options, run_programs
 from sigma0.stages import StageInputError
+from sigma0.stages.harvest import BY_SOURCE_SHOWN
 
 DETAIL_CHARS = 300
 
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if verdict.passed:
                 handle.write(line + "\n")
     summary = summarize(ordered, settings.sandbox, time.monotonic() - started)
+    passed = Counter(source_of(str(row.get("source", ""))) for row, v in zip(rows, ordered, strict=True) if v.passed)
+    summary["passed_by_source"] = dict(list(passed.items())[:BY_SOURCE_SHOWN])  # what a dry run reports
     write_json_atomic(
         args.report,
         {
