@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -280,3 +281,134 @@ def test_an_input_nobody_recorded_is_expected_as_unrecorded_and_a_failed_writer_
     failed = plan.CycleState(True, None, {"harvest": plan.StepResult("failed", {}, "x", outputs=outputs)})
     verify = {s.name: s for s in plan.steps(spec(), failed, LAYOUT)}["verify"]
     assert expected(verify) == [f"unrecorded={LAYOUT.at('harvest', 'candidates.jsonl')}"]
+
+
+# Two more ways in: an adapter trained elsewhere (spec.candidate), and a dry run (spec.stopAfter) ------------------
+
+IMPORTED = digest("e")
+
+
+def import_spec(**overrides: Any):
+    document = {
+        "apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle", "metadata": {"name": "c1"},
+        "spec": {"release": "coder", "baseModel": {"name": "tiny://llama"},
+                 "candidate": {"uri": "adapters/colleague", "digest": IMPORTED}, **overrides},
+    }
+    return parse_manifest(document).spec
+
+
+def drive_recording(cycle_spec, incumbent: plan.Incumbent | None,
+                    summaries: dict[str, dict[str, Any]]) -> tuple[list[plan.Step], plan.Action, bool]:
+    """Like drive, with the steps themselves, the given summaries, and whether the release was ever read."""
+    state = plan.CycleState()
+    ran: list[plan.Step] = []
+    resolved = False
+    for _ in range(50):
+        action = plan.next_action(cycle_spec, state, LAYOUT)
+        if isinstance(action, plan.ResolveIncumbent):
+            resolved = True
+            state = plan.CycleState(incumbent_resolved=True, incumbent=incumbent)
+        elif isinstance(action, plan.RunStep):
+            ran.append(action.step)
+            result = plan.StepResult("succeeded", summaries.get(action.step.name, {}))
+            state = replace(state, steps={**state.steps, action.step.name: result})
+        else:
+            return ran, action, resolved
+    raise AssertionError("the machine did not converge")
+
+
+def test_an_imported_candidate_is_checked_before_any_gpu_step_and_then_gated_like_a_trained_one() -> None:
+    summaries = {"import": {"adapter_digest": IMPORTED},
+                 "generate": {"adapters": {"candidate": IMPORTED, "incumbent": INCUMBENT.digest}},
+                 "decide": {"outcome": "Promoted", "reason": "better"}}
+    ran, last, resolved = drive_recording(import_spec(), INCUMBENT, summaries)
+    assert [s.name for s in ran] == ["import", "generate", "score-candidate", "score-incumbent", "decide"]
+    first = ran[0]
+    assert first.kind == "plain" and all(s.kind != "gpu" for s in ran[:1])  # the digest check needs no GPU
+    argv = " ".join(first.argv)
+    assert f"--source /manifests/adapters/colleague --digest {IMPORTED}" in argv
+    assert f"--output-dir {LAYOUT.at('import', 'adapter')}" in argv
+    generate = ran[1].argv
+    assert f"candidate={LAYOUT.at('import', 'adapter')}" in generate and f"incumbent={INCUMBENT.uri}" in generate
+    score = ran[2].argv
+    assert score[score.index("--adapter-digest") + 1] == IMPORTED
+    assert resolved  # evaluated against the live incumbent, read when the cycle starts
+    assert isinstance(last, plan.Publish)
+    assert last.candidate_uri == LAYOUT.at("import", "adapter") and last.candidate_digest == IMPORTED
+    assert last.evidence == {"imported_from": "adapters/colleague", "imported_digest": IMPORTED,
+                             "suite": "humaneval", "subset": "all"}
+    assert set(plan.skipped(import_spec())) == {"harvest", "verify", "dataset", "train"}
+
+
+def test_the_imported_copy_is_what_generate_is_held_to() -> None:
+    results = {"import": plan.StepResult("succeeded", {"adapter_digest": IMPORTED},
+                                         outputs={LAYOUT.at("import", "adapter"): IMPORTED})}
+    state = plan.CycleState(True, None, results)
+    action = plan.next_action(import_spec(), state, LAYOUT)
+    assert isinstance(action, plan.RunStep) and action.step.name == "generate"
+    assert expected(action.step) == [f"{IMPORTED}={LAYOUT.at('import', 'adapter')}"]
+
+
+def test_an_import_that_failed_its_digest_check_fails_the_cycle_before_generate() -> None:
+    state = plan.CycleState(True, INCUMBENT, {"import": plan.StepResult(
+        "failed", {"kind": "digest_mismatch"}, "exit code 2: the adapter ... has digest sha256:0, but ...")})
+    action = plan.next_action(import_spec(), state, LAYOUT)
+    assert isinstance(action, plan.Finish) and action.phase == "Failed" and action.reason.startswith("import failed")
+
+
+def test_generate_loading_another_adapter_than_the_imported_copy_fails_the_cycle() -> None:
+    generated = {"adapters": {"candidate": digest("f")}}
+    state = plan.CycleState(True, None, {"import": plan.StepResult("succeeded", {"adapter_digest": IMPORTED}),
+                                         "generate": plan.StepResult("succeeded", generated)})
+    action = plan.next_action(import_spec(), state, LAYOUT)
+    assert isinstance(action, plan.Finish) and action.phase == "Failed"
+    assert "which the import step copied" in action.reason
+
+
+DRY_SUMMARIES = {
+    "harvest": {"harvested": 10, "kept": 6, "excluded": 2, "duplicates": 1, "dropped": {"no_asserts": 1},
+                "by_source": {"/manifests/corpus.jsonl": {"harvested": 7, "kept": 4},
+                              "/abs/agent.json": {"harvested": 3, "kept": 2}}},
+    "verify": {"total": 6, "passed": 4, "dropped": {"assert_failed": 2},
+               "passed_by_source": {"/manifests/corpus.jsonl": 3, "/abs/agent.json": 1}},
+    "dataset": {"rows": 9, "base_rows": 5, "verified_rows": 4, "excluded": 1, "bytes": 1234,
+                "dataset_digest": digest("d")},
+}
+
+
+@pytest.mark.parametrize("stop", ["verify", "dataset"])
+def test_a_dry_run_stops_after_its_stage_reads_no_release_and_reports_what_would_train(stop: str) -> None:
+    ran, last, resolved = drive_recording(spec(stopAfter=stop), INCUMBENT, DRY_SUMMARIES)
+    assert [s.name for s in ran] == ["harvest", "verify", "dataset"][: 2 if stop == "verify" else 3]
+    assert all(s.kind != "gpu" for s in ran)
+    assert not resolved  # it does not compete for the release: nothing reads or writes it
+    assert isinstance(last, plan.Finish) and (last.phase, last.outcome) == ("Succeeded", "DryRun")
+    report = last.report
+    assert report is not None and report["stoppedAfter"] == stop
+    assert report["bySource"] == {"/manifests/corpus.jsonl": {"harvested": 7, "kept": 4, "verified": 3},
+                                  "/abs/agent.json": {"harvested": 3, "kept": 2, "verified": 1}}
+    assert report["dropped"] == {"assert_failed": 2, "duplicate": 1, "no_asserts": 1}
+    assert report["harvested"] == 10 and report["verified"] == 4
+    if stop == "dataset":
+        assert report["evalOverlap"] == {"harvested": 2, "base": 1}
+        assert report["dataset"] == {"rows": 9, "baseRows": 5, "verifiedRows": 4, "bytes": 1234,
+                                     "digest": digest("d")}
+        assert "would train on 9 rows" in last.reason and digest("d") in last.reason
+    else:
+        assert report["evalOverlap"] == {"harvested": 2} and "dataset" not in report
+    assert "the release is untouched" in last.reason
+    assert not plan.holds_release(spec(stopAfter=stop)) and plan.holds_release(spec())
+    assert "train" in plan.skipped(spec(stopAfter=stop)) and "decide" in plan.skipped(spec(stopAfter=stop))
+
+
+def test_a_dry_run_with_no_training_rows_still_reports_rather_than_rejecting() -> None:
+    summaries = {**DRY_SUMMARIES, "dataset": {**DRY_SUMMARIES["dataset"], "rows": 0}}
+    _, last, _ = drive_recording(spec(stopAfter="dataset"), None, summaries)
+    assert isinstance(last, plan.Finish) and last.outcome == "DryRun" and last.report["dataset"]["rows"] == 0
+
+
+def test_a_trained_cycle_publishes_its_dataset_digest_as_evidence() -> None:
+    _, last = drive(spec(), INCUMBENT)
+    assert isinstance(last, plan.Publish)
+    assert last.evidence == {"dataset_digest": "sha256:d", "suite": "humaneval", "subset": "all"}
+    assert plan.skipped(spec()) == {}

@@ -25,6 +25,8 @@ def highlight(step: str, summary: Mapping[str, Any]) -> str:
     if step == "dataset":
         shown = f"{s.get('rows', '?')} rows ({s.get('base_rows', 0)} base + {s.get('verified_rows', '?')} verified)"
         return shown + (f"; {s['excluded']} base rows excluded (eval overlap)" if s.get("excluded") else "")
+    if step == "import":
+        return f"adapter {s.get('adapter_digest', '?')} ({s.get('files', '?')} files, {s.get('bytes', '?')} bytes)"
     if step == "train":
         return (f"{s.get('steps', '?')} steps on {s.get('device', '?')}, loss {_fmt(s.get('loss_first'))} → "
                 f"{_fmt(s.get('loss_last'))}")
@@ -110,6 +112,15 @@ def result_table(name: str, state: plan.CycleState, finished: Mapping[str, Any])
     table.add_row("dropped at harvest", _reasons(harvest.get("dropped")))
     table.add_row("dropped at verify", _reasons(verify.get("dropped")))
     table.add_row("training rows / steps", f"{dataset.get('rows', '—')} / {train.get('steps', '—')}")
+    if "import" in steps:
+        table.add_row("imported candidate", str(summary("import").get("adapter_digest", "—")))
+    report = finished.get("report")
+    if report:  # a dry run: what would train
+        for source, counts in dict(report.get("bySource") or {}).items():
+            table.add_row(f"  from {PurePath(source).name}", ", ".join(f"{k} {v}" for k, v in dict(counts).items()))
+        found = report.get("dataset")
+        if found:
+            table.add_row("would train on", f"{found['rows']} rows, {found['bytes']} bytes, {found['digest']}")
     table.add_row("candidate pass@1", _pass(candidate))
     incumbent_text = _pass(incumbent) if state.incumbent else "— (no release yet)"
     table.add_row("incumbent pass@1", incumbent_text)
