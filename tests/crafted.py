@@ -17,8 +17,13 @@ from peft import LoraConfig, get_peft_model
 from sigma0.ml.models import load_base_model
 
 PROMPT = "def answer():\n    return "
-SUITE_ROW = {"task_id": "Answer/0", "prompt": PROMPT, "canonical_solution": "7\n", "entry_point": "answer",
-             "test": "def check(candidate):\n    assert candidate() == 7\n"}
+SUITE_ROW = {
+    "task_id": "Answer/0",
+    "prompt": PROMPT,
+    "canonical_solution": "7\n",
+    "entry_point": "answer",
+    "test": "def check(candidate):\n    assert candidate() == 7\n",
+}
 
 
 def write_suite(path: Path) -> Path:

@@ -24,10 +24,18 @@ pytestmark = pytest.mark.slow
 
 
 def import_manifest(folder: Path, name: str, adapter: Path, digest: str | None = None, **spec: Any) -> Path:
-    document = {"apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle", "metadata": {"name": name},
-                "spec": {"release": "coder", "baseModel": {"name": "tiny://llama"},
-                         "candidate": {"uri": adapter.name, "digest": digest or tree_digest(adapter)},
-                         "eval": {"suite": "answer.jsonl", "maxNewTokens": 1, "batchSize": 1}, **spec}}
+    document = {
+        "apiVersion": "sigma0.dev/v1alpha1",
+        "kind": "TrainingCycle",
+        "metadata": {"name": name},
+        "spec": {
+            "release": "coder",
+            "baseModel": {"name": "tiny://llama"},
+            "candidate": {"uri": adapter.name, "digest": digest or tree_digest(adapter)},
+            "eval": {"suite": "answer.jsonl", "maxNewTokens": 1, "batchSize": 1},
+            **spec,
+        },
+    }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document))
     return path
@@ -57,7 +65,8 @@ def test_an_imported_adapter_that_wins_is_promoted_one_that_ties_is_rejected_and
         assert result.returncode == 0, result.stdout + result.stderr
         state = state_of(workdir, name)
         assert set(state["steps"]) == {"import", "generate", "decide", "score-candidate"} | (
-            {"score-incumbent"} if name != "first" else set())
+            {"score-incumbent"} if name != "first" else set()
+        )
         outcomes[name] = state["finished"]["outcome"]
     assert outcomes == {"first": "Bootstrapped", "winner": "Promoted", "tie": "Rejected"}
 
@@ -74,8 +83,12 @@ def test_an_imported_adapter_that_wins_is_promoted_one_that_ties_is_rejected_and
         evidence = rows[name]["evidence"]
         results = evidence.pop("results")  # the store adds both result sets' digests, as for a trained candidate
         assert set(results) == {"candidate", "incumbent"}
-        assert evidence == {"imported_from": adapter, "imported_digest": tree_digest(adapters / adapter),
-                            "suite": "answer.jsonl", "subset": "all"}
+        assert evidence == {
+            "imported_from": adapter,
+            "imported_digest": tree_digest(adapters / adapter),
+            "suite": "answer.jsonl",
+            "subset": "all",
+        }
         assert rows[name]["incumbent_digest"] is not None  # evaluated against the live incumbent
     assert rows["winner"]["decision"]["candidate_pass_at_1"] == 1.0
     assert rows["winner"]["decision"]["incumbent_pass_at_1"] == 0.0
@@ -87,8 +100,9 @@ def test_an_imported_adapter_that_wins_is_promoted_one_that_ties_is_rejected_and
     assert back is not None and back.digest == tree_digest(adapters / "wrong") and back.cycle == "first"
 
 
-def test_a_digest_mismatch_fails_the_cycle_before_any_gpu_step(adapters: Path, tmp_path: Path,
-                                                               model_cache: Path) -> None:
+def test_a_digest_mismatch_fails_the_cycle_before_any_gpu_step(
+    adapters: Path, tmp_path: Path, model_cache: Path
+) -> None:
     workdir = tmp_path / "work"
     path = import_manifest(adapters, "mismatch", adapters / "right", digest=tree_digest(adapters / "wrong"))
     result = sigma0("run", str(path), "--workdir", str(workdir))
@@ -103,11 +117,13 @@ def test_a_digest_mismatch_fails_the_cycle_before_any_gpu_step(adapters: Path, t
     assert LocalReleaseStore(workdir / "releases").current("coder") is None
 
 
-def test_an_adapter_for_another_base_model_is_refused_with_the_reason(adapters: Path, tmp_path: Path,
-                                                                      model_cache: Path) -> None:
+def test_an_adapter_for_another_base_model_is_refused_with_the_reason(
+    adapters: Path, tmp_path: Path, model_cache: Path
+) -> None:
     workdir = tmp_path / "work"
-    result = sigma0("run", str(import_manifest(adapters, "misfit", adapters / "other-model")), "--workdir",
-                    str(workdir))
+    result = sigma0(
+        "run", str(import_manifest(adapters, "misfit", adapters / "other-model")), "--workdir", str(workdir)
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     reason = state_of(workdir, "misfit")["finished"]["reason"]
     assert reason.startswith("generate failed") and "is an adapter for another base model" in reason
@@ -133,7 +149,8 @@ def test_a_dry_run_reports_what_would_train_and_trains_nothing(stop: str, tmp_pa
     assert sum(counts["harvested"] for counts in report["bySource"].values()) == harvest["harvested"]
     assert sum(counts.get("verified", 0) for counts in report["bySource"].values()) == verify["passed"]
     assert sum(report["dropped"].values()) == harvest["harvested"] - harvest["kept"] - harvest["excluded"] + sum(
-        verify["dropped"].values())
+        verify["dropped"].values()
+    )
     cycle_dir = workdir / "cycles" / "dry"
     if stop == "dataset":
         train = cycle_dir / "dataset" / "train.jsonl"

@@ -50,8 +50,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if output.exists() and any(output.iterdir()):
         found = tree_digest(output)
         if found != args.digest:
-            raise StageInputError(f"{output} already holds an adapter with digest {found}, not {args.digest}; "
-                                  "adapters are immutable: choose a new --output-dir or remove that folder")
+            raise StageInputError(
+                f"{output} already holds an adapter with digest {found}, not {args.digest}; "
+                "adapters are immutable: choose a new --output-dir or remove that folder"
+            )
         return _summary(output, args, reused=True)
     if not source.is_dir():
         raise StageInputError(f"--source {args.source}: there is no adapter folder there")
@@ -74,9 +76,11 @@ def check(folder: Path, digest: str) -> None:
     """Refuse a folder that is not the adapter the manifest names, or not a LoRA adapter at all."""
     found = tree_digest(folder)
     if found != digest:
-        raise DigestMismatch(f"the adapter at {folder} has digest {found}, but spec.candidate.digest is {digest}: "
-                             "it is not the adapter the manifest names; nothing was imported or evaluated and the "
-                             "release is untouched")
+        raise DigestMismatch(
+            f"the adapter at {folder} has digest {found}, but spec.candidate.digest is {digest}: "
+            "it is not the adapter the manifest names; nothing was imported or evaluated and the "
+            "release is untouched"
+        )
     try:
         read_adapter_config(folder)
     except AdapterMismatch as error:
