@@ -136,3 +136,18 @@ def test_a_zero_pass_at_1_is_kept_not_taken_for_an_absent_one() -> None:
     spec = pointer.to_spec()
     assert (spec["passAt1"], spec["passed"], spec["total"]) == (0.0, 0, 3)  # `kubectl get ar` shows PASS@1 0
     assert "rolledBack" not in spec and releases.Pointer.from_spec(spec) == pointer
+
+
+def test_an_imported_adapter_says_where_it_came_from_and_keeps_it_through_history() -> None:
+    imported = {"suite": "humaneval", "subset": "all", "imported_from": "s3://team/adapters/long-run",
+                "imported_digest": B}
+    first = stored(publish(None, "Bootstrapped", A, None, cycle="c1").write)
+    found = releases.plan_publish(first, name="coder", namespace="team", cycle="c2", decision=decision("Promoted"),
+                                  candidate_uri="/artifacts/c2/import/adapter", candidate_digest=B,
+                                  evaluated=releases.incumbent_of(first), evidence=imported, now=NOW)
+    release = stored(found.write)
+    current = release["spec"]["current"]
+    assert current["importedFrom"] == "s3://team/adapters/long-run" and "datasetDigest" not in current
+    assert current["digest"] == B and current["uri"] == "/artifacts/c2/import/adapter"
+    assert releases.current_of(release).imported_from == "s3://team/adapters/long-run"
+    assert "importedFrom" not in release["spec"]["history"][0]  # the trained one before it

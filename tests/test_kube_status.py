@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -266,3 +267,90 @@ def test_entries_from_objects() -> None:
 def test_terminal_phases_free_the_release(phase: str) -> None:
     obj = {"metadata": {"name": "a", "creationTimestamp": "t1"}, "status": {"admitted": True, "phase": phase}}
     assert queue.admission("b", [queue.Entry.of(obj), entry("b", "t2")]).admit
+
+
+# Cycles that import their candidate, and dry runs ----------------------------------------------------------------
+
+IMPORTED = "sha256:" + "e" * 64
+
+
+def spec_with(**fields: Any):
+    base = {"release": "coder", "baseModel": {"name": "tiny://llama"}}
+    return parse_manifest({"apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle", "metadata": {"name": "c1"},
+                           "spec": {**base, **fields}}).spec
+
+
+def stage(name: str, summary: dict[str, Any]) -> status.StageRecord:
+    return status.StageRecord(f"c1-{name}-1", 1, "succeeded", "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z", summary)
+
+
+def test_an_imported_candidate_shows_what_was_skipped_and_why_and_its_digest() -> None:
+    spec = spec_with(candidate={"uri": "adapters/colleague", "digest": IMPORTED})
+    stages = {"import": stage("import", {"adapter_digest": IMPORTED}), "generate": stage("generate", {}),
+              "score-candidate": stage("score-candidate", SUMMARIES["score-candidate"]),
+              "score-incumbent": stage("score-incumbent", SUMMARIES["score-incumbent"]),
+              "decide": stage("decide", SUMMARIES["decide"])}
+    record = status.CycleRecord(admitted=True, incumbent_resolved=True, incumbent=INCUMBENT, stages=stages,
+                                published={"outcome": "Promoted", "reason": "better", "revision": 5})
+    found = status.render(spec, record, LAYOUT, status.Situation(), generation=1, now=NOW)
+    assert_fits_the_crd(found)
+    conditions = by_type(found)
+    for kind in ("Harvested", "Verified", "Trained"):
+        assert (conditions[kind]["status"], conditions[kind]["reason"]) == ("False", "Skipped"), kind
+        assert "an adapter trained elsewhere (adapters/colleague" in conditions[kind]["message"]
+    assert "import succeeded" in conditions["Trained"]["message"]
+    assert conditions["Decided"]["reason"] == "Promoted"
+    assert found["candidate"]["digest"] == IMPORTED and found["decision"]["outcome"] == "Promoted"
+
+
+def test_an_imported_adapter_with_the_wrong_digest_fails_as_digest_mismatch() -> None:
+    spec = spec_with(candidate={"uri": "adapters/colleague", "digest": IMPORTED})
+    failed = status.StageRecord("c1-import-1", 1, "failed", summary={"kind": "digest_mismatch"},
+                                message="exit code 2: not the adapter the manifest names")
+    record = status.CycleRecord(admitted=True, incumbent_resolved=True, stages={"import": failed})
+    found = status.render(spec, record, LAYOUT, status.Situation(), generation=1, now=NOW)
+    assert found["phase"] == "Failed" and by_type(found)["Failed"]["reason"] == "DigestMismatch"
+    assert by_type(found)["Trained"]["reason"] == "StageFailed"
+
+
+def test_a_dry_run_shows_dry_run_as_its_decision_with_its_report() -> None:
+    spec = spec_with(harvest={"sources": [{"path": "corpus/tasks.jsonl"}]}, stopAfter="verify")
+    stages = {name: stage(name, SUMMARIES[name]) for name in ("harvest", "verify")}
+    record = status.CycleRecord(admitted=True, stages=stages)
+    found = status.render(spec, record, LAYOUT, status.Situation(), generation=1, now=NOW)
+    assert_fits_the_crd(found)
+    assert found["phase"] == "Succeeded" and found["decision"]["outcome"] == "DryRun"
+    assert found["dryRun"]["stoppedAfter"] == "verify" and found["dryRun"]["verified"] == 24
+    assert "incumbent" not in found  # the release was never read
+    conditions = by_type(found)
+    assert (conditions["Verified"]["status"], conditions["Harvested"]["status"]) == ("True", "True")
+    for kind in ("Trained", "Evaluated"):
+        assert conditions[kind]["reason"] == "Skipped" and "a dry run" in conditions[kind]["message"]
+    assert (conditions["Decided"]["status"], conditions["Decided"]["reason"]) == ("True", "DryRun")
+    assert conditions["Ready"]["reason"] == "DryRun" and "24 of 40" in conditions["Ready"]["message"]
+
+
+def dry_run(name: str, created: str, **status_fields: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "creationTimestamp": created},
+            "spec": {"release": "coder", "baseModel": {"name": "tiny://llama"}, "stopAfter": "verify",
+                     "harvest": {"sources": [{"path": "a.jsonl"}]}},
+            "status": status_fields}
+
+
+def test_a_dry_run_never_queues_and_never_holds_a_release_up() -> None:
+    running_dry = queue.Entry.of(dry_run("dry-early", "t0", admitted=True))
+    waiting_dry = queue.Entry.of(dry_run("dry-first", "t1"))
+    real = entry("real", "t2")
+    assert not running_dry.queues and not waiting_dry.waiting
+    # a real cycle created after two dry runs, one of them running, is admitted at once
+    assert queue.admission("real", [running_dry, waiting_dry, real]).admit
+    # a dry run is admitted while a real cycle holds the release, and ahead of it nothing waits on its account
+    active = entry("active", "t0", admitted=True)
+    assert queue.admission("dry-first", [active, waiting_dry, entry("next", "t3")]).admit
+    later = entry("next", "t3")
+    assert queue.admission("next", [waiting_dry, later]).admit
+    # every unfinished dry run is worth a reconcile, and none of them is the head of its release's queue
+    moved = queue.movable([dry_run("d", "t1"), {"metadata": {"name": "r", "creationTimestamp": "t2"},
+                                                "spec": {"release": "coder", "deadlineSeconds": 10 ** 9}}],
+                          now=datetime(2026, 1, 1, tzinfo=UTC))
+    assert [c["metadata"]["name"] for c in moved] == ["d", "r"]

@@ -122,7 +122,8 @@ def result_table(name: str, state: plan.CycleState, finished: Mapping[str, Any])
         if found:
             table.add_row("would train on", f"{found['rows']} rows, {found['bytes']} bytes, {found['digest']}")
     table.add_row("candidate pass@1", _pass(candidate))
-    incumbent_text = _pass(incumbent) if state.incumbent else "— (no release yet)"
+    incumbent_text = _pass(incumbent) if state.incumbent else (
+        "— (a dry run reads no release)" if finished.get("report") else "— (no release yet)")
     table.add_row("incumbent pass@1", incumbent_text)
     for step, result in steps.items():
         if step.startswith("score-candidate-report"):

@@ -80,7 +80,8 @@ log = logging.getLogger("sigma0.test.podexecutor")
 NSEXEC = Path(__file__).resolve().parent / "_nsexec.py"
 # The host folders a stage command needs: the venv (its `sigma0` command) and the checkout its editable install points
 # into. They stay visible in a container even where a pod volume (an emptyDir at /tmp, say) covers a folder above them.
-HOST_PATHS = tuple(sorted({sys.prefix, str(Path(__file__).resolve().parents[2])}))
+CHECKOUT = Path(__file__).resolve().parents[2]
+HOST_PATHS = tuple(sorted({sys.prefix, str(CHECKOUT)}))
 
 
 def shadowed(paths: tuple[str, ...], targets: list[str]) -> list[str]:
@@ -483,6 +484,9 @@ class PodWorker:
         env: dict[str, str] = {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
             "HOME": os.environ.get("HOME", "/root"),
+            # the checkout under test, not whichever one the venv's editable install points into (a git worktree
+            # shares the venv of the main checkout): stage pods run the code the operator runs
+            "PYTHONPATH": str(CHECKOUT / "operator"),
             "HOSTNAME": self.spec.get("hostname") or self.name,
             "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(self.ex.api_port),

@@ -681,3 +681,116 @@ def test_two_cycles_of_one_release_through_restarts(platform: Platform, ns: str)
     wait_for(platform, ns, "the second cycle's Jobs to go", lambda: not jobs_of(platform, ns, "sample-coder-2"),
              timeout=60)
     assert release(platform, ns, "sample-coder")["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"]
+
+
+# Two more ways in: an adapter trained elsewhere (spec.candidate) and a dry run (spec.stopAfter) --------------------
+
+
+def _imported(name: str, adapter: str, digest: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingCycle", "metadata": {"name": name},
+            "spec": {"release": "imported", "baseModel": {"name": "tiny://llama"},
+                     "candidate": {"uri": f"imports/{adapter}", "digest": digest},
+                     "eval": {"suite": "imports/answer.jsonl", "maxNewTokens": 1, "batchSize": 1},
+                     "deadlineSeconds": 1800}}
+
+
+@pytest.mark.slow
+def test_imported_adapters_are_gated_a_win_is_promoted_a_tie_rejected_and_a_wrong_digest_fails_before_any_gpu(
+        platform: Platform, ns: str) -> None:
+    from crafted import crafted_adapter, write_suite
+
+    from sigma0.io import tree_digest
+
+    imports = platform.artifacts / "imports"
+    imports.mkdir(exist_ok=True)
+    write_suite(imports / "answer.jsonl")
+    for adapter, char, strength in (("wrong", "8", 1000.0), ("right", "7", 1000.0), ("right-too", "7", 2000.0)):
+        if not (imports / adapter).exists():
+            crafted_adapter("tiny://llama", char, imports / adapter, strength=strength)
+    for path in (imports, *imports.rglob("*")):
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    digests = {name: tree_digest(imports / name) for name in ("wrong", "right", "right-too")}
+    cycles = {"imp-1-first": ("wrong", digests["wrong"]), "imp-2-winner": ("right", digests["right"]),
+              "imp-3-tie": ("right-too", digests["right-too"]),
+              "imp-4-mismatch": ("right", digests["wrong"])}  # the right folder, named with another's digest
+    for name, (adapter, digest) in cycles.items():  # one at a time for the release, in creation order
+        assert apply(platform, ns, _imported(name, adapter, digest)).returncode == 0
+    ended = {name: wait_for(platform, ns, f"{name} to end", phase_is(platform, ns, name, "Succeeded", "Failed"),
+                            timeout=400) for name in cycles}
+
+    outcomes = {name: (found["phase"], (found.get("decision") or {}).get("outcome")) for name, found in ended.items()}
+    assert outcomes == {"imp-1-first": ("Succeeded", "Bootstrapped"), "imp-2-winner": ("Succeeded", "Promoted"),
+                        "imp-3-tie": ("Succeeded", "Rejected"), "imp-4-mismatch": ("Failed", None)}, \
+        diagnostics(platform, ns)
+    winner, tie = ended["imp-2-winner"], ended["imp-3-tie"]
+    assert winner["candidate"]["digest"] == digests["right"] and winner["candidate"]["passAt1"] == 1.0
+    assert winner["incumbent"]["digest"] == digests["wrong"] and winner["incumbent"]["passAt1"] == 0.0
+    assert tie["candidate"]["passAt1"] == tie["incumbent"]["passAt1"] == 1.0
+    for found in (winner, tie):  # the skipped stages say so, and why
+        for kind in ("Harvested", "Verified", "Trained"):
+            said = condition(found, kind)
+            assert (said["status"], said["reason"]) == ("False", "Skipped") and "trained elsewhere" in said["message"]
+    for name in ("imp-1-first", "imp-2-winner", "imp-3-tie"):
+        steps = {j.metadata.labels["sigma0.dev/step"] for j in jobs_of(platform, ns, name)}
+        assert {"import", "generate", "score-candidate", "decide"} <= steps
+        assert not steps & {"harvest", "verify", "dataset", "train"}
+
+    # the wrong digest: the import Job failed, and nothing else ran (no GPU pod was ever asked for)
+    mismatch = ended["imp-4-mismatch"]
+    assert condition(mismatch, "Failed")["reason"] == "DigestMismatch"
+    assert "is not the adapter the manifest names" in condition(mismatch, "Failed")["message"]
+    assert [j.metadata.labels["sigma0.dev/step"] for j in jobs_of(platform, ns, "imp-4-mismatch")] == ["import"]
+
+    # the release points at the winner's copy in its cycle's folder, by digest; the tie changed nothing
+    current = release(platform, ns, "imported")
+    assert current is not None and current["spec"]["revision"] == 2
+    assert current["spec"]["current"]["digest"] == digests["right"]
+    assert current["spec"]["current"]["cycle"] == "imp-2-winner"
+    uri = current["spec"]["current"]["uri"]
+    assert uri.startswith("/artifacts/cycles/") and uri.endswith("/import/adapter")
+    assert tree_digest(platform.artifacts / uri.removeprefix("/artifacts/")) == digests["right"]
+    assert [p["digest"] for p in current["spec"]["history"]] == [digests["wrong"]]
+
+    rows = {row["NAME"]: row for row in table(platform.cluster.kubectl("get", "tc", "-n", ns).stdout)}
+    assert {name: rows[name]["DECISION"] for name in cycles} == {
+        "imp-1-first": "Bootstrapped", "imp-2-winner": "Promoted", "imp-3-tie": "Rejected", "imp-4-mismatch": ""}
+    assert rows["imp-4-mismatch"]["PHASE"] == "Failed"
+
+
+@pytest.mark.slow
+def test_a_dry_run_reports_what_would_train_runs_no_job_beyond_dataset_and_never_queues(platform: Platform,
+                                                                                        ns: str) -> None:
+    """A dry run and a real cycle of the same release, applied together: neither waits for the other (the dry
+    run never enters the release's queue), and the dry run stops after dataset with its report."""
+    dry = example("dry-run", release="shared", stopAfter="dataset")
+    real = example("real-one", release="shared", harvest={"sources": [{"path": "corpus/missing.json"}]})
+    assert apply(platform, ns, dry).returncode == 0 and apply(platform, ns, real).returncode == 0
+    found = wait_for(platform, ns, "the dry run to end", phase_is(platform, ns, "dry-run", "Succeeded", "Failed"),
+                     timeout=300)
+    failed_real = wait_for(platform, ns, "the real cycle to fail at harvest",
+                           phase_is(platform, ns, "real-one", "Failed", "Succeeded"), timeout=120)
+    assert found["phase"] == "Succeeded", diagnostics(platform, ns)
+    assert failed_real["phase"] == "Failed" and failed_real["startTime"] <= found["completionTime"], \
+        "the real cycle waited for the dry run"
+    assert found["decision"]["outcome"] == "DryRun"
+    assert not found.get("incumbentResolved") and release(platform, ns, "shared") is None
+
+    steps = sorted(j.metadata.labels["sigma0.dev/step"] for j in jobs_of(platform, ns, "dry-run"))
+    assert steps == ["dataset", "harvest", "verify"]
+    kinds = {j.metadata.labels["sigma0.dev/kind"] for j in jobs_of(platform, ns, "dry-run")}
+    assert "gpu" not in kinds
+
+    report = found["dryRun"]
+    dataset = found["stages"]["dataset"]["summary"]
+    assert report["stoppedAfter"] == "dataset"
+    assert report["dataset"]["digest"] == dataset["dataset_digest"] and report["dataset"]["rows"] == dataset["rows"]
+    assert report["verified"] == found["counts"]["verified"] > 0
+    assert set(report["bySource"]) == {"/artifacts/corpus/agent_corpus.json", "/artifacts/corpus/tasks.jsonl"}
+    assert report["dropped"] == found["counts"].get("dropped", {})
+    for kind in ("Trained", "Evaluated"):
+        said = condition(found, kind)
+        assert (said["status"], said["reason"]) == ("False", "Skipped") and "a dry run" in said["message"]
+    assert condition(found, "Ready")["reason"] == "DryRun"
+    assert "would train on" in condition(found, "Ready")["message"]
+    rows = {row["NAME"]: row for row in table(platform.cluster.kubectl("get", "tc", "-n", ns).stdout)}
+    assert (rows["dry-run"]["PHASE"], rows["dry-run"]["DECISION"]) == ("Succeeded", "DryRun")

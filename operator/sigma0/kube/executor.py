@@ -228,7 +228,9 @@ class JobExecutor:
                     work.queued_behind = verdict.message(release)
                     return self._finish_pass(cycle, ref, spec, work, suspended=False, layout=layout)
                 work.record = replace(work.record, admitted=True)
-                work.event("Normal", "Admitted", f"the active cycle of AdapterRelease {release}")
+                admitted = (f"the active cycle of AdapterRelease {release}" if verdict.holds_release else
+                            f"a dry run: it runs beside the cycles of AdapterRelease {release}, not in their queue")
+                work.event("Normal", "Admitted", admitted)
                 cycle = self._write(cycle, spec, ref, layout, work, suspended=False)
         self._act(spec, ref, layout, deadline, work)
         return self._finish_pass(cycle, ref, spec, work, suspended=spec.suspend, layout=layout)

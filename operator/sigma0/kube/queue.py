@@ -61,6 +61,7 @@ class Entry:
 class Admission:
     admit: bool
     ahead: tuple[str, ...] = ()  # the cycles this one waits for, the active one first
+    holds_release: bool = True  # False: admitted without taking the release's turn (a dry run)
 
     def message(self, release: str) -> str:
         if self.admit:
@@ -73,7 +74,9 @@ def admission(name: str, entries: Iterable[Entry]) -> Admission:
     """Whether cycle `name` may start now, given every cycle of the same release (itself included)."""
     everyone = list(entries)
     me = next((e for e in everyone if e.name == name), None)
-    if me is not None and (me.admitted or not me.queues):
+    if me is not None and not me.queues:
+        return Admission(True, holds_release=False)
+    if me is not None and me.admitted:
         return Admission(True)
     live = [e for e in everyone if e.queues and not e.finished and not e.deleting and e.name != name]
     active = sorted((e for e in live if e.admitted), key=lambda e: e.place)

@@ -54,13 +54,15 @@ class Pointer:
     subset: str | None = None
     p_value: float | None = None
     dataset_digest: str | None = None
+    imported_from: str | None = None  # an adapter trained elsewhere (spec.candidate): where it came from
     reason: str = ""
     rolled_back: bool = False
 
     _FIELDS = (("uri", "uri"), ("digest", "digest"), ("cycle", "cycle"), ("promoted_at", "promotedAt"),
                ("revision", "revision"), ("pass_at_1", "passAt1"), ("passed", "passed"), ("total", "total"),
                ("suite", "suite"), ("subset", "subset"), ("p_value", "pValue"),
-               ("dataset_digest", "datasetDigest"), ("reason", "reason"), ("rolled_back", "rolledBack"))
+               ("dataset_digest", "datasetDigest"), ("imported_from", "importedFrom"), ("reason", "reason"),
+               ("rolled_back", "rolledBack"))
 
     def to_spec(self) -> dict[str, Any]:
         data = {key: getattr(self, name) for name, key in self._FIELDS}
@@ -147,7 +149,8 @@ def plan_publish(release: Mapping[str, Any] | None, *, name: str, namespace: str
         uri=candidate_uri, digest=candidate_digest, cycle=cycle, promoted_at=now, revision=verdict.revision,
         pass_at_1=_float(decision.get("candidate_pass_at_1")), passed=_int(decision.get("candidate_passed")),
         total=_int(decision.get("candidate_total")), suite=evidence.get("suite"), subset=evidence.get("subset"),
-        p_value=_float(decision.get("p_value")), dataset_digest=evidence.get("dataset_digest"), reason=reason)
+        p_value=_float(decision.get("p_value")), dataset_digest=evidence.get("dataset_digest"),
+        imported_from=evidence.get("imported_from"), reason=reason)
     history = rules.history_after_publish(current, history_of(release), history_limit_of(release))
     body = _with_spec(release, name, namespace, pointer, history, verdict.revision)
     return PublishPlan(str(outcome), reason, verdict.revision, candidate_uri, body, create=release is None)
