@@ -149,6 +149,7 @@ def test_base_rows_then_verified_rows_with_a_stable_digest(tmp_path):
         "rows": 3,
         "excluded": 0,
         "dataset_digest": file_digest(tmp_path / "train.jsonl"),
+        "bytes": (tmp_path / "train.jsonl").stat().st_size,  # what a dry run reports as the dataset's size
     }
     report = json.loads((tmp_path / "r.json").read_text())
     assert {key: report[key] for key in summary} == summary

@@ -56,7 +56,13 @@ def test_the_files_are_what_the_generator_writes(generator):
 
 def test_harvest_gives_the_expected_counts(harvested, expected):
     summary, _, _, _ = harvested
+    summary = dict(summary)
+    by_source = summary.pop("by_source")  # rows read and kept per source file, what a dry run reports
     assert summary == expected["harvest"]
+    assert {Path(source).name: counts for source, counts in by_source.items()} == {
+        "agent_corpus.json": {"harvested": 28, "kept": 17}, "tasks.jsonl": {"harvested": 21, "kept": 13}}
+    assert sum(c["harvested"] for c in by_source.values()) == summary["harvested"]
+    assert sum(c["kept"] for c in by_source.values()) == summary["kept"]
     assert set(summary["dropped"]) == set(DROP_REASONS)  # the demo shows every way harvest drops a row
 
 

@@ -403,6 +403,8 @@ def test_the_stage_sorts_every_row_into_one_bucket_and_reports_it(tmp_path):
         "excluded": 1,
         "duplicates": 1,
         "dropped": {"bad_json": 1, "empty_asserts": 1, "not_an_object": 1},
+        # rows read and kept per source, what a dry run reports (bucket sums: 5 = 2 kept + 3 out, 3 = 1 + 2)
+        "by_source": {str(corpus): {"harvested": 5, "kept": 2}, str(stream): {"harvested": 3, "kept": 1}},
     }
     assert len(json.dumps(summary)) < 3000
     assert [r["fn"] for r in rows] == ["count_vowels", "add", "vowels"]

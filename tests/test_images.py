@@ -241,7 +241,8 @@ def test_the_sandbox_image_leaves_no_installer_behind() -> None:
 
 
 def _every_step() -> tuple[CycleSpec, list[plan.Step]]:
-    """Every step a cycle can have: with an incumbent and a report-only suite."""
+    """Every step a cycle can have: with an incumbent and a report-only suite, and the import step of a cycle that
+    imports its candidate (spec.candidate)."""
     document = {"apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle", "metadata": {"name": "c"},
                 "spec": {"release": "r", "baseModel": {"name": "tiny://llama"},
                          "harvest": {"sources": [{"path": "corpus/tasks.jsonl"}]},
@@ -251,7 +252,10 @@ def _every_step() -> tuple[CycleSpec, list[plan.Step]]:
     layout = jobs.layout(ref, spec, jobs.PodSettings())
     state = plan.CycleState(True, plan.Incumbent("sha256:" + "a" * 64, "/artifacts/a", 0.5, 1),
                             {"train": plan.StepResult("succeeded", {"adapter_digest": "sha256:" + "b" * 64})})
-    return spec, plan.steps(spec, state, layout)
+    imported = parse_manifest({**document, "spec": {"release": "r", "baseModel": {"name": "tiny://llama"},
+                                                    "candidate": {"uri": "a", "digest": "sha256:" + "c" * 64}}}).spec
+    (import_step,) = [s for s in plan.steps(imported, state, layout) if s.stage == "import"]
+    return spec, [*plan.steps(spec, state, layout), import_step]
 
 
 def _image_named(reference: str) -> tuple[str, str]:

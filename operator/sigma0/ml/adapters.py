@@ -9,22 +9,17 @@ the base must have its weights in the adapter.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the import stage reads adapter configs in the sandbox image, which has no torch
-    from torch import nn
+from safetensors import SafetensorError, safe_open
+from torch import nn
 
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
+from sigma0.ml.adapter_files import WEIGHTS, AdapterMismatch, read_adapter_config
+
 PREFIX = "base_model.model."  # how peft names the wrapped model's modules in a saved adapter
 SHOWN = 3  # problems spelled out in a message; the rest are counted
-
-
-class AdapterMismatch(ValueError):
-    """The folder is not a LoRA adapter, or not one for this base model; the message says which and why."""
 
 
 def check_adapter_fits(model: nn.Module, folder: str | Path) -> None:
@@ -42,21 +37,6 @@ def check_adapter_fits(model: nn.Module, folder: str | Path) -> None:
             + (f" ({made_for})" if made_for else "")
             + f": {'; '.join(problems[:SHOWN])}{more}"
         )
-
-
-def read_adapter_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdapterMismatch(f"{folder} is not a peft adapter: it has no {CONFIG}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AdapterMismatch(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise AdapterMismatch(f"{path} must hold a JSON object, got {type(config).__name__}")
-    if config.get("peft_type") != "LORA":
-        raise AdapterMismatch(f"{path}: peft_type is {config.get('peft_type')!r}; only LoRA adapters are supported")
-    return config
 
 
 def adapter_problems(
@@ -106,8 +86,6 @@ def _linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
 
 
 def _weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import SafetensorError, safe_open
-
     path = folder / WEIGHTS
     if not path.is_file():
         raise AdapterMismatch(f"{folder} is not a complete adapter: it has no {WEIGHTS}")

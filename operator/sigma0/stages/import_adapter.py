@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sigma0.io import DIGEST, tree_digest, write_json_atomic
-from sigma0.ml.adapters import WEIGHTS, AdapterMismatch, read_adapter_config
+from sigma0.ml.adapter_files import WEIGHTS, AdapterMismatch, read_adapter_config
 from sigma0.stages import StageInputError
 
 
