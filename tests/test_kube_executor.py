@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -424,3 +424,35 @@ def test_a_cycle_the_operator_refuses_fails_at_once_and_touches_nothing(api: Fak
     api.cycles["c1"].pop("status")
     run(api, settings=jobs.PodSettings(**{flag: True}))
     assert list(api.jobs) == ["c1-harvest-1"]
+
+
+def test_a_stage_pod_that_cannot_start_fails_the_cycle_at_once_and_its_job_goes(api: FakeApi) -> None:
+    run(api)
+    job = api.jobs["c1-harvest-1"]
+    owner = [{"uid": job["metadata"]["uid"]}]
+    api.pods.append({"metadata": {"name": "c1-harvest-1-x", "creationTimestamp": "2026-01-01T00:00:31Z",
+                                  "labels": job["metadata"]["labels"], "ownerReferences": owner},
+                     "status": {"phase": "Pending", "containerStatuses": [{"name": "stage", "state": {"waiting": {
+                         "reason": "CreateContainerConfigError", "message": 'secret "s3-credentials" not found'}}}]}})
+    result = run(api, now=NOW + timedelta(seconds=5))
+    assert result is not None and result.phase == "Failed" and result.finished_now
+    assert api.jobs == {}  # deleted: a pod that cannot start holds nothing any longer
+    status = api.cycles["c1"]["status"]
+    assert status["stages"]["harvest"]["state"] == "failed"
+    assert "CreateContainerConfigError" in status["message"] and "s3-credentials" in status["message"]
+    assert status["reason"] == "StageFailed"
+    assert any(e["reason"] == "StageFailed" for e in api.events)
+
+
+def test_the_deadline_counts_from_admission_not_from_creation(api: FakeApi) -> None:
+    run(api)  # c1 admitted at NOW
+    _another(api, "c0", "coder", "2025-12-31T23:59:59Z")  # queued behind c1, created a day before its deadline
+    queued = executor.JobExecutor(executor.Clients(api, api, api), jobs.PodSettings(),
+                                  clock=lambda: NOW + timedelta(hours=2))
+    queued.reconcile(NS, "c0")
+    assert api.cycles["c0"]["status"]["phase"] == "Queued"  # waited 2 h > deadlineSeconds, never ran: no timeout
+    assert api.cycles["c1"]["status"]["startTime"] == "2026-01-01T00:01:00Z"
+    assert run(api, now=NOW + timedelta(seconds=3599)).phase == "Harvesting"
+    result = run(api, now=NOW + timedelta(seconds=3600))
+    assert result is not None and result.phase == "Failed"
+    assert "admitted 2026-01-01T00:01:00Z" in api.cycles["c1"]["status"]["failure"]["message"]

@@ -206,14 +206,17 @@ class JobExecutor:
         else:  # the admission is recorded before the first Job is created: a queued cycle has none to look for
             found, pods = [], []
         work = _Pass(record, self._newest_jobs(found))
-        self._observe(work, pods, spec, layout)
+        self._observe(work, pods, spec, layout, ref)
         self._account(ref, spec, pods)
 
-        deadline = _parse_time(metadata["creationTimestamp"]) + timedelta(seconds=spec.deadline_seconds)
-        if self.clock() >= deadline:
+        # Counted from admission (status.startTime), as a Job's activeDeadlineSeconds counts from its start: a cycle
+        # queued behind another, or suspended before it was admitted, cannot time out without having run.
+        started = (cycle.get("status") or {}).get("startTime") or metadata["creationTimestamp"]
+        deadline = _parse_time(started) + timedelta(seconds=spec.deadline_seconds)
+        if work.record.admitted and self.clock() >= deadline:
             self._stop_jobs(ref, work)
             message = (f"the cycle did not finish within spec.deadlineSeconds={spec.deadline_seconds} "
-                       f"(created {metadata['creationTimestamp']})")
+                       f"(admitted {started})")
             work.record = replace(work.record, failure=("DeadlineExceeded", message))
             work.event("Warning", "DeadlineExceeded", message)
             return self._finish_pass(cycle, ref, spec, work, suspended=spec.suspend, layout=layout)
@@ -251,7 +254,8 @@ class JobExecutor:
                 newest[step] = job
         return newest
 
-    def _observe(self, work: _Pass, pods: list[dict[str, Any]], spec: CycleSpec, layout: plan.Layout) -> None:
+    def _observe(self, work: _Pass, pods: list[dict[str, Any]], spec: CycleSpec, layout: plan.Layout,
+                 ref: jobs.CycleRef) -> None:
         """Fold what each step's newest Job says into the record."""
         by_owner: dict[str, list[dict[str, Any]]] = {}
         for pod in pods:
@@ -267,7 +271,11 @@ class JobExecutor:
                 stage = StageRecord(job["metadata"]["name"], attempt, "running",
                                     isolation=self._isolation(spec, layout, work.record, step),
                                     resume_key=jobs.resume_key_of(job))
-            seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []))
+            seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []), self.clock())
+            if seen.state == "failed" and not jobs.finished(job):  # its pod cannot start: free what it holds
+                self.clients.batch.delete_namespaced_job(job["metadata"]["name"], ref.namespace,
+                                                         propagation_policy="Background",
+                                                         _request_timeout=self.clients.timeout)
             on = (job["metadata"].get("labels") or {}).get(jobs.LABEL_PLACEMENT) or stage.placement
             summary, outputs = evidence.split(seen.summary)  # the digests go to their own field of the record
             updated = replace(stage, job=job["metadata"]["name"], attempt=attempt, state=seen.state,
@@ -609,7 +617,7 @@ class JobExecutor:
                               placement_wait=work.placement_wait)
         old = cycle.get("status") or {}
         new = render(spec, work.record, layout, situation, generation=int(cycle["metadata"].get("generation", 0)),
-                     now=now_rfc3339(), previous=old)
+                     now=placement.format_time(self.clock()), previous=old)
         if same_status(old, new):
             return cycle
         return self._replace_status(cycle, new)

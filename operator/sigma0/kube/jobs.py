@@ -59,11 +59,12 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sigma0 import journal, plan
 from sigma0.kube import API_VERSION
-from sigma0.placement import Usage, gpu_count, options_for, parse_time
+from sigma0.placement import Usage, format_time, gpu_count, options_for, parse_time
 from sigma0.spec import CycleSpec, GpuPlacement
 
 CONTAINER = "stage"
@@ -416,6 +417,11 @@ class Observation:
     unschedulable_since: str | None = None
 
 
+def finished(job: Mapping[str, Any]) -> bool:
+    """Whether the Job itself has ended (Complete or Failed)."""
+    return _condition(job, "Complete") is not None or _condition(job, "Failed") is not None
+
+
 def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") == kind and condition.get("status") == "True":
@@ -477,6 +483,31 @@ def _tail(log: str, lines: int = 3) -> str:
     return " | ".join(kept)[-500:]
 
 
+# Why a stage pod cannot start, and how long it may wait for that to end by itself. The pod spec is immutable, so a
+# bad image name or a container that cannot be configured (a missing Secret or ConfigMap key) never heals: the step
+# fails at once, as KubeRay's RayJob and JobSet do, instead of holding its node (and GPU) until the cycle's deadline.
+# An image pull and a volume claim may heal (a registry blip, a provisioner still at work): they get a grace first.
+NEVER_HEALS = frozenset({"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+                         "CreateContainerError"})
+HEALS_WITHIN_SECONDS = {"ErrImagePull": 300, "ImagePullBackOff": 300, "VolumeNotBound": 300}
+VOLUME_WORDS = ("persistentvolumeclaim", "persistentvolume ")
+"""Words of the scheduler's message for a pod whose volume claim is missing or unbound."""
+
+
+def hopeless(waiting: tuple[str, str] | None, since: datetime | None, now: datetime | None) -> str | None:
+    """Why a pod that waits with `waiting` (reason, message) since `since` will not start by itself, or None while
+    it may still."""
+    if waiting is None or now is None:
+        return None
+    reason, message = waiting
+    if reason in NEVER_HEALS:
+        return f"{message} (this does not heal by itself: the pod's spec cannot change)"
+    grace = HEALS_WITHIN_SECONDS.get(reason)
+    if grace is not None and since is not None and (now - since).total_seconds() >= grace:
+        return f"{message} (still so after {grace} s)"
+    return None
+
+
 def _waiting(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
     if (job.get("spec") or {}).get("suspend"):
         return "JobSuspended", f"Job {job['metadata']['name']} is suspended"
@@ -489,6 +520,8 @@ def _waiting(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             reason = condition.get("reason") or "Unschedulable"
+            if any(word in (condition.get("message") or "").lower() for word in VOLUME_WORDS):
+                reason = "VolumeNotBound"  # not a lack of nodes: another placement would not help
             return reason, f"pod {name} is Pending: {condition.get('message') or reason}"
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting")
@@ -509,8 +542,10 @@ def resume_key_of(job: Mapping[str, Any]) -> str | None:
     return None
 
 
-def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Observation:
-    """What the step did so far, from its Job and the Job's pods (as dicts, as the API returns them)."""
+def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime | None = None) -> Observation:
+    """What the step did so far, from its Job and the Job's pods (as dicts, as the API returns them). A pod that
+    waits for what will not come by itself (`hopeless`, judged at `now`) fails the step while its Job still runs:
+    the executor then deletes that Job."""
     status = job.get("status") or {}
     start = status.get("startTime")
     if _condition(job, "Complete"):
@@ -527,8 +562,13 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Observ
         return Observation("failed", summary, message, start, end)
     waiting = _waiting(job, pods)
     pod = _newest(pods)
-    since = pod["metadata"].get("creationTimestamp") if waiting and waiting[0] == "Unschedulable" and pod else None
+    created = pod["metadata"].get("creationTimestamp") if pod else None
+    why = hopeless(waiting, parse_time(created) if created else None, now)
+    if why is not None and waiting is not None and now is not None:
+        return Observation("failed", {}, f"{waiting[0]}: {why}", start, format_time(now))
+    since = created if waiting and waiting[0] == "Unschedulable" else None
     return Observation("running", {}, "", start, None, waiting, since)
+
 
 
 def gpu_usage(pod: Mapping[str, Any]) -> Usage | None:

@@ -368,6 +368,7 @@ def render(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation:
     status: dict[str, Any] = {
         **_record_fields(record),
         "phase": current.phase,
+        "reason": current.reason,  # why the cycle is where it is, in one CamelCase word: the REASON column
         "message": current.message[:1000],
         "observedGeneration": generation,
         "conditions": conditions(spec, record, layout, current, situation, generation=generation, now=now,
