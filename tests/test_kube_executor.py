@@ -456,3 +456,21 @@ def test_the_deadline_counts_from_admission_not_from_creation(api: FakeApi) -> N
     result = run(api, now=NOW + timedelta(seconds=3600))
     assert result is not None and result.phase == "Failed"
     assert "admitted 2026-01-01T00:01:00Z" in api.cycles["c1"]["status"]["failure"]["message"]
+
+
+def test_a_stage_timeout_bounds_its_job_and_is_named_when_it_ends_the_stage(api: FakeApi) -> None:
+    api.cycles["c1"]["spec"]["stageTimeouts"] = {"harvest": 600}
+    run(api)
+    job = api.jobs["c1-harvest-1"]
+    assert job["spec"]["activeDeadlineSeconds"] == 600  # nearer than the cycle's deadline (3600 s from admission)
+    job["status"] |= {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                      "message": "Job was active longer than specified deadline"}]}
+    result = run(api, now=NOW + timedelta(seconds=605))
+    assert result is not None and result.phase == "Failed"
+    message = api.cycles["c1"]["status"]["message"]
+    assert "StageTimeout: harvest ran longer than spec.stageTimeouts.harvest=600 s" in message, message
+
+
+def test_without_a_stage_timeout_a_job_ends_with_the_cycle(api: FakeApi) -> None:
+    run(api)
+    assert api.jobs["c1-harvest-1"]["spec"]["activeDeadlineSeconds"] == 3600 + executor.JOB_DEADLINE_SLACK_SECONDS

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -215,14 +216,17 @@ class LocalExecutor:
         with open(logs / f"{step.name}.log", "ab") as log:
             log.write(f"\n$ {' '.join(step.argv)}   # {_now()}\n".encode())
             log.flush()
-            code = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                  env=env, check=False).returncode
+            limit = self.cycle.spec.stage_timeouts.of(step.stage)
+            code = _run_stage(command, log, env, limit)
         summary, outputs = evidence.split(_read_summary(summary_file))
         if usage is not None:
             gpus = usage.gpus if "device" not in summary else int(summary["device"] == "cuda")
             placement.record_local(self.ledger, replace(usage, end=datetime.now(UTC), gpus=gpus))
         if code == 0:
             result = plan.StepResult("succeeded", summary, outputs=outputs)
+        elif code is None:
+            result = plan.StepResult("failed", summary, f"StageTimeout: {step.name} ran longer than "
+                                     f"spec.stageTimeouts.{step.stage}={limit} s")
         else:
             message = str(summary.get("error") or _tail(logs / f"{step.name}.log"))
             result = plan.StepResult("failed", summary, f"exit code {code}: {message}")
@@ -263,6 +267,29 @@ class LocalExecutor:
             "suite": self.spec.eval.suite,
             "subset": self.spec.eval.subset,
         }
+
+
+STOP_GRACE_SECONDS = 15.0
+"""How long a stage past its timeout gets to clean up after SIGINT (its sandboxes, as on Ctrl-C) before SIGKILL."""
+
+
+def _run_stage(command: list[str], log: Any, env: dict[str, str], limit: int | None) -> int | None:
+    """Run a stage process to its end: its exit code, or None when it ran past `limit` seconds and was stopped."""
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        return process.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)  # KeyboardInterrupt: the stage's own cleanup runs, as on Ctrl-C
+        try:
+            process.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return None
+    finally:
+        if process.poll() is None:  # sigma0 run itself was interrupted: the stage must not outlive it
+            process.kill()
+            process.wait()
 
 
 def _check_decision(action: plan.Publish) -> str | None:

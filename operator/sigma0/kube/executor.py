@@ -233,6 +233,8 @@ class JobExecutor:
                 work.record = replace(work.record, admitted=True)
                 work.event("Normal", "Admitted", f"the active cycle of AdapterRelease {release}")
                 cycle = self._write(cycle, spec, ref, layout, work, suspended=False)
+                started = (cycle.get("status") or {}).get("startTime") or started  # the write just recorded it
+                deadline = _parse_time(started) + timedelta(seconds=spec.deadline_seconds)
         self._act(spec, ref, layout, deadline, work)
         return self._finish_pass(cycle, ref, spec, work, suspended=spec.suspend, layout=layout)
 
@@ -272,6 +274,13 @@ class JobExecutor:
                                     isolation=self._isolation(spec, layout, work.record, step),
                                     resume_key=jobs.resume_key_of(job))
             seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []), self.clock())
+            stage_name = (job["metadata"].get("labels") or {}).get(jobs.LABEL_STAGE, "")
+            limit = spec.stage_timeouts.of(stage_name)
+            own_limit = limit is not None and (job.get("spec") or {}).get("activeDeadlineSeconds") == limit
+            if seen.state == "failed" and own_limit and seen.message.startswith("DeadlineExceeded"):
+                # the Job was given the stage's timeout, not the cycle's deadline (_start): it is the stage's
+                seen = replace(seen, message=f"StageTimeout: {step} ran longer than spec.stageTimeouts."
+                                             f"{stage_name}={limit} s ({seen.message})")
             if seen.state == "failed" and not jobs.finished(job):  # its pod cannot start: free what it holds
                 self.clients.batch.delete_namespaced_job(job["metadata"]["name"], ref.namespace,
                                                          propagation_policy="Background",
@@ -446,6 +455,9 @@ class JobExecutor:
         from kubernetes.client.exceptions import ApiException
 
         remaining = math.ceil((deadline - self.clock()).total_seconds()) + JOB_DEADLINE_SLACK_SECONDS
+        limit = spec.stage_timeouts.of(step.stage)  # the stage's own timeout, where it is the nearer end
+        if limit is not None:
+            remaining = min(remaining, limit)
         earlier = work.record.stages.get(step.name)  # every attempt of a step resumes under one key
         key = (earlier.resume_key if earlier else None) or secrets.token_hex(32)
         body = jobs.build_job(step, cycle=ref, spec=spec, settings=self.settings, attempt=attempt,
