@@ -111,6 +111,19 @@ class FakeApi:
     def delete_namespaced_job(self, name, ns, **kwargs):
         self.jobs.pop(name)
 
+    def patch_namespaced_job(self, name, ns, body, **kwargs):  # a JSON merge patch: None removes a key
+        self.calls.append(f"patch job {name}")
+
+        def merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+            for key, value in patch.items():
+                if value is None:
+                    into.pop(key, None)
+                elif isinstance(value, dict):
+                    merge(into.setdefault(key, {}), value)
+                else:
+                    into[key] = value
+        merge(self.jobs[name], body)
+
     def list_namespaced_pod(self, ns, label_selector, **kwargs):
         self.calls.append("list pods")
         return _answer({"items": [p for p in self.pods if _selects(label_selector, p)]}, kwargs)
@@ -474,3 +487,39 @@ def test_a_stage_timeout_bounds_its_job_and_is_named_when_it_ends_the_stage(api:
 def test_without_a_stage_timeout_a_job_ends_with_the_cycle(api: FakeApi) -> None:
     run(api)
     assert api.jobs["c1-harvest-1"]["spec"]["activeDeadlineSeconds"] == 3600 + executor.JOB_DEADLINE_SLACK_SECONDS
+
+
+def test_suspending_a_running_stage_suspends_its_job_and_resuming_resumes_only_what_the_cycle_suspended(
+        api: FakeApi) -> None:
+    run(api)
+    job = api.jobs["c1-harvest-1"]
+    api.cycles["c1"]["spec"]["suspend"] = True
+    run(api)
+    assert job["spec"]["suspend"] is True  # the Job controller then deletes its pods: nothing runs, no GPU is held
+    assert job["metadata"]["annotations"] == {jobs.ANNOTATION_SUSPENDED: "true"}
+    status = api.cycles["c1"]["status"]
+    assert status["phase"] == "Suspended" and status["reason"] == "Suspended" and "during harvest" in status["message"]
+    api.calls.clear()
+    run(api)
+    assert "patch job c1-harvest-1" not in api.calls  # already suspended: nothing to do
+    api.cycles["c1"]["spec"]["suspend"] = False
+    run(api)
+    assert job["spec"]["suspend"] is False and jobs.ANNOTATION_SUSPENDED not in job["metadata"]["annotations"]
+    assert api.cycles["c1"]["status"]["phase"] == "Harvesting"
+    # a Job a queue suspended (Kueue, until it admits it) is the queue's: the operator leaves it suspended
+    job["spec"]["suspend"] = True
+    api.calls.clear()
+    run(api)
+    assert job["spec"]["suspend"] is True and "patch job c1-harvest-1" not in api.calls
+    assert api.cycles["c1"]["status"]["reason"] == "JobSuspended"
+
+
+def test_a_cycles_queue_labels_and_annotations_go_onto_its_jobs(api: FakeApi) -> None:
+    api.cycles["c1"]["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a", "team": "a"}
+    api.cycles["c1"]["metadata"]["annotations"] = {"kueue.x-k8s.io/priority-class": "low", "note": "x"}
+    run(api)
+    metadata = api.jobs["c1-harvest-1"]["metadata"]
+    assert metadata["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and "team" not in metadata["labels"]
+    assert metadata["annotations"] == {"kueue.x-k8s.io/priority-class": "low"}
+    # a label the operator sets itself cannot be overridden by the cycle's
+    assert metadata["labels"][jobs.LABEL_CYCLE] == "c1"

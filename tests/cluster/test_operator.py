@@ -574,6 +574,40 @@ def test_suspend_pauses_before_the_next_stage_and_delete_removes_the_jobs(platfo
     assert release(platform, ns, "paused") is None
 
 
+def test_suspending_a_running_stage_suspends_its_job_and_the_job_controller_stops_its_pod(platform: Platform,
+                                                                                          ns: str) -> None:
+    """spec.suspend on a cycle whose stage runs: the operator suspends that Job, the real Job controller deletes its
+    pod (on a GPU node: the GPU is free) and, on resume, starts a new one. The pod here is Pending (no node matches
+    NOWHERE), which is what the Job controller stops the same way as a running one."""
+    labels = {"kueue.x-k8s.io/queue-name": "team-a"}
+    body = example("held", release="held", placement=NOWHERE)
+    body["metadata"]["labels"] = labels
+    assert apply(platform, ns, body).returncode == 0
+
+    def pods() -> list[Any]:
+        found = platform.core.list_namespaced_pod(ns, label_selector="sigma0.dev/cycle=held").items
+        return [p for p in found if not p.metadata.deletion_timestamp]
+    first = wait_for(platform, ns, "the harvest pod", pods)
+    (job,) = jobs_of(platform, ns, "held")
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"  # a queue can admit it like any Job
+    platform.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", "held",
+                                                   {"spec": {"suspend": True}})
+    found = wait_for(platform, ns, "Suspended", phase_is(platform, ns, "held", "Suspended"))
+    assert "during harvest" in found["message"]
+    wait_for(platform, ns, "the Job controller to remove the pod", lambda: not pods(), timeout=60)
+
+    def suspended_condition() -> bool:
+        (job,) = jobs_of(platform, ns, "held")
+        return any(c.type == "Suspended" and c.status == "True" for c in job.status.conditions or [])
+    wait_for(platform, ns, "the Job's Suspended condition", suspended_condition)
+    platform.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", "held",
+                                                   {"spec": {"suspend": False}})
+    second = wait_for(platform, ns, "a new pod after the resume", pods, timeout=60)
+    assert {p.metadata.name for p in second}.isdisjoint({p.metadata.name for p in first})
+    assert [j.metadata.name for j in jobs_of(platform, ns, "held")] == ["held-harvest-1"]  # the same Job
+    assert status(platform, ns, "held")["phase"] == "Harvesting"
+
+
 @pytest.mark.slow
 def test_a_waiting_cycle_says_why_and_fails_at_its_deadline(platform: Platform, ns: str) -> None:
     assert apply(platform, ns, example("late", release="late", deadlineSeconds=60, placement=NOWHERE)).returncode == 0

@@ -187,7 +187,8 @@ class JobExecutor:
 
     def _reconcile(self, cycle: dict[str, Any], release: str) -> Result:
         metadata = cycle["metadata"]
-        ref = jobs.CycleRef(metadata["name"], metadata["namespace"], metadata["uid"], release)
+        ref = jobs.CycleRef(metadata["name"], metadata["namespace"], metadata["uid"], release,
+                            **jobs.queueing(metadata, self.settings.queue_keys))
         record = read_record(cycle.get("status"))
         try:
             spec = CycleSpec.model_validate(cycle["spec"])
@@ -352,6 +353,8 @@ class JobExecutor:
             elif isinstance(action, plan.AwaitStep):
                 stage = work.record.stages[action.step.name]
                 if action.step.name in work.jobs:
+                    if self._hold(ref, work.jobs[action.step.name], spec.suspend, work):
+                        return
                     gpu_waits = action.step.kind == "gpu" and action.step.name in work.unschedulable
                     if gpu_waits and self._fall_back(spec, ref, action.step, stage, deadline, work):
                         continue
@@ -397,6 +400,24 @@ class JobExecutor:
             return False
         skipped = (*skipped, *self._skips(step, choice, work))
         return self._start(spec, ref, step, attempt, deadline, work, choice.placement, skipped)
+
+    def _hold(self, ref: jobs.CycleRef, job: Mapping[str, Any], suspend: bool, work: _Pass) -> bool:
+        """Make the running stage's Job follow spec.suspend: the Job controller deletes a suspended Job's pods (a
+        GPU is freed, not kept idle) and starts new ones when it is resumed. The operator resumes only the Jobs it
+        suspended itself (ANNOTATION_SUSPENDED): one a queue suspended (Kueue, until it admits it) stays the
+        queue's. True while the stage is held for spec.suspend."""
+        name = job["metadata"]["name"]
+        suspended = bool((job.get("spec") or {}).get("suspend"))
+        ours = (job["metadata"].get("annotations") or {}).get(jobs.ANNOTATION_SUSPENDED) == "true"
+        if suspend and not suspended:
+            body = {"metadata": {"annotations": {jobs.ANNOTATION_SUSPENDED: "true"}}, "spec": {"suspend": True}}
+            self.clients.batch.patch_namespaced_job(name, ref.namespace, body, _request_timeout=self.clients.timeout)
+            work.event("Normal", "StageSuspended", f"Job {name} suspended (spec.suspend): its pods are stopped")
+        elif not suspend and suspended and ours:
+            body = {"metadata": {"annotations": {jobs.ANNOTATION_SUSPENDED: None}}, "spec": {"suspend": False}}
+            self.clients.batch.patch_namespaced_job(name, ref.namespace, body, _request_timeout=self.clients.timeout)
+            work.event("Normal", "StageResumed", f"Job {name} resumed")
+        return suspend
 
     def _fall_back(self, spec: CycleSpec, ref: jobs.CycleRef, step: plan.Step, stage: StageRecord,
                    deadline: datetime, work: _Pass) -> bool:

@@ -70,6 +70,8 @@ from sigma0.spec import CycleSpec, GpuPlacement
 CONTAINER = "stage"
 TERMINATION_PATH = "/dev/termination-log"
 
+ANNOTATION_SUSPENDED = "sigma0.dev/suspended-by-cycle"
+"""On a Job the operator suspended because its cycle was (spec.suspend): only those it resumes."""
 LABEL_CYCLE = "sigma0.dev/cycle"
 LABEL_CYCLE_UID = "sigma0.dev/cycle-uid"
 LABEL_RELEASE = "sigma0.dev/release"
@@ -105,6 +107,9 @@ class PodSettings:
     gvisor_runtime_classes: tuple[str, ...] = ("gvisor",)  # RuntimeClasses whose handler is gVisor (runsc)
     allow_host_path: bool = False  # admit cycles with artifacts.path (a hostPath volume in every stage pod)
     allow_process_sandbox: bool = False  # admit cycles whose sandbox steps would run without gVisor
+    # The cycle's labels and annotations that a batch queue reads, copied onto its Jobs, so that Kueue (or another
+    # queue that admits batch/v1 Jobs) admits, suspends and resumes them like any Job.
+    queue_keys: tuple[str, ...] = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
 
 
 @dataclass(frozen=True)
@@ -115,11 +120,20 @@ class CycleRef:
     namespace: str
     uid: str
     release: str
+    queue_labels: tuple[tuple[str, str], ...] = ()  # the cycle's, for PodSettings.queue_keys (queueing())
+    queue_annotations: tuple[tuple[str, str], ...] = ()
 
     @property
     def folder(self) -> str:
         # The uid keeps a recreated cycle of the same name from resuming the outputs of a deleted one.
         return f"cycles/{self.namespace}/{self.name}-{self.uid[:8]}"
+
+
+def queueing(metadata: Mapping[str, Any], keys: Sequence[str]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The labels and annotations among `keys` that a cycle's metadata carries, for CycleRef."""
+    def picked(found: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+        return tuple((key, str(found[key])) for key in keys if found and key in found)
+    return {"queue_labels": picked(metadata.get("labels")), "queue_annotations": picked(metadata.get("annotations"))}
 
 
 # Where the files are ---------------------------------------------------------------------------------------------
@@ -386,7 +400,8 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
         "metadata": {
             "name": name,
             "namespace": cycle.namespace,
-            "labels": step_labels,
+            "labels": {**dict(cycle.queue_labels), **step_labels},
+            **({"annotations": dict(cycle.queue_annotations)} if cycle.queue_annotations else {}),
             "ownerReferences": [{"apiVersion": API_VERSION, "kind": "TrainingCycle", "name": cycle.name,
                                  "uid": cycle.uid, "controller": True, "blockOwnerDeletion": True}],
         },

@@ -27,6 +27,7 @@ ENV = {  # flag → environment variable that sets its default (the Deployment s
     "artifacts_secret": "SIGMA0_ARTIFACTS_SECRET",
     "clock_file": "SIGMA0_CLOCK_FILE",  # test only
     "gvisor_runtime_class": "SIGMA0_GVISOR_RUNTIME_CLASSES",  # comma-separated
+    "queue_key": "SIGMA0_QUEUE_KEYS",  # comma-separated
     "allow_host_path": "SIGMA0_ALLOW_HOST_PATH",  # true / false
     "allow_process_sandbox": "SIGMA0_ALLOW_PROCESS_SANDBOX",  # true / false
 }
@@ -73,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "under one of these unless --allow-process-sandbox, and as root inside gVisor so that each "
                         f"candidate gets a user of its own (default: {', '.join(defaults.gvisor_runtime_classes)}; "
                         f"env {ENV['gvisor_runtime_class']}, comma-separated)")
+    parser.add_argument("--queue-key", action="append", default=None, metavar="KEY",
+                        help="a label or annotation of a TrainingCycle that its stage Jobs carry too, for a batch "
+                        "queue such as Kueue, repeatable (default: "
+                        f"{', '.join(defaults.queue_keys)}; env {ENV['queue_key']}, comma-separated)")
     parser.add_argument("--allow-host-path", action="store_true", default=env_flag(ENV["allow_host_path"]),
                         help="run cycles whose spec.artifacts.path mounts a node folder (hostPath) into stage pods; "
                         f"refused by default: single-tenant clusters only (env {ENV['allow_host_path']}=true)")
@@ -101,11 +106,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true")
 
 
+def listed(args: argparse.Namespace, flag: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A repeatable flag's values, else its environment variable's (comma-separated), else `default`."""
+    named = getattr(args, flag) or os.environ.get(ENV[flag], "").split(",")
+    found = tuple(dict.fromkeys(name.strip() for name in named if name.strip()))
+    return found or default
+
+
 def gvisor_runtime_classes(args: argparse.Namespace) -> tuple[str, ...]:
     """--gvisor-runtime-class, else its environment variable, else the default (gvisor)."""
-    named = args.gvisor_runtime_class or os.environ.get(ENV["gvisor_runtime_class"], "").split(",")
-    found = tuple(dict.fromkeys(name.strip() for name in named if name.strip()))
-    return found or jobs.PodSettings().gvisor_runtime_classes
+    return listed(args, "gvisor_runtime_class", jobs.PodSettings().gvisor_runtime_classes)
 
 
 def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
@@ -114,7 +124,8 @@ def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
                             run_as_user=args.run_as_user,
                             ttl_seconds_after_finished=args.job_ttl, backoff_limit=args.backoff_limit,
                             gvisor_runtime_classes=gvisor_runtime_classes(args),
-                            allow_host_path=args.allow_host_path, allow_process_sandbox=args.allow_process_sandbox)
+                            allow_host_path=args.allow_host_path, allow_process_sandbox=args.allow_process_sandbox,
+                            queue_keys=listed(args, "queue_key", jobs.PodSettings().queue_keys))
 
 
 def api_client(kubeconfig: str | None) -> Any:

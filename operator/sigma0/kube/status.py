@@ -205,6 +205,10 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
         return View(action.step.phase, None, "Starting", f"starting {action.step.name}")
     if isinstance(action, plan.AwaitStep):
         stage = record.stages.get(action.step.name)
+        if situation.suspended:
+            return View(PHASE_SUSPENDED, None, PHASE_SUSPENDED,
+                        f"suspended during {action.step.name}: its Job is suspended and its pods stopped; set "
+                        "spec.suspend to false to resume it")
         if situation.waiting is not None:
             return View(action.step.phase, None, situation.waiting[0], situation.waiting[1])
         job = f" in Job {stage.job}" if stage else ""
