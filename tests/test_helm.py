@@ -395,6 +395,18 @@ def test_the_charts_commands_parse_with_the_sigma0_cli_and_name_images_that_exis
     renamed = render({"runtimeClass": {"name": "gvisor-systrap"}})
     renamed_args = one(renamed, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--gvisor-runtime-class=gvisor-systrap" in renamed_args
+    # the stage pods' settings reach the operator as its flags, and parse into the same PodSettings
+    from sigma0.kube.operator import settings_from
+
+    staged = render({"imagePullSecrets": [{"name": "regcred"}],
+                     "stagePods": {"serviceAccountName": "sigma0-stages", "gpuShmSize": "8Gi",
+                                   "queueKeys": ["kueue.x-k8s.io/queue-name", "team.example/queue"]}})
+    settings = settings_from(cli.build_parser().parse_args(
+        ["operator"] + one(staged, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]))
+    assert settings.image_pull_secrets == ("regcred",) and settings.service_account == "sigma0-stages"
+    assert settings.gpu_shm_size == "8Gi"
+    assert settings.queue_keys == ("kueue.x-k8s.io/queue-name", "team.example/queue")
+    assert settings_from(defaults).queue_keys == ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
 
 
 def test_the_operator_deployment_is_hardened_and_recreated() -> None:

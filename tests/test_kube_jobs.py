@@ -507,3 +507,30 @@ def test_an_unbound_volume_is_not_a_lack_of_nodes_and_fails_after_its_grace() ->
                                          "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])]
     seen = jobs.observe(job(), nodes, CREATED + timedelta(days=2))
     assert seen.state == "running" and seen.unschedulable_since == "2026-01-01T00:00:01Z"
+
+
+def test_pull_secrets_on_every_stage_pod_the_service_account_only_on_trusted_ones_and_shm_on_gpu_pods() -> None:
+    from dataclasses import replace
+
+    settings = replace(SETTINGS, image_pull_secrets=("regcred",), service_account="sigma0-stages",
+                       gpu_shm_size="4Gi")
+    cycle_spec = spec()
+    kinds: dict[str, str] = {}
+    for step in plan.steps(cycle_spec, plan.CycleState(), jobs.layout(REF, cycle_spec, settings)):
+        pod = pod_of(jobs.build_job(step, cycle=REF, spec=cycle_spec, settings=settings, attempt=1,
+                                    active_deadline_seconds=60))
+        kinds[step.name] = step.kind
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}], step.name
+        # untrusted code never runs with the cloud role: no service account, and no token mounted either way
+        assert pod.get("serviceAccountName") == (None if step.kind == "sandbox" else "sigma0-stages"), step.name
+        assert pod["automountServiceAccountToken"] is False
+        shm = [v for v in pod["volumes"] if v["name"] == "shm"]
+        if step.kind == "gpu":
+            assert shm == [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "4Gi"}}]
+            assert {"name": "shm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+        else:
+            assert shm == [], step.name
+    assert set(kinds.values()) == {"plain", "sandbox", "gpu"}
+    # by default: no pull secret, the namespace's service account
+    pod = pod_of(build(cycle_spec, "train"))
+    assert "imagePullSecrets" not in pod and "serviceAccountName" not in pod

@@ -110,6 +110,11 @@ class PodSettings:
     # The cycle's labels and annotations that a batch queue reads, copied onto its Jobs, so that Kueue (or another
     # queue that admits batch/v1 Jobs) admits, suspends and resumes them like any Job.
     queue_keys: tuple[str, ...] = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
+    image_pull_secrets: tuple[str, ...] = ()  # Secrets for pulling the stage images from a private registry
+    # The ServiceAccount of trusted stage pods (harvest, dataset, train, generate, decide), e.g. one bound to a cloud
+    # role by IRSA or Workload Identity instead of static keys. Sandbox pods, which run untrusted code, never get it.
+    service_account: str = ""
+    gpu_shm_size: str = "2Gi"  # /dev/shm of GPU pods (memory-backed): PyTorch's DataLoader workers share through it
 
 
 @dataclass(frozen=True)
@@ -359,6 +364,9 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
     env = [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
            {"name": "SIGMA0_TERMINATION_LOG", "value": TERMINATION_PATH},
            {"name": "SIGMA0_CYCLE", "value": cycle.name}, {"name": "SIGMA0_STEP", "value": step.name}]
+    if gpu and settings.gpu_shm_size:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.gpu_shm_size}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     if resume_key:
         env.append({"name": journal.KEY_ENV, "value": resume_key})
     env_from: list[dict[str, Any]] = []
@@ -394,6 +402,10 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
         "volumes": volumes,
         **_placement(step, spec, placement),
     }
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
+    if settings.service_account and step.kind != "sandbox":
+        pod_spec["serviceAccountName"] = settings.service_account
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -28,6 +28,8 @@ ENV = {  # flag → environment variable that sets its default (the Deployment s
     "clock_file": "SIGMA0_CLOCK_FILE",  # test only
     "gvisor_runtime_class": "SIGMA0_GVISOR_RUNTIME_CLASSES",  # comma-separated
     "queue_key": "SIGMA0_QUEUE_KEYS",  # comma-separated
+    "image_pull_secret": "SIGMA0_STAGE_IMAGE_PULL_SECRETS",  # comma-separated
+    "stage_service_account": "SIGMA0_STAGE_SERVICE_ACCOUNT",
     "allow_host_path": "SIGMA0_ALLOW_HOST_PATH",  # true / false
     "allow_process_sandbox": "SIGMA0_ALLOW_PROCESS_SANDBOX",  # true / false
 }
@@ -78,6 +80,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a label or annotation of a TrainingCycle that its stage Jobs carry too, for a batch "
                         "queue such as Kueue, repeatable (default: "
                         f"{', '.join(defaults.queue_keys)}; env {ENV['queue_key']}, comma-separated)")
+    parser.add_argument("--image-pull-secret", action="append", default=None, metavar="SECRET",
+                        help="a Secret stage pods pull their images with (repeatable; env "
+                        f"{ENV['image_pull_secret']}, comma-separated)")
+    parser.add_argument("--stage-service-account", metavar="NAME",
+                        default=os.environ.get(ENV["stage_service_account"], defaults.service_account),
+                        help="the ServiceAccount of trusted stage pods (not verify and score, which run untrusted "
+                        "code), e.g. one IRSA or Workload Identity binds to a cloud role (default: the namespace's)")
+    parser.add_argument("--gpu-shm-size", default=defaults.gpu_shm_size, metavar="QUANTITY",
+                        help="size of the memory-backed /dev/shm of train and generate pods ('' for none)")
     parser.add_argument("--allow-host-path", action="store_true", default=env_flag(ENV["allow_host_path"]),
                         help="run cycles whose spec.artifacts.path mounts a node folder (hostPath) into stage pods; "
                         f"refused by default: single-tenant clusters only (env {ENV['allow_host_path']}=true)")
@@ -125,7 +136,9 @@ def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
                             ttl_seconds_after_finished=args.job_ttl, backoff_limit=args.backoff_limit,
                             gvisor_runtime_classes=gvisor_runtime_classes(args),
                             allow_host_path=args.allow_host_path, allow_process_sandbox=args.allow_process_sandbox,
-                            queue_keys=listed(args, "queue_key", jobs.PodSettings().queue_keys))
+                            queue_keys=listed(args, "queue_key", jobs.PodSettings().queue_keys),
+                            image_pull_secrets=listed(args, "image_pull_secret", ()),
+                            service_account=args.stage_service_account, gpu_shm_size=args.gpu_shm_size)
 
 
 def api_client(kubeconfig: str | None) -> Any:
