@@ -149,6 +149,14 @@ def process_sandbox_allowed(cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def platform(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with started_platform(cluster, tmp_path_factory) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def started_platform(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
+                     extra: tuple[str, ...] = ()) -> Iterator[Platform]:
+    """The CRDs, the operator's RBAC, the shared artifacts folder, and one operator (with `extra` flags)."""
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     for name in ("00-namespace.yaml", "10-rbac.yaml", "20-runtimeclass.yaml"):
         cluster.kubectl("apply", "-f", str(MANIFESTS / name))
@@ -161,7 +169,7 @@ def platform(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     shutil.copytree(ROOT / "examples" / "corpus", artifacts / "corpus")
     for folder in (artifacts, *artifacts.rglob("*")):
         folder.chmod(0o777 if folder.is_dir() else 0o666)
-    operator = Operator(kubeconfig, work / "operator.log", stage_pod_user())
+    operator = Operator(kubeconfig, work / "operator.log", stage_pod_user(), extra)
     operator.start()
     admin = cluster.api_client()
     try:

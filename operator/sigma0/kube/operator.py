@@ -1,14 +1,16 @@
 """`sigma0 operator`: run the kopf operator that drives TrainingCycles as Jobs.
 
 One replica by default (kopf standalone: no peering objects needed). To run a second one safely, start both
-with `--peering NAME` and distinct `--priority` values (and apply manifests/peering/): kopf then lets only
-the highest-priority live replica handle events, and the other takes over when it stops.
+with `--peering NAME` (and apply manifests/peering/, or set the chart's operator.replicas): kopf then lets only
+the highest-priority live replica handle events, and another takes over when it stops. Without `--priority`, each
+replica derives its priority from its identity, so that replicas of one Deployment differ.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
 import secrets
@@ -110,7 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
     parser.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
     parser.add_argument("--peering", metavar="NAME", help="run with kopf peering NAME (default: standalone)")
-    parser.add_argument("--priority", type=int, default=0, help="peering priority (higher wins)")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority (higher wins); default: a number derived from this replica's "
+                        "identity, so that the replicas of one Deployment differ")
+    parser.add_argument("--peering-lifetime", type=int, default=60, metavar="SECONDS",
+                        help="how long a peered replica counts as alive after its last heartbeat: the longest a "
+                        "standby waits before it takes over from a replica that died")
     parser.add_argument("--clock-file", default=os.environ.get(ENV["clock_file"]), metavar="PATH",
                         help="TEST ONLY: a file holding seconds to add to the operator's clock, read on every use "
                         "(GPU budget windows, Unschedulable patience, deadlines); lets a test move a week ahead")
@@ -139,6 +146,12 @@ def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
                             queue_keys=listed(args, "queue_key", jobs.PodSettings().queue_keys),
                             image_pull_secrets=listed(args, "image_pull_secret", ()),
                             service_account=args.stage_service_account, gpu_shm_size=args.gpu_shm_size)
+
+
+def identity_priority(identity: str) -> int:
+    """A peering priority from a replica's identity (its host name, which is the pod's name, and process): replicas
+    of one Deployment get different ones, so that exactly one of them is active (equal priorities pause both)."""
+    return int(hashlib.sha256(identity.encode()).hexdigest()[:7], 16) + 1
 
 
 def api_client(kubeconfig: str | None) -> Any:
@@ -180,9 +193,11 @@ def run(args: argparse.Namespace) -> int:
     executor = JobExecutor(clients, settings, metrics=metrics, clock=operator_clock(args.clock_file))
     identity = f"sigma0@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
     peering = None
+    priority = args.priority if args.priority is not None else identity_priority(identity)
     if args.peering:
-        peering = handlers.Peering(args.peering, identity, args.priority,
-                                   args.namespace[0] if args.namespace else None)
+        peering = handlers.Peering(args.peering, identity, priority, args.namespace[0] if args.namespace else None,
+                                   lifetime=args.peering_lifetime)
+        logging.getLogger("sigma0.operator").info("peering %s as %s, priority %d", args.peering, identity, priority)
     handlers.install(handlers.Runtime(executor, clients, metrics, tuple(args.namespace), args.resync_seconds,
                                       args.watch_timeout, peering))
     if args.metrics_port:
@@ -190,5 +205,5 @@ def run(args: argparse.Namespace) -> int:
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace, namespaces=args.namespace, liveness_endpoint=liveness, identity=identity,
-        standalone=args.peering is None, peering_name=args.peering, priority=args.priority))
+        standalone=args.peering is None, peering_name=args.peering, priority=priority))
     return 0
