@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,12 @@ def test_the_page_shows_the_release_the_curve_and_the_decision_of_a_real_cycle(
         assert cycle.find_element(By.CSS_SELECTOR, ".decision .reason").text == first["finished"]["reason"]
         verify, harvest = summary(first, "verify"), summary(first, "harvest")
         assert cycle.find_element(By.CSS_SELECTOR, ".verified").text == f"{verify['passed']}/{harvest['harvested']}"
+        expected = Counter(harvest["dropped"]) + Counter(verify["dropped"]) + Counter(duplicate=harvest["duplicates"])
+        drops = {
+            d.get_attribute("data-reason"): d.get_attribute("textContent")
+            for d in cycle.find_elements(By.CSS_SELECTOR, ".drop")
+        }
+        assert drops == {reason: f"{reason}\xa0{count}" for reason, count in expected.items()} and drops
         stages = {s.get_attribute("data-stage"): s.text for s in cycle.find_elements(By.CSS_SELECTOR, ".stage")}
         assert set(stages) == set(first["steps"]) and re.fullmatch(r"train \d+ s on local", stages["train"])
         gpu = browser.find_element(By.CSS_SELECTOR, 'tr.gpu[data-placement="local"]')

@@ -208,7 +208,7 @@ def _dashboard(args: argparse.Namespace, console: Console) -> int:
         return EXIT_BAD_INPUT
     host, port = server.server_address[:2]
     console.print(f"sigma0 dashboard of {workdir.resolve()} on http://{host}:{port}/ (read-only; Ctrl-C stops it)",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
     sys.stdout.flush()  # the address, at once, for whoever started this with a pipe (tests, scripts)
     try:
         server.serve_forever()

@@ -45,7 +45,7 @@ def curve(release: Release) -> str:
         include_x_axis=True,
         show_legend=True,
         legend_at_bottom=True,
-        legend_at_bottom_columns=4,
+        legend_at_bottom_columns=3, truncate_legend=40,
         x_label_rotation=20,
         truncate_label=24,
         dots_size=4,
