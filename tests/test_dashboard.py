@@ -333,3 +333,36 @@ def test_a_results_file_changed_after_its_score_step_is_shown_as_changed_not_rea
         handle.write(json.dumps({"task_id": "HumanEval/1", "passed": True, "reason": "passed"}) + "\n")
     shown = evidence_of("c", status, lambda p: Path(p).read_bytes())
     assert shown.rows == () and "changed after it was written" in shown.files[0].problem
+
+
+def test_a_waiting_cycle_shows_why_it_waits() -> None:
+    """The page shows the status message the operator writes while a cycle waits (here: no GPU placement has budget
+    left), rendered by the operator's own status view."""
+    from sigma0.dashboard.board import CycleInput, build
+    from sigma0.dashboard.server import render_board
+    from sigma0.kube import jobs, status
+    from sigma0.spec import load_manifest
+
+    spec = load_manifest(str(ROOT / "examples" / "cycle.yaml")).spec
+    ref = jobs.CycleRef(name="c1", namespace="team", uid="0123456789abcdef", release=spec.release)
+    done = {
+        name: status.StageRecord(f"c1-{name}-1", 1, "succeeded", summary={"rows": 3} if name == "dataset" else {})
+        for name in ("harvest", "verify", "dataset")
+    }
+    record = status.CycleRecord(admitted=True, incumbent_resolved=True, stages=done)
+    wait = status.PlacementWait(
+        "train", "BudgetSpent", "every placement of train has spent its weekly budget", "2026-01-08T00:00:00Z"
+    )
+    found = status.render(
+        spec,
+        record,
+        jobs.layout(ref, spec, jobs.PodSettings()),
+        status.Situation(placement_wait=wait),
+        generation=1,
+        now="2026-01-01T00:00:00Z",
+    )
+    board = build("cluster", [CycleInput("team", "c1", spec, found, "2026-01-01T00:00:00Z")], [])
+    (cycle,) = board.cycles
+    assert (cycle.phase, cycle.message) == ("Waiting", wait.message)
+    page = render_board(board)
+    assert 'data-phase="Waiting"' in page and wait.message in page

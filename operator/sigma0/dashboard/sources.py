@@ -182,7 +182,7 @@ class ClusterSource:
         releases: list[ReleaseInput] = []
         try:
             found_cycles, found_releases = self._list(CYCLES), self._list(RELEASES)
-        except (ApiException, OSError) as error:
+        except Exception as error:  # an ApiException, or no connection at all (urllib3's errors)
             return build("cluster", [], [], [], [f"the API server did not answer: {_short(error)}"])
         for item in found_cycles:
             meta = item.get("metadata") or {}
