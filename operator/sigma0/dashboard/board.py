@@ -168,7 +168,7 @@ def cycle_of(found: CycleInput) -> Cycle:
     suites = []
     for index, suite in enumerate(found.spec.eval.report_suites):
         stage = stages_status.get(f"score-candidate-report{index}") or {}
-        summary = stage.get("summary") or {} if stage.get("state") == "succeeded" else {}
+        summary = (stage.get("summary") or {}) if stage.get("state") == "succeeded" else {}
         figure = _float(summary.get("pass_at_1"))
         shown = f"{figure:.3f} ({summary.get('passed')}/{summary.get('total')})" if figure is not None else "-"
         suites.append(Suite(suite, figure, shown))
