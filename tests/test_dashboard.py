@@ -90,12 +90,12 @@ def tree(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in sorted(folder.rglob("*"))}
 
 
-@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"])
 def test_every_method_but_get_and_head_is_refused_on_every_path(served: tuple[str, Path], method: str) -> None:
     base, workdir = served
     before = tree(workdir)
     for path in ("/", "/board", "/healthz", "/static/dashboard.js", "/cycles/-/cycle-1", "/anything"):
-        status, headers, _ = request(base + path, method, b"{}" if method != "OPTIONS" else None)
+        status, headers, _ = request(base + path, method, b"{}" if method not in ("OPTIONS", "TRACE") else None)
         assert status == 405, (method, path, status)
         assert headers["Allow"] == "GET, HEAD"
     assert tree(workdir) == before, "a refused request changed the workdir"
@@ -366,3 +366,16 @@ def test_a_waiting_cycle_shows_why_it_waits() -> None:
     assert (cycle.phase, cycle.message) == ("Waiting", wait.message)
     page = render_board(board)
     assert 'data-phase="Waiting"' in page and wait.message in page
+
+    # text from the cluster is text: a message with markup is shown, never run
+    hostile = status.PlacementWait("train", "BudgetSpent", "<script>alert(1)</script><img src=x onerror=alert(2)>")
+    found = status.render(
+        spec,
+        record,
+        jobs.layout(ref, spec, jobs.PodSettings()),
+        status.Situation(placement_wait=hostile),
+        generation=1,
+        now="2026-01-01T00:00:00Z",
+    )
+    page = render_board(build("cluster", [CycleInput("team", "c1", spec, found, "2026-01-01T00:00:00Z")], []))
+    assert "<script>" not in page and "<img" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
