@@ -379,3 +379,14 @@ def test_a_waiting_cycle_shows_why_it_waits() -> None:
     )
     page = render_board(build("cluster", [CycleInput("team", "c1", spec, found, "2026-01-01T00:00:00Z")], []))
     assert "<script>" not in page and "<img" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_a_workdir_that_is_not_there_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sigma0", "dashboard", "--workdir", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "--workdir" in done.stdout and "is not a folder" in done.stdout
