@@ -4,7 +4,9 @@ State lives in `<workdir>/cycles/<name>/state.json`, rewritten atomically after 
 resumes where it stopped: finished steps are never redone, and an interrupted step is started again (every stage
 command resumes or rewrites its own outputs atomically; it resumes only from partial output its journal, made under
 the step's resume key kept here, vouches for: sigma0.journal). Each finished step's outputs are recorded by digest
-(sigma0.evidence), and later steps are held to them.
+(sigma0.evidence), and later steps are held to them. The state also keeps the manifest's spec and each step's start
+and end, so `status_of` can render it as the operator renders a TrainingCycle's status (what `sigma0 dashboard`
+shows).
 
 GPU steps run on the placement `local` (this machine; the manifest's cluster placements do not apply here, and
 neither do their budgets). Their hours are accounted as the operator accounts a GPU pod's (sigma0.placement):
