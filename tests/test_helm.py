@@ -69,6 +69,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "cronjob": {"enabled": True, "cycle": {"labels": {"team": "ml"}}},
         "stagePods": {"allowHostPath": True, "allowProcessSandbox": True},
+        "dashboard": {"enabled": True, "artifactsClaim": "sigma0-artifacts",
+                      "ingress": {"enabled": True, "className": "nginx", "host": "sigma0.example.com",
+                                  "annotations": {"nginx.ingress.kubernetes.io/auth-url": "https://auth.example.com"},
+                                  "tls": [{"secretName": "sigma0-tls", "hosts": ["sigma0.example.com"]}]}},
     },
 }
 
@@ -160,12 +164,41 @@ BAD_VALUES = [
     ({"artifacts": {"s3": {"egress": [{"ports": [{"port": 443}], "podSelector": {}}]}}}, "/artifacts/s3/egress/0"),
     ({"cronjob": {"enabled": True}, "watchNamespaces": ["team-a"]}, "leaves unwatched"),
     ({"metrics": {"service": False, "serviceMonitor": {"enabled": True}}}, "needs metrics.service"),
+    ({"dashboard": {"ingress": {"enabled": True}}}, "need dashboard.enabled"),
+    ({"dashboard": {"enabled": True, "service": False, "ingress": {"enabled": True}}}, "needs dashboard.service"),
+    ({"dashboard": {"port": 0}}, "/dashboard/port"),
 ]
 
 
 @pytest.mark.parametrize(("values", "message"), BAD_VALUES, ids=[m for _, m in BAD_VALUES])
 def test_bad_values_are_rejected_naming_the_field(values: dict[str, Any], message: str, tmp_path: Path) -> None:
     assert message in render_error(values, tmp_path)
+
+
+def test_the_dashboard_is_off_by_default_and_when_on_is_served_read_only_through_its_service_and_ingress() -> None:
+    def container(documents: list[dict[str, Any]]) -> dict[str, Any]:
+        (found,) = one(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+        return found
+
+    default = render()
+    assert not any("dashboard" in arg for arg in container(default)["args"])
+    assert not [d for d in default if "dashboard" in d["metadata"]["name"]]
+    documents = render(VALUE_SETS["everything"])
+    operator = container(documents)
+    assert {"--dashboard-port=8070", "--dashboard-artifacts=/artifacts"} <= set(operator["args"])
+    assert {"name": "dashboard", "containerPort": 8070} in operator["ports"]
+    assert {"name": "artifacts", "mountPath": "/artifacts", "readOnly": True} in operator["volumeMounts"]
+    volumes = one(documents, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    claim = {"claimName": "sigma0-artifacts", "readOnly": True}
+    assert {"name": "artifacts", "persistentVolumeClaim": claim} in volumes
+    (service,) = [d for d in documents if d["kind"] == "Service" and d["metadata"]["name"].endswith("-dashboard")]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8070, "targetPort": "dashboard"}]
+    ingress = one(documents, "Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": service["metadata"]["name"], "port": {"name": "http"}}
+    assert ingress["spec"]["rules"][0]["host"] == "sigma0.example.com"
+    (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "sigma0-operator"]
+    assert {"port": "dashboard"} in policy["spec"]["ingress"][0]["ports"]
 
 
 # Kubernetes schemas and checkov -----------------------------------------------------------------------------------
@@ -187,7 +220,8 @@ def test_the_rendered_objects_validate_against_the_kubernetes_schemas(name: str)
             problems.append(f"{where}: no schema for {doc['apiVersion']} in Kubernetes {K8S_VERSION}")
     assert not problems, "\n".join(problems)
     if name == "everything":
-        monitor, service = one(documents, "ServiceMonitor"), one(documents, "Service")
+        monitor = one(documents, "ServiceMonitor")
+        (service,) = [d for d in documents if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")]
         assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
         assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
         assert monitor["metadata"]["labels"]["release"] == "prometheus"

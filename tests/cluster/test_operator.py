@@ -26,8 +26,11 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from browser import chromium
 from kubernetes import client, config
+from selenium.webdriver.common.by import By
 
+from sigma0.dashboard.board import short_digest
 from sigma0.kube import releases as kube_releases
 from sigma0.plan import Incumbent
 
@@ -52,15 +55,16 @@ class Operator:
     def __init__(self, kubeconfig: Path, log: Path, run_as_user: int, extra: tuple[str, ...] = ()) -> None:
         self.kubeconfig, self.log, self.run_as_user, self.extra = kubeconfig, log, run_as_user, extra
         self.proc: subprocess.Popen[bytes] | None = None
-        self.metrics_port = self.liveness_port = 0
+        self.metrics_port = self.liveness_port = self.dashboard_port = 0
         self.starts = 0
 
     def start(self) -> None:
-        self.metrics_port, self.liveness_port = _free_port(), _free_port()
+        self.metrics_port, self.liveness_port, self.dashboard_port = _free_port(), _free_port(), _free_port()
         command = [sys.executable, "-m", "sigma0", "operator", "--kubeconfig", str(self.kubeconfig),
                    "--all-namespaces", "--run-as-user", str(self.run_as_user), "--resync-seconds", "3",
                    "--watch-timeout", "20", "--metrics-port", str(self.metrics_port),
-                   "--liveness-port", str(self.liveness_port), "--job-ttl", "3600", *self.extra]
+                   "--liveness-port", str(self.liveness_port), "--dashboard-port", str(self.dashboard_port),
+                   "--job-ttl", "3600", *self.extra]
         with open(self.log, "ab") as out:
             out.write(f"\n==== start {self.starts + 1}: {' '.join(command)}\n".encode())
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -169,7 +173,9 @@ def started_platform(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
     shutil.copytree(ROOT / "examples" / "corpus", artifacts / "corpus")
     for folder in (artifacts, *artifacts.rglob("*")):
         folder.chmod(0o777 if folder.is_dir() else 0o666)
-    operator = Operator(kubeconfig, work / "operator.log", stage_pod_user(), extra)
+    # the dashboard reads the evidence where the artifacts volume's PersistentVolumes point (hostPath)
+    operator = Operator(kubeconfig, work / "operator.log", stage_pod_user(),
+                        extra=("--dashboard-artifacts", str(artifacts), *extra))
     operator.start()
     admin = cluster.api_client()
     try:
@@ -723,3 +729,45 @@ def test_two_cycles_of_one_release_through_restarts(platform: Platform, ns: str)
     wait_for(platform, ns, "the second cycle's Jobs to go", lambda: not jobs_of(platform, ns, "sample-coder-2"),
              timeout=60)
     assert release(platform, ns, "sample-coder")["metadata"]["resourceVersion"] == after["metadata"]["resourceVersion"]
+
+
+@pytest.mark.slow
+def test_the_operators_dashboard_shows_a_real_cycle_from_the_api_server(platform: Platform, ns: str) -> None:
+    """`sigma0 operator --dashboard-port`: the page, in a real browser, after a cycle on the control plane: the
+    AdapterRelease, the curve's point, the decision, and the per-problem evidence read from the artifacts volume;
+    the operator's token nowhere on it."""
+    assert apply(platform, ns, example("dash-1", release="dash")).returncode == 0
+    found = wait_for(platform, ns, "the cycle to end", phase_is(platform, ns, "dash-1", "Succeeded", "Failed"),
+                     timeout=400)
+    assert found["phase"] == "Succeeded", diagnostics(platform, ns)
+    published = release(platform, ns, "dash")
+    assert published is not None
+    token = yaml.safe_load(platform.kubeconfig.read_text())["users"][0]["user"]["token"]
+    with chromium() as browser:
+        browser.get(f"http://127.0.0.1:{platform.operator.dashboard_port}/")
+        row = browser.find_element(By.CSS_SELECTOR, f'tr.release[data-release="{ns}/dash"]')
+        assert row.find_element(By.CSS_SELECTOR, ".digest").text == short_digest(published["spec"]["current"]["digest"])
+        assert row.find_element(By.CSS_SELECTOR, ".revision").text == "1"
+        curve = browser.find_element(By.CSS_SELECTOR, f'section.curve[data-release="{ns}/dash"]')
+        point = f"{found['candidate']['passAt1']:.3f}"
+        for series in (0, 2):  # the candidate, and the promotion (it bootstrapped the release)
+            (dot,) = curve.find_elements(By.CSS_SELECTOR, f"g.plot.overlay g.serie-{series} g.dots")
+            assert dot.find_element(By.CSS_SELECTOR, "desc.value").get_attribute("textContent") == point
+            assert dot.find_element(By.CSS_SELECTOR, "desc.x_label").get_attribute("textContent") == "dash-1"
+        cycle = browser.find_element(By.CSS_SELECTOR, f'tr.cycle[data-cycle="{ns}/dash-1"]')
+        assert cycle.get_attribute("data-phase") == "Succeeded"
+        assert cycle.find_element(By.CSS_SELECTOR, ".decision .badge").text == found["decision"]["outcome"]
+        assert cycle.find_element(By.CSS_SELECTOR, ".verified").text == found["counts"]["verifiedOfHarvested"]
+        assert cycle.find_element(By.CSS_SELECTOR, ".candidate").text == found["candidate"]["passAt1Display"]
+        assert token not in browser.page_source
+
+        cycle.find_element(By.CSS_SELECTOR, ".name a").click()
+        outputs = found["stages"]["score-candidate"]["outputs"]
+        (results,) = [path for path in outputs if path.endswith("/results.jsonl")]
+        rows = [json.loads(line) for line in
+                (platform.artifacts / results.removeprefix("/artifacts/")).read_text().splitlines()]
+        shown = {r.get_attribute("data-task"): r.find_element(By.CSS_SELECTOR, ".candidate").text
+                 for r in browser.find_elements(By.CSS_SELECTOR, "tr.problem")}
+        assert shown == {r["task_id"]: "pass" if r["passed"] else "fail" for r in rows} and len(shown) == 3
+        assert browser.find_element(By.CSS_SELECTOR, 'tr.file[data-label="candidate"]').text.endswith("matches")
+        assert token not in browser.page_source

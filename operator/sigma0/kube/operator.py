@@ -111,6 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="server-side watch timeout; the client reconnects at least this often")
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
     parser.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
+    parser.add_argument("--dashboard-port", type=int, default=0,
+                        help="serve the read-only dashboard (sigma0.dashboard) on this port (0: off, the default)")
+    parser.add_argument("--dashboard-artifacts", metavar="DIR",
+                        help="where this process sees the artifacts volume that stage pods mount at /artifacts "
+                        "(read-only), so the dashboard shows each decision's per-problem results (default: "
+                        "it shows their digests only)")
     parser.add_argument("--peering", metavar="NAME", help="run with kopf peering NAME (default: standalone)")
     parser.add_argument("--priority", type=int, default=None,
                         help="peering priority (higher wins); default: a number derived from this replica's "
@@ -202,6 +208,13 @@ def run(args: argparse.Namespace) -> int:
                                       args.watch_timeout, peering))
     if args.metrics_port:
         metrics.serve(args.metrics_port)
+    if args.dashboard_port:
+        from sigma0.dashboard.server import serve_in_thread
+        from sigma0.dashboard.sources import ClusterSource
+
+        artifacts = Path(args.dashboard_artifacts) if args.dashboard_artifacts else None
+        serve_in_thread(ClusterSource(clients, tuple(args.namespace), artifacts, settings.mount_path), "0.0.0.0",
+                        args.dashboard_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace, namespaces=args.namespace, liveness_endpoint=liveness, identity=identity,

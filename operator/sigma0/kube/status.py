@@ -211,7 +211,7 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
                         "spec.suspend to false to resume it")
         if situation.waiting is not None:
             return View(action.step.phase, None, situation.waiting[0], situation.waiting[1])
-        job = f" in Job {stage.job}" if stage else ""
+        job = f" in Job {stage.job}" if stage and stage.job else ""  # a local step has no Job
         return View(action.step.phase, None, "Running", f"{action.step.name} is running{job}")
     return View(plan.PHASE_PENDING, None, "ResolvingIncumbent", f"reading AdapterRelease {spec.release}")
 
