@@ -1,5 +1,5 @@
 # The two commands in the README. Both set everything up first; both work on a fresh machine.
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint dashboard screenshot
 
 setup:
 	bash scripts/setup.sh
@@ -15,3 +15,11 @@ test: setup
 
 lint: setup
 	.venv/bin/ruff check operator tests bench examples
+
+# The read-only dashboard of the demo's workdir, on http://127.0.0.1:8765/ (docs/dashboard.md).
+dashboard: setup
+	.venv/bin/sigma0 dashboard --workdir .sigma0
+
+# docs/dashboard.png, the README's screenshot, from the demo's workdir (run `make demo` first, twice or more).
+screenshot: setup
+	.venv/bin/python scripts/dashboard_screenshot.py --workdir .sigma0 --output docs/dashboard.png

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything sigma0 needs on a fresh Debian machine: gVisor (runsc) from Debian's packages, a current gVisor
-# built static from the Go module proxy for the faster systrap platform (scripts/build-gvisor.sh), and a virtual
+# built static from the Go module proxy for the faster systrap platform (scripts/build-gvisor.sh), chromium and its
+# chromedriver for the dashboard's browser tests, and a virtual
 # environment in .venv with sigma0 and its ML and test dependencies. Idempotent: a warm machine returns in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,18 @@ if ! command -v runsc >/dev/null 2>&1; then
   else
     echo "setup: runsc (gVisor) is missing and this is not root: sandboxes fall back to plain processes" >&2
     echo "setup: install it with: sudo apt-get install runsc" >&2
+  fi
+fi
+
+# A real headless browser for the dashboard's tests (tests/browser.py): Debian's chromium and its chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing chromium and chromium-driver from Debian's packages (the dashboard's browser tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: chromium or chromedriver is missing and this is not root: the dashboard's browser tests fail" >&2
+    echo "setup: install them with: sudo apt-get install chromium chromium-driver" >&2
   fi
 fi
 

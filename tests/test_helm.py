@@ -69,6 +69,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "cronjob": {"enabled": True, "cycle": {"labels": {"team": "ml"}}},
         "stagePods": {"allowHostPath": True, "allowProcessSandbox": True},
+        "dashboard": {"enabled": True, "artifactsClaim": "sigma0-artifacts",
+                      "ingress": {"enabled": True, "className": "nginx", "host": "sigma0.example.com",
+                                  "annotations": {"nginx.ingress.kubernetes.io/auth-url": "https://auth.example.com"},
+                                  "tls": [{"secretName": "sigma0-tls", "hosts": ["sigma0.example.com"]}]}},
     },
 }
 
@@ -145,7 +149,7 @@ def test_helm_lint_strict_is_clean(name: str, tmp_path: Path) -> None:
 
 
 BAD_VALUES = [
-    ({"operator": {"replicas": 2}}, "/operator/replicas"),
+    ({"operator": {"replicas": 6}}, "/operator/replicas"),
     ({"artifacts": {"mode": "nfs"}}, "/artifacts/mode"),
     ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
@@ -160,12 +164,41 @@ BAD_VALUES = [
     ({"artifacts": {"s3": {"egress": [{"ports": [{"port": 443}], "podSelector": {}}]}}}, "/artifacts/s3/egress/0"),
     ({"cronjob": {"enabled": True}, "watchNamespaces": ["team-a"]}, "leaves unwatched"),
     ({"metrics": {"service": False, "serviceMonitor": {"enabled": True}}}, "needs metrics.service"),
+    ({"dashboard": {"ingress": {"enabled": True}}}, "need dashboard.enabled"),
+    ({"dashboard": {"enabled": True, "service": False, "ingress": {"enabled": True}}}, "needs dashboard.service"),
+    ({"dashboard": {"port": 0}}, "/dashboard/port"),
 ]
 
 
 @pytest.mark.parametrize(("values", "message"), BAD_VALUES, ids=[m for _, m in BAD_VALUES])
 def test_bad_values_are_rejected_naming_the_field(values: dict[str, Any], message: str, tmp_path: Path) -> None:
     assert message in render_error(values, tmp_path)
+
+
+def test_the_dashboard_is_off_by_default_and_when_on_is_served_read_only_through_its_service_and_ingress() -> None:
+    def container(documents: list[dict[str, Any]]) -> dict[str, Any]:
+        (found,) = one(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+        return found
+
+    default = render()
+    assert not any("dashboard" in arg for arg in container(default)["args"])
+    assert not [d for d in default if "dashboard" in d["metadata"]["name"]]
+    documents = render(VALUE_SETS["everything"])
+    operator = container(documents)
+    assert {"--dashboard-port=8070", "--dashboard-artifacts=/artifacts"} <= set(operator["args"])
+    assert {"name": "dashboard", "containerPort": 8070} in operator["ports"]
+    assert {"name": "artifacts", "mountPath": "/artifacts", "readOnly": True} in operator["volumeMounts"]
+    volumes = one(documents, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    claim = {"claimName": "sigma0-artifacts", "readOnly": True}
+    assert {"name": "artifacts", "persistentVolumeClaim": claim} in volumes
+    (service,) = [d for d in documents if d["kind"] == "Service" and d["metadata"]["name"].endswith("-dashboard")]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8070, "targetPort": "dashboard"}]
+    ingress = one(documents, "Ingress")
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": service["metadata"]["name"], "port": {"name": "http"}}
+    assert ingress["spec"]["rules"][0]["host"] == "sigma0.example.com"
+    (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "sigma0-operator"]
+    assert {"port": "dashboard"} in policy["spec"]["ingress"][0]["ports"]
 
 
 # Kubernetes schemas and checkov -----------------------------------------------------------------------------------
@@ -187,7 +220,8 @@ def test_the_rendered_objects_validate_against_the_kubernetes_schemas(name: str)
             problems.append(f"{where}: no schema for {doc['apiVersion']} in Kubernetes {K8S_VERSION}")
     assert not problems, "\n".join(problems)
     if name == "everything":
-        monitor, service = one(documents, "ServiceMonitor"), one(documents, "Service")
+        monitor = one(documents, "ServiceMonitor")
+        (service,) = [d for d in documents if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics")]
         assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
         assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
         assert monitor["metadata"]["labels"]["release"] == "prometheus"
@@ -241,7 +275,8 @@ def test_checkov_finds_nothing_and_every_skip_carries_its_reason(tmp_path: Path)
 @pytest.mark.parametrize("copy_folder", [CHART / "crds", MANIFESTS / "crds"], ids=["chart", "manifests"])
 def test_the_crd_copies_are_identical_to_crds(copy_folder: Path) -> None:
     originals = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
-    copies = {p.name: p.read_bytes() for p in copy_folder.glob("*.yaml")}
+    # kopf's peering CRDs ride along in the chart (for replicas > 1): checked against manifests/peering/ elsewhere
+    copies = {p.name: p.read_bytes() for p in copy_folder.glob("*.yaml") if p.name != "kopf-peerings.yaml"}
     assert sorted(copies) == sorted(originals)
     for name, content in originals.items():
         assert copies[name] == content, f"{copy_folder.relative_to(ROOT)}/{name} differs from crds/{name}: copy it"
@@ -277,6 +312,11 @@ def test_the_manifests_are_the_charts_default_objects_plus_the_namespace_and_the
                                                         "CronJob"}
     manifests = by_key(_kustomize(MANIFESTS))
     assert manifests.pop(("Namespace", "", NAMESPACE))  # helm install --create-namespace makes it
+    # kopf's peering CRDs, which the chart always carries, are manifests/peering/'s (for two replicas) there
+    peering_crds = {key for key in with_cronjob
+                    if key[0] == "CustomResourceDefinition" and key[2].endswith(".kopf.dev")}
+    assert len(peering_crds) == 2
+    with_cronjob = {key: value for key, value in with_cronjob.items() if key not in peering_crds}
     assert sorted(manifests) == sorted(with_cronjob)
     for key, expected in with_cronjob.items():
         assert manifests[key] == _without_helm_labels(expected), f"manifests/ and the chart differ on {key}"
@@ -395,6 +435,45 @@ def test_the_charts_commands_parse_with_the_sigma0_cli_and_name_images_that_exis
     renamed = render({"runtimeClass": {"name": "gvisor-systrap"}})
     renamed_args = one(renamed, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--gvisor-runtime-class=gvisor-systrap" in renamed_args
+    # the stage pods' settings reach the operator as its flags, and parse into the same PodSettings
+    from sigma0.kube.operator import settings_from
+
+    staged = render({"imagePullSecrets": [{"name": "regcred"}],
+                     "stagePods": {"serviceAccountName": "sigma0-stages", "gpuShmSize": "8Gi",
+                                   "queueKeys": ["kueue.x-k8s.io/queue-name", "team.example/queue"]}})
+    settings = settings_from(cli.build_parser().parse_args(
+        ["operator"] + one(staged, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]))
+    assert settings.image_pull_secrets == ("regcred",) and settings.service_account == "sigma0-stages"
+    assert settings.gpu_shm_size == "8Gi"
+    assert settings.queue_keys == ("kueue.x-k8s.io/queue-name", "team.example/queue")
+    assert settings_from(defaults).queue_keys == ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
+
+
+def test_two_replicas_peer_one_active_with_the_peering_object_and_its_rbac() -> None:
+    from sigma0.kube.operator import identity_priority
+
+    for values, peering_kind, role_kind in (({}, "ClusterKopfPeering", "ClusterRole"),
+                                            (VALUE_SETS["namespaced"], "KopfPeering", "Role")):
+        documents = render({**values, "operator": {"replicas": 2, "peeringLifetimeSeconds": 30}})
+        deployment = one(documents, "Deployment")
+        assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+        args = cli.build_parser().parse_args(
+            ["operator"] + deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+        peerings = [d for d in documents if d["kind"] == peering_kind]
+        assert peerings and {p["metadata"]["name"] for p in peerings} == {args.peering}
+        assert args.peering_lifetime == 30 and args.priority is None  # each replica derives its own
+        roles = [d for d in documents if d["kind"] == role_kind and d["metadata"]["name"] == "sigma0-operator"]
+        for role in roles:
+            (rule,) = [r for r in role["rules"] if r["apiGroups"] == ["kopf.dev"]]
+            assert set(rule["verbs"]) == {"get", "list", "watch", "patch"}
+    # one replica: standalone, no peering objects, no peering permission
+    single = render()
+    assert not [d for d in single if d["kind"] in ("ClusterKopfPeering", "KopfPeering")]
+    assert "--peering" not in " ".join(one(single, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+    # the CRDs the peering objects need ship in the chart, the same as the plain manifests'
+    assert (CHART / "crds" / "kopf-peerings.yaml").read_bytes() == (MANIFESTS / "peering" / "10-crds.yaml").read_bytes()
+    # replicas of one Deployment differ in identity (pod name, pid), and so in priority
+    assert identity_priority("sigma0@op-7d9f-abcde/1/a1b2c3") != identity_priority("sigma0@op-7d9f-fghij/1/d4e5f6")
 
 
 def test_the_operator_deployment_is_hardened_and_recreated() -> None:

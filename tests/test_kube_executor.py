@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -110,6 +110,19 @@ class FakeApi:
 
     def delete_namespaced_job(self, name, ns, **kwargs):
         self.jobs.pop(name)
+
+    def patch_namespaced_job(self, name, ns, body, **kwargs):  # a JSON merge patch: None removes a key
+        self.calls.append(f"patch job {name}")
+
+        def merge(into: dict[str, Any], patch: dict[str, Any]) -> None:
+            for key, value in patch.items():
+                if value is None:
+                    into.pop(key, None)
+                elif isinstance(value, dict):
+                    merge(into.setdefault(key, {}), value)
+                else:
+                    into[key] = value
+        merge(self.jobs[name], body)
 
     def list_namespaced_pod(self, ns, label_selector, **kwargs):
         self.calls.append("list pods")
@@ -424,3 +437,89 @@ def test_a_cycle_the_operator_refuses_fails_at_once_and_touches_nothing(api: Fak
     api.cycles["c1"].pop("status")
     run(api, settings=jobs.PodSettings(**{flag: True}))
     assert list(api.jobs) == ["c1-harvest-1"]
+
+
+def test_a_stage_pod_that_cannot_start_fails_the_cycle_at_once_and_its_job_goes(api: FakeApi) -> None:
+    run(api)
+    job = api.jobs["c1-harvest-1"]
+    owner = [{"uid": job["metadata"]["uid"]}]
+    api.pods.append({"metadata": {"name": "c1-harvest-1-x", "creationTimestamp": "2026-01-01T00:00:31Z",
+                                  "labels": job["metadata"]["labels"], "ownerReferences": owner},
+                     "status": {"phase": "Pending", "containerStatuses": [{"name": "stage", "state": {"waiting": {
+                         "reason": "CreateContainerConfigError", "message": 'secret "s3-credentials" not found'}}}]}})
+    result = run(api, now=NOW + timedelta(seconds=5))
+    assert result is not None and result.phase == "Failed" and result.finished_now
+    assert api.jobs == {}  # deleted: a pod that cannot start holds nothing any longer
+    status = api.cycles["c1"]["status"]
+    assert status["stages"]["harvest"]["state"] == "failed"
+    assert "CreateContainerConfigError" in status["message"] and "s3-credentials" in status["message"]
+    assert status["reason"] == "StageFailed"
+    assert any(e["reason"] == "StageFailed" for e in api.events)
+
+
+def test_the_deadline_counts_from_admission_not_from_creation(api: FakeApi) -> None:
+    run(api)  # c1 admitted at NOW
+    _another(api, "c0", "coder", "2025-12-31T23:59:59Z")  # queued behind c1, created a day before its deadline
+    queued = executor.JobExecutor(executor.Clients(api, api, api), jobs.PodSettings(),
+                                  clock=lambda: NOW + timedelta(hours=2))
+    queued.reconcile(NS, "c0")
+    assert api.cycles["c0"]["status"]["phase"] == "Queued"  # waited 2 h > deadlineSeconds, never ran: no timeout
+    assert api.cycles["c1"]["status"]["startTime"] == "2026-01-01T00:01:00Z"
+    assert run(api, now=NOW + timedelta(seconds=3599)).phase == "Harvesting"
+    result = run(api, now=NOW + timedelta(seconds=3600))
+    assert result is not None and result.phase == "Failed"
+    assert "admitted 2026-01-01T00:01:00Z" in api.cycles["c1"]["status"]["failure"]["message"]
+
+
+def test_a_stage_timeout_bounds_its_job_and_is_named_when_it_ends_the_stage(api: FakeApi) -> None:
+    api.cycles["c1"]["spec"]["stageTimeouts"] = {"harvest": 600}
+    run(api)
+    job = api.jobs["c1-harvest-1"]
+    assert job["spec"]["activeDeadlineSeconds"] == 600  # nearer than the cycle's deadline (3600 s from admission)
+    job["status"] |= {"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                      "message": "Job was active longer than specified deadline"}]}
+    result = run(api, now=NOW + timedelta(seconds=605))
+    assert result is not None and result.phase == "Failed"
+    message = api.cycles["c1"]["status"]["message"]
+    assert "StageTimeout: harvest ran longer than spec.stageTimeouts.harvest=600 s" in message, message
+
+
+def test_without_a_stage_timeout_a_job_ends_with_the_cycle(api: FakeApi) -> None:
+    run(api)
+    assert api.jobs["c1-harvest-1"]["spec"]["activeDeadlineSeconds"] == 3600 + executor.JOB_DEADLINE_SLACK_SECONDS
+
+
+def test_suspending_a_running_stage_suspends_its_job_and_resuming_resumes_only_what_the_cycle_suspended(
+        api: FakeApi) -> None:
+    run(api)
+    job = api.jobs["c1-harvest-1"]
+    api.cycles["c1"]["spec"]["suspend"] = True
+    run(api)
+    assert job["spec"]["suspend"] is True  # the Job controller then deletes its pods: nothing runs, no GPU is held
+    assert job["metadata"]["annotations"] == {jobs.ANNOTATION_SUSPENDED: "true"}
+    status = api.cycles["c1"]["status"]
+    assert status["phase"] == "Suspended" and status["reason"] == "Suspended" and "during harvest" in status["message"]
+    api.calls.clear()
+    run(api)
+    assert "patch job c1-harvest-1" not in api.calls  # already suspended: nothing to do
+    api.cycles["c1"]["spec"]["suspend"] = False
+    run(api)
+    assert job["spec"]["suspend"] is False and jobs.ANNOTATION_SUSPENDED not in job["metadata"]["annotations"]
+    assert api.cycles["c1"]["status"]["phase"] == "Harvesting"
+    # a Job a queue suspended (Kueue, until it admits it) is the queue's: the operator leaves it suspended
+    job["spec"]["suspend"] = True
+    api.calls.clear()
+    run(api)
+    assert job["spec"]["suspend"] is True and "patch job c1-harvest-1" not in api.calls
+    assert api.cycles["c1"]["status"]["reason"] == "JobSuspended"
+
+
+def test_a_cycles_queue_labels_and_annotations_go_onto_its_jobs(api: FakeApi) -> None:
+    api.cycles["c1"]["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a", "team": "a"}
+    api.cycles["c1"]["metadata"]["annotations"] = {"kueue.x-k8s.io/priority-class": "low", "note": "x"}
+    run(api)
+    metadata = api.jobs["c1-harvest-1"]["metadata"]
+    assert metadata["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and "team" not in metadata["labels"]
+    assert metadata["annotations"] == {"kueue.x-k8s.io/priority-class": "low"}
+    # a label the operator sets itself cannot be overridden by the cycle's
+    assert metadata["labels"][jobs.LABEL_CYCLE] == "c1"

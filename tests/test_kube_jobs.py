@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -466,3 +467,70 @@ def test_the_operator_refuses_host_paths_and_process_sandboxes_unless_a_flag_or_
     assert (from_env.allow_host_path, from_env.allow_process_sandbox) == (False, True)
     assert from_env.gvisor_runtime_classes == ("gvisor", "gvisor-systrap")
     assert _operator_settings(["--gvisor-runtime-class", "x"]).gvisor_runtime_classes == ("x",)  # the flag wins
+
+
+CREATED = datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)  # the pods' creationTimestamp above
+
+
+@pytest.mark.parametrize("reason", ["InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError"])
+def test_a_pod_that_can_never_start_fails_its_step_at_once(reason: str) -> None:
+    seen = jobs.observe(job(), [pod("Pending", waiting={"reason": reason, "message": 'secret "s3" not found'})],
+                        CREATED + timedelta(seconds=1))
+    assert seen.state == "failed" and seen.message.startswith(f"{reason}: pod c1-verify-1-abcde: {reason}: ")
+    assert 'secret "s3" not found' in seen.message and seen.end == "2026-01-01T00:00:02Z"
+
+
+@pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff"])
+def test_an_image_pull_gets_its_grace_and_then_fails_the_step(reason: str) -> None:
+    pulling = [pod("Pending", waiting={"reason": reason, "message": "registry.example/x: not found"})]
+    grace = jobs.HEALS_WITHIN_SECONDS[reason]
+    within = jobs.observe(job(), pulling, CREATED + timedelta(seconds=grace - 1))
+    assert within.state == "running" and within.waiting is not None and within.waiting[0] == reason
+    after = jobs.observe(job(), pulling, CREATED + timedelta(seconds=grace))
+    assert after.state == "failed" and f"still so after {grace} s" in after.message
+    # without a clock (nothing to judge the grace by) the step only waits
+    assert jobs.observe(job(), pulling).state == "running"
+
+
+def test_an_unbound_volume_is_not_a_lack_of_nodes_and_fails_after_its_grace() -> None:
+    message = "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/3 nodes"
+    unbound = [pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                           "message": message}])]
+    within = jobs.observe(job(), unbound, CREATED + timedelta(seconds=10))
+    # another placement would not help: the GPU fallback (unschedulable_since) must not start
+    assert within.state == "running" and within.waiting is not None and within.waiting[0] == "VolumeNotBound"
+    assert within.unschedulable_since is None
+    after = jobs.observe(job(), unbound, CREATED + timedelta(seconds=jobs.HEALS_WITHIN_SECONDS["VolumeNotBound"]))
+    assert after.state == "failed" and after.message.startswith("VolumeNotBound: ")
+    # a plain lack of nodes waits for its placement's patience, however long it lasts
+    nodes = [pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                         "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])]
+    seen = jobs.observe(job(), nodes, CREATED + timedelta(days=2))
+    assert seen.state == "running" and seen.unschedulable_since == "2026-01-01T00:00:01Z"
+
+
+def test_pull_secrets_on_every_stage_pod_the_service_account_only_on_trusted_ones_and_shm_on_gpu_pods() -> None:
+    from dataclasses import replace
+
+    settings = replace(SETTINGS, image_pull_secrets=("regcred",), service_account="sigma0-stages",
+                       gpu_shm_size="4Gi")
+    cycle_spec = spec()
+    kinds: dict[str, str] = {}
+    for step in plan.steps(cycle_spec, plan.CycleState(), jobs.layout(REF, cycle_spec, settings)):
+        pod = pod_of(jobs.build_job(step, cycle=REF, spec=cycle_spec, settings=settings, attempt=1,
+                                    active_deadline_seconds=60))
+        kinds[step.name] = step.kind
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}], step.name
+        # untrusted code never runs with the cloud role: no service account, and no token mounted either way
+        assert pod.get("serviceAccountName") == (None if step.kind == "sandbox" else "sigma0-stages"), step.name
+        assert pod["automountServiceAccountToken"] is False
+        shm = [v for v in pod["volumes"] if v["name"] == "shm"]
+        if step.kind == "gpu":
+            assert shm == [{"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "4Gi"}}]
+            assert {"name": "shm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
+        else:
+            assert shm == [], step.name
+    assert set(kinds.values()) == {"plain", "sandbox", "gpu"}
+    # by default: no pull secret, the namespace's service account
+    pod = pod_of(build(cycle_spec, "train"))
+    assert "imagePullSecrets" not in pod and "serviceAccountName" not in pod

@@ -97,8 +97,8 @@ def test_a_finished_promotion_shows_every_figure_the_columns_need() -> None:
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     obj = {"spec": {"release": "coder"}, "status": found, "metadata": {"creationTimestamp": NOW}}
     shown = {name: lookup(obj, path) for name, path in columns.items()}
-    assert shown == {"Release": "coder", "Phase": "Succeeded", "Verified": "24/40", "Candidate": "0.500 (2/4)",
-                     "Incumbent": "0.250 (1/4)", "Decision": "Promoted", "Age": NOW,
+    assert shown == {"Release": "coder", "Phase": "Succeeded", "Reason": "Promoted", "Verified": "24/40",
+                     "Candidate": "0.500 (2/4)", "Incumbent": "0.250 (1/4)", "Decision": "Promoted", "Age": NOW,
                      "Placement": None}  # -o wide only; these stage records name no GPU placement
 
 
@@ -354,3 +354,18 @@ def test_a_dry_run_never_queues_and_never_holds_a_release_up() -> None:
                                                 "spec": {"release": "coder", "deadlineSeconds": 10 ** 9}}],
                           now=datetime(2026, 1, 1, tzinfo=UTC))
     assert [c["metadata"]["name"] for c in moved] == ["d", "r"]
+
+
+def test_every_waiting_or_failed_cycle_has_a_reason_for_the_reason_column() -> None:
+    waiting = ("ImagePullBackOff", "pod c1-train-1-x: ImagePullBackOff: Back-off pulling image")
+    failed = status.CycleRecord(admitted=True, failure=("DeadlineExceeded", "the cycle did not finish"))
+    cases = {
+        "Queued": rendered(status.CycleRecord(), status.Situation(queued_behind="waiting for c0")),
+        "Suspended": rendered(record_after(["harvest"]), status.Situation(suspended=True)),
+        "ImagePullBackOff": rendered(record_after(["harvest", "verify", "dataset"], running="train"),
+                                     status.Situation(waiting=waiting)),
+        "DeadlineExceeded": rendered(failed),
+    }
+    for expected, found in cases.items():
+        assert found["reason"] == expected, (expected, found["phase"], found["message"])
+        assert found["message"]

@@ -204,3 +204,38 @@ def test_a_row_planted_in_verified_jsonl_after_verify_stops_the_cycle_before_dat
     assert verified in state["steps"]["verify"]["outputs"]
     assert not (run.cycle_dir / "dataset" / "train.jsonl").exists()
     assert LocalReleaseStore(workdir / "releases").current("coder") is None, "the release is untouched"
+
+
+def test_a_stage_past_its_timeout_is_stopped_and_fails_the_cycle(tmp_path: Path) -> None:
+    from sigma0.executors.local import LocalExecutor, choose_cycle
+    from sigma0.local_release import LocalReleases
+    from sigma0.spec import StageTimeouts, load_manifest
+
+    workdir = tmp_path / "work"
+    cycle = load_manifest(str(manifest(tmp_path, name="slow")))
+    # the schema's floor is 60 s; a second here (past validation) keeps the test short: train cannot even load torch
+    cycle = cycle.model_copy(update={"spec": cycle.spec.model_copy(update={"stage_timeouts": StageTimeouts(train=1)})})
+    run = choose_cycle(cycle, workdir)
+    planter = Planter(run.cycle_dir, "none", "none", lambda _: None)
+    started = time.monotonic()
+    done = LocalExecutor(cycle, workdir, LocalReleases(workdir / "releases"), planter, tmp_path).run(run)
+    assert planter.ran == ["harvest", "verify", "dataset", "train"]
+    assert done.finished is not None and done.finished["phase"] == "Failed"
+    assert done.finished["reason"].startswith("train failed: StageTimeout: train ran longer than "
+                                              "spec.stageTimeouts.train=1 s"), done.finished
+    assert not (run.cycle_dir / "train" / "adapter").exists()
+    assert LocalReleaseStore(workdir / "releases").current("coder") is None, "the release is untouched"
+    assert time.monotonic() - started < 120
+
+
+def test_a_stage_stopped_at_its_timeout_gets_to_clean_up_first(tmp_path: Path) -> None:
+    from sigma0.executors.local import _run_stage
+
+    cleaned = tmp_path / "cleaned"
+    code = (f"import time\ntry:\n    time.sleep(60)\nfinally:\n    open({str(cleaned)!r}, 'w').write('yes')\n")
+    with open(tmp_path / "log", "wb") as log:
+        started = time.monotonic()
+        assert _run_stage([sys.executable, "-c", code], log, dict(os.environ), 1) is None
+        assert _run_stage([sys.executable, "-c", "pass"], log, dict(os.environ), 30) == 0
+    assert cleaned.read_text() == "yes"  # SIGINT first: its finally ran, as on Ctrl-C
+    assert time.monotonic() - started < 20

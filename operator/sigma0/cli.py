@@ -7,6 +7,7 @@
     sigma0 digest FOLDER                          an adapter folder's digest, as spec.candidate.digest names it
     sigma0 operator [--namespace NS ...]          the Kubernetes operator (kopf): TrainingCycles as Jobs
     sigma0 cycle create MANIFEST                  create a TrainingCycle in a cluster (what the nightly CronJob runs)
+    sigma0 dashboard [--workdir DIR] [--port N]   the read-only page of a local workdir: the pass@1 curve, decisions
 """
 
 from __future__ import annotations
@@ -203,6 +204,34 @@ def _cycle(args: argparse.Namespace, console: Console) -> int:
     return run(args)
 
 
+def _dashboard(args: argparse.Namespace, console: Console) -> int:
+    from sigma0.dashboard.server import make_server
+    from sigma0.dashboard.sources import LocalSource
+
+    workdir = Path(args.workdir)
+    if not workdir.is_dir():
+        console.print(f"[red]--workdir {workdir} is not a folder; run a cycle first (sigma0 run MANIFEST "
+                      f"--workdir {workdir})[/]", highlight=False)
+        return EXIT_BAD_INPUT
+    try:
+        server = make_server(LocalSource(workdir), args.host, args.port)
+    except OSError as error:
+        console.print(f"[red]cannot listen on {args.host}:{args.port}: {error.strerror}; pick another --port[/]",
+                      highlight=False)
+        return EXIT_BAD_INPUT
+    host, port = server.server_address[:2]
+    console.print(f"sigma0 dashboard of {workdir.resolve()} on http://{host}:{port}/ (read-only; Ctrl-C stops it)",
+                  highlight=False, soft_wrap=True)
+    sys.stdout.flush()  # the address, at once, for whoever started this with a pipe (tests, scripts)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sigma0", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     digest = commands.add_parser("digest", help="print an adapter folder's digest (for spec.candidate.digest)")
     digest.add_argument("path")
 
+    dashboard = commands.add_parser("dashboard", help="serve the read-only dashboard of a local workdir")
+    dashboard.add_argument("--workdir", default=".sigma0", help="the workdir `sigma0 run` used")
+    dashboard.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free port)")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (default: this machine only; the page is read-only)")
+
     from sigma0.kube.operator import add_arguments as add_operator_arguments
 
     add_operator_arguments(commands.add_parser("operator", help="run the Kubernetes operator (kopf)"))
@@ -250,5 +285,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
     handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator, "cycle": _cycle,
-                "digest": _digest}
+                "digest": _digest, "dashboard": _dashboard}
     return handlers[args.command](args, console)

@@ -247,6 +247,22 @@ class PlacementSpec(_Model):
     sandbox: SandboxPlacement = SandboxPlacement()
 
 
+class StageTimeouts(_Model):
+    """How long each stage may run, in seconds (unset: only the cycle's deadline bounds it)."""
+
+    harvest: int | None = None
+    verify: int | None = None
+    dataset: int | None = None
+    train: int | None = None
+    generate: int | None = None
+    score: int | None = None
+    decide: int | None = None
+
+    def of(self, stage: str) -> int | None:
+        found = getattr(self, stage, None)
+        return found if isinstance(found, int) else None
+
+
 class CycleSpec(_Model):
     release: str
     base_model: BaseModelRef
@@ -261,6 +277,7 @@ class CycleSpec(_Model):
     artifacts: ArtifactsSpec = ArtifactsSpec()
     placement: PlacementSpec = PlacementSpec()
     deadline_seconds: int = 86400
+    stage_timeouts: StageTimeouts = StageTimeouts()
     suspend: bool = False
 
 

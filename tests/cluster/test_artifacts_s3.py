@@ -126,3 +126,18 @@ def test_a_cycle_on_s3_artifacts_bootstraps_then_a_second_is_judged_against_the_
         assert SECRET_KEY not in json.dumps(found)
         assert len(jobs_of(platform, ns, name)) == len({j.metadata.labels["sigma0.dev/step"]
                                                         for j in jobs_of(platform, ns, name)})
+
+
+def test_a_missing_credentials_secret_fails_the_cycle_at_once_with_the_reason(platform: Platform, ns: str) -> None:
+    """The Secret the operator passes to stage pods does not exist in this namespace: the harvest pod cannot be
+    configured (CreateContainerConfigError), which never heals by itself, so the cycle fails now, says why in its
+    status and REASON column, and its Job is gone, instead of waiting out spec.deadlineSeconds (24 h by default)."""
+    assert apply(platform, ns, s3_cycle("no-secret")).returncode == 0
+    found = wait_for(platform, ns, "the cycle to fail", phase_is(platform, ns, "no-secret", "Failed"), timeout=90)
+    assert found["reason"] == "StageFailed"
+    assert "CreateContainerConfigError" in found["message"] and SECRET in found["message"], found["message"]
+    assert found["stages"]["harvest"]["state"] == "failed"
+    wait_for(platform, ns, "its Job to be deleted", lambda: not jobs_of(platform, ns, "no-secret"), timeout=60)
+    assert release(platform, ns, "s3-coder") is None
+    shown = platform.cluster.kubectl("get", "trainingcycles", "no-secret", "-n", ns, "--no-headers").stdout
+    assert "Failed" in shown and "StageFailed" in shown, shown

@@ -26,8 +26,11 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from browser import chromium
 from kubernetes import client, config
+from selenium.webdriver.common.by import By
 
+from sigma0.dashboard.board import short_digest
 from sigma0.kube import releases as kube_releases
 from sigma0.plan import Incumbent
 
@@ -52,15 +55,16 @@ class Operator:
     def __init__(self, kubeconfig: Path, log: Path, run_as_user: int, extra: tuple[str, ...] = ()) -> None:
         self.kubeconfig, self.log, self.run_as_user, self.extra = kubeconfig, log, run_as_user, extra
         self.proc: subprocess.Popen[bytes] | None = None
-        self.metrics_port = self.liveness_port = 0
+        self.metrics_port = self.liveness_port = self.dashboard_port = 0
         self.starts = 0
 
     def start(self) -> None:
-        self.metrics_port, self.liveness_port = _free_port(), _free_port()
+        self.metrics_port, self.liveness_port, self.dashboard_port = _free_port(), _free_port(), _free_port()
         command = [sys.executable, "-m", "sigma0", "operator", "--kubeconfig", str(self.kubeconfig),
                    "--all-namespaces", "--run-as-user", str(self.run_as_user), "--resync-seconds", "3",
                    "--watch-timeout", "20", "--metrics-port", str(self.metrics_port),
-                   "--liveness-port", str(self.liveness_port), "--job-ttl", "3600", *self.extra]
+                   "--liveness-port", str(self.liveness_port), "--dashboard-port", str(self.dashboard_port),
+                   "--job-ttl", "3600", *self.extra]
         with open(self.log, "ab") as out:
             out.write(f"\n==== start {self.starts + 1}: {' '.join(command)}\n".encode())
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -149,6 +153,14 @@ def process_sandbox_allowed(cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def platform(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    with started_platform(cluster, tmp_path_factory) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def started_platform(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
+                     extra: tuple[str, ...] = ()) -> Iterator[Platform]:
+    """The CRDs, the operator's RBAC, the shared artifacts folder, and one operator (with `extra` flags)."""
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     for name in ("00-namespace.yaml", "10-rbac.yaml", "20-runtimeclass.yaml"):
         cluster.kubectl("apply", "-f", str(MANIFESTS / name))
@@ -161,7 +173,9 @@ def platform(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
     shutil.copytree(ROOT / "examples" / "corpus", artifacts / "corpus")
     for folder in (artifacts, *artifacts.rglob("*")):
         folder.chmod(0o777 if folder.is_dir() else 0o666)
-    operator = Operator(kubeconfig, work / "operator.log", stage_pod_user())
+    # the dashboard reads the evidence where the artifacts volume's PersistentVolumes point (hostPath)
+    operator = Operator(kubeconfig, work / "operator.log", stage_pod_user(),
+                        extra=("--dashboard-artifacts", str(artifacts), *extra))
     operator.start()
     admin = cluster.api_client()
     try:
@@ -574,6 +588,40 @@ def test_suspend_pauses_before_the_next_stage_and_delete_removes_the_jobs(platfo
     assert release(platform, ns, "paused") is None
 
 
+def test_suspending_a_running_stage_suspends_its_job_and_the_job_controller_stops_its_pod(platform: Platform,
+                                                                                          ns: str) -> None:
+    """spec.suspend on a cycle whose stage runs: the operator suspends that Job, the real Job controller deletes its
+    pod (on a GPU node: the GPU is free) and, on resume, starts a new one. The pod here is Pending (no node matches
+    NOWHERE), which is what the Job controller stops the same way as a running one."""
+    labels = {"kueue.x-k8s.io/queue-name": "team-a"}
+    body = example("held", release="held", placement=NOWHERE)
+    body["metadata"]["labels"] = labels
+    assert apply(platform, ns, body).returncode == 0
+
+    def pods() -> list[Any]:
+        found = platform.core.list_namespaced_pod(ns, label_selector="sigma0.dev/cycle=held").items
+        return [p for p in found if not p.metadata.deletion_timestamp]
+    first = wait_for(platform, ns, "the harvest pod", pods)
+    (job,) = jobs_of(platform, ns, "held")
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"  # a queue can admit it like any Job
+    platform.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", "held",
+                                                   {"spec": {"suspend": True}})
+    found = wait_for(platform, ns, "Suspended", phase_is(platform, ns, "held", "Suspended"))
+    assert "during harvest" in found["message"]
+    wait_for(platform, ns, "the Job controller to remove the pod", lambda: not pods(), timeout=60)
+
+    def suspended_condition() -> bool:
+        (job,) = jobs_of(platform, ns, "held")
+        return any(c.type == "Suspended" and c.status == "True" for c in job.status.conditions or [])
+    wait_for(platform, ns, "the Job's Suspended condition", suspended_condition)
+    platform.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", "held",
+                                                   {"spec": {"suspend": False}})
+    second = wait_for(platform, ns, "a new pod after the resume", pods, timeout=60)
+    assert {p.metadata.name for p in second}.isdisjoint({p.metadata.name for p in first})
+    assert [j.metadata.name for j in jobs_of(platform, ns, "held")] == ["held-harvest-1"]  # the same Job
+    assert status(platform, ns, "held")["phase"] == "Harvesting"
+
+
 @pytest.mark.slow
 def test_a_waiting_cycle_says_why_and_fails_at_its_deadline(platform: Platform, ns: str) -> None:
     assert apply(platform, ns, example("late", release="late", deadlineSeconds=60, placement=NOWHERE)).returncode == 0
@@ -794,3 +842,45 @@ def test_a_dry_run_reports_what_would_train_runs_no_job_beyond_dataset_and_never
     assert "would train on" in condition(found, "Ready")["message"]
     rows = {row["NAME"]: row for row in table(platform.cluster.kubectl("get", "tc", "-n", ns).stdout)}
     assert (rows["dry-run"]["PHASE"], rows["dry-run"]["DECISION"]) == ("Succeeded", "DryRun")
+
+
+@pytest.mark.slow
+def test_the_operators_dashboard_shows_a_real_cycle_from_the_api_server(platform: Platform, ns: str) -> None:
+    """`sigma0 operator --dashboard-port`: the page, in a real browser, after a cycle on the control plane: the
+    AdapterRelease, the curve's point, the decision, and the per-problem evidence read from the artifacts volume;
+    the operator's token nowhere on it."""
+    assert apply(platform, ns, example("dash-1", release="dash")).returncode == 0
+    found = wait_for(platform, ns, "the cycle to end", phase_is(platform, ns, "dash-1", "Succeeded", "Failed"),
+                     timeout=400)
+    assert found["phase"] == "Succeeded", diagnostics(platform, ns)
+    published = release(platform, ns, "dash")
+    assert published is not None
+    token = yaml.safe_load(platform.kubeconfig.read_text())["users"][0]["user"]["token"]
+    with chromium() as browser:
+        browser.get(f"http://127.0.0.1:{platform.operator.dashboard_port}/")
+        row = browser.find_element(By.CSS_SELECTOR, f'tr.release[data-release="{ns}/dash"]')
+        assert row.find_element(By.CSS_SELECTOR, ".digest").text == short_digest(published["spec"]["current"]["digest"])
+        assert row.find_element(By.CSS_SELECTOR, ".revision").text == "1"
+        curve = browser.find_element(By.CSS_SELECTOR, f'section.curve[data-release="{ns}/dash"]')
+        point = f"{found['candidate']['passAt1']:.3f}"
+        for series in (0, 2):  # the candidate, and the promotion (it bootstrapped the release)
+            (dot,) = curve.find_elements(By.CSS_SELECTOR, f"g.plot.overlay g.serie-{series} g.dots")
+            assert dot.find_element(By.CSS_SELECTOR, "desc.value").get_attribute("textContent") == point
+            assert dot.find_element(By.CSS_SELECTOR, "desc.x_label").get_attribute("textContent") == "dash-1"
+        cycle = browser.find_element(By.CSS_SELECTOR, f'tr.cycle[data-cycle="{ns}/dash-1"]')
+        assert cycle.get_attribute("data-phase") == "Succeeded"
+        assert cycle.find_element(By.CSS_SELECTOR, ".decision .badge").text == found["decision"]["outcome"]
+        assert cycle.find_element(By.CSS_SELECTOR, ".verified").text == found["counts"]["verifiedOfHarvested"]
+        assert cycle.find_element(By.CSS_SELECTOR, ".candidate").text == found["candidate"]["passAt1Display"]
+        assert token not in browser.page_source
+
+        cycle.find_element(By.CSS_SELECTOR, ".name a").click()
+        outputs = found["stages"]["score-candidate"]["outputs"]
+        (results,) = [path for path in outputs if path.endswith("/results.jsonl")]
+        rows = [json.loads(line) for line in
+                (platform.artifacts / results.removeprefix("/artifacts/")).read_text().splitlines()]
+        shown = {r.get_attribute("data-task"): r.find_element(By.CSS_SELECTOR, ".candidate").text
+                 for r in browser.find_elements(By.CSS_SELECTOR, "tr.problem")}
+        assert shown == {r["task_id"]: "pass" if r["passed"] else "fail" for r in rows} and len(shown) == 3
+        assert browser.find_element(By.CSS_SELECTOR, 'tr.file[data-label="candidate"]').text.endswith("matches")
+        assert token not in browser.page_source

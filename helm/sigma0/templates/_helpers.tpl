@@ -70,6 +70,12 @@ app.kubernetes.io/component: operator
 {{- if and (eq .Values.artifacts.mode "s3") .Values.networkPolicy.create (not .Values.artifacts.s3.egress) -}}
 {{- fail "artifacts.mode is s3 and networkPolicy.create: list the object store in artifacts.s3.egress, or the deny-all policy keeps stage pods from reaching it" -}}
 {{- end -}}
+{{- if and (not .Values.dashboard.enabled) (or .Values.dashboard.ingress.enabled .Values.dashboard.artifactsClaim) -}}
+{{- fail "dashboard.ingress.enabled and dashboard.artifactsClaim need dashboard.enabled" -}}
+{{- end -}}
+{{- if and .Values.dashboard.ingress.enabled (not .Values.dashboard.service) -}}
+{{- fail "dashboard.ingress.enabled needs dashboard.service" -}}
+{{- end -}}
 {{- if and .Values.cronjob.enabled .Values.watchNamespaces (not (has .Release.Namespace .Values.watchNamespaces)) -}}
 {{- fail (printf "cronjob.enabled: its cycles are created in the release namespace %s, which watchNamespaces %v leaves unwatched" .Release.Namespace .Values.watchNamespaces) -}}
 {{- end -}}

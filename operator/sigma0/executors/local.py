@@ -4,7 +4,9 @@ State lives in `<workdir>/cycles/<name>/state.json`, rewritten atomically after 
 resumes where it stopped: finished steps are never redone, and an interrupted step is started again (every stage
 command resumes or rewrites its own outputs atomically; it resumes only from partial output its journal, made under
 the step's resume key kept here, vouches for: sigma0.journal). Each finished step's outputs are recorded by digest
-(sigma0.evidence), and later steps are held to them.
+(sigma0.evidence), and later steps are held to them. The state also keeps the manifest's spec and each step's start
+and end, so `status_of` can render it as the operator renders a TrainingCycle's status (what `sigma0 dashboard`
+shows).
 
 GPU steps run on the placement `local` (this machine; the manifest's cluster placements do not apply here, and
 neither do their budgets). Their hours are accounted as the operator accounts a GPU pod's (sigma0.placement):
@@ -18,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -29,7 +32,7 @@ from typing import Any, Protocol
 from sigma0 import evidence, journal, placement, plan
 from sigma0.io import read_json, text_digest, write_json_atomic
 from sigma0.release_rules import Releases
-from sigma0.spec import TrainingCycle
+from sigma0.spec import CycleSpec, TrainingCycle
 
 STATE_FILE = "state.json"
 GPU_LEDGER = "gpu-ledger.jsonl"
@@ -59,6 +62,8 @@ class CycleRun:
     finished: dict[str, Any] | None = None
     placements: dict[str, str] = field(default_factory=dict)  # GPU step → the placement it ran on
     resume_keys: dict[str, str] = field(default_factory=dict)  # step → the key of its journals (sigma0.journal)
+    times: dict[str, dict[str, str]] = field(default_factory=dict)  # step → {start, end} of its last run
+    spec: dict[str, Any] | None = None  # the manifest's spec (what `sigma0 dashboard` plans the view from)
 
 
 def _now() -> str:
@@ -86,6 +91,8 @@ def _state_to_json(run: CycleRun) -> dict[str, Any]:
         "finished": run.finished,
         "placements": dict(run.placements),
         "resumeKeys": dict(run.resume_keys),
+        "times": {name: dict(times) for name, times in run.times.items()},
+        "spec": run.spec,
     }
 
 
@@ -99,7 +106,8 @@ def _state_from_json(cycle_dir: Path, data: dict[str, Any]) -> CycleRun:
         published=data.get("published"),
     )
     return CycleRun(data["name"], cycle_dir, state, data["manifestDigest"], data["startedAt"], data.get("finished"),
-                    dict(data.get("placements") or {}), dict(data.get("resumeKeys") or {}))
+                    dict(data.get("placements") or {}), dict(data.get("resumeKeys") or {}),
+                    {name: dict(times) for name, times in (data.get("times") or {}).items()}, data.get("spec"))
 
 
 def save(run: CycleRun) -> None:
@@ -121,7 +129,7 @@ def choose_cycle(cycle: TrainingCycle, workdir: Path, name: str | None = None) -
         for candidate in sorted(cycles.glob(f"{prefix}*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime):
             existing = load(candidate.parent)
             if existing.finished is None and existing.manifest_digest == digest:
-                return existing
+                return replace(existing, spec=existing.spec or _spec_json(cycle))
         chosen = prefix + secrets.token_hex(3)[:5]
     cycle_dir = cycles / chosen
     if (cycle_dir / STATE_FILE).exists():
@@ -129,8 +137,12 @@ def choose_cycle(cycle: TrainingCycle, workdir: Path, name: str | None = None) -
         if existing.manifest_digest != digest:
             raise ValueError(f"cycle {chosen!r} in {cycles} was started from a different spec; a cycle's spec is "
                              "immutable: give this manifest another name (or use metadata.generateName)")
-        return existing
-    return CycleRun(chosen, cycle_dir, plan.CycleState(), digest, _now())
+        return replace(existing, spec=existing.spec or _spec_json(cycle))
+    return CycleRun(chosen, cycle_dir, plan.CycleState(), digest, _now(), spec=_spec_json(cycle))
+
+
+def _spec_json(cycle: TrainingCycle) -> dict[str, Any]:
+    return cycle.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 # Running ----------------------------------------------------------------------------------------------------------
@@ -203,6 +215,7 @@ class LocalExecutor:
         run.state = replace(run.state, steps={**run.state.steps, step.name: plan.StepResult("running")})
         # Made when the step first starts, so no step before it can know it; a rerun after a kill gets the same.
         key = run.resume_keys.setdefault(step.name, secrets.token_hex(32))
+        run.times[step.name] = {"start": _now()}
         save(run)
         self.reporter.step_started(step, resumed)
         logs = run.cycle_dir / "logs"
@@ -217,17 +230,21 @@ class LocalExecutor:
         with open(logs / f"{step.name}.log", "ab") as log:
             log.write(f"\n$ {' '.join(step.argv)}   # {_now()}\n".encode())
             log.flush()
-            code = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                  env=env, check=False).returncode
+            limit = self.cycle.spec.stage_timeouts.of(step.stage)
+            code = _run_stage(command, log, env, limit)
         summary, outputs = evidence.split(_read_summary(summary_file))
         if usage is not None:
             gpus = usage.gpus if "device" not in summary else int(summary["device"] == "cuda")
             placement.record_local(self.ledger, replace(usage, end=datetime.now(UTC), gpus=gpus))
         if code == 0:
             result = plan.StepResult("succeeded", summary, outputs=outputs)
+        elif code is None:
+            result = plan.StepResult("failed", summary, f"StageTimeout: {step.name} ran longer than "
+                                     f"spec.stageTimeouts.{step.stage}={limit} s")
         else:
             message = str(summary.get("error") or _tail(logs / f"{step.name}.log"))
             result = plan.StepResult("failed", summary, f"exit code {code}: {message}")
+        run.times[step.name]["end"] = _now()
         self.reporter.step_finished(step, result, time.monotonic() - began)
         return result
 
@@ -257,6 +274,29 @@ class LocalExecutor:
                 log = run.cycle_dir / "logs" / f"{row.stage}.log"
                 ended = datetime.fromtimestamp(log.stat().st_mtime, UTC) if log.exists() else row.start
                 placement.record_local(self.ledger, replace(row, end=max(ended, row.start)))
+
+
+STOP_GRACE_SECONDS = 15.0
+"""How long a stage past its timeout gets to clean up after SIGINT (its sandboxes, as on Ctrl-C) before SIGKILL."""
+
+
+def _run_stage(command: list[str], log: Any, env: dict[str, str], limit: int | None) -> int | None:
+    """Run a stage process to its end: its exit code, or None when it ran past `limit` seconds and was stopped."""
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        return process.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)  # KeyboardInterrupt: the stage's own cleanup runs, as on Ctrl-C
+        try:
+            process.wait(timeout=STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return None
+    finally:
+        if process.poll() is None:  # sigma0 run itself was interrupted: the stage must not outlive it
+            process.kill()
+            process.wait()
 
 
 def _check_decision(action: plan.Publish) -> str | None:
@@ -296,3 +336,37 @@ def _tail(path: Path, lines: int = 3) -> str:
     except OSError:
         return "no log"
     return " | ".join(text[-lines:])[-500:]
+
+
+# What the cycle looks like ------------------------------------------------------------------------------------------
+
+
+def status_of(run: CycleRun, spec: CycleSpec, now: str | None = None) -> dict[str, Any]:
+    """The cycle's status as the operator writes a TrainingCycle's (sigma0.kube.status.render, the one view):
+    phase, message, counts, both pass@1 figures, the decision, and each step with its start and end. What
+    `sigma0 dashboard` shows of a local cycle."""
+    from sigma0.kube import status
+
+    failure = None
+    finished = run.finished
+    if finished is not None and finished["phase"] == plan.PHASE_FAILED:
+        action = plan.next_action(spec, run.state, _view_layout(run))
+        if not isinstance(action, plan.Finish):  # a refusal outside the plan (a tampered decision.json)
+            failure = ("PublishRefused", str(finished.get("reason", "")))
+    stages = {name: status.StageRecord(job="", attempt=1, state=result.state,
+                                       start=run.times.get(name, {}).get("start"),
+                                       end=run.times.get(name, {}).get("end") if result.state != "running" else None,
+                                       summary=result.summary, message=result.message,
+                                       placement=run.placements.get(name), outputs=result.outputs)
+              for name, result in run.state.steps.items()}
+    record = status.CycleRecord(admitted=True, incumbent_resolved=run.state.incumbent_resolved,
+                                incumbent=run.state.incumbent, stages=stages, published=run.state.published,
+                                failure=failure)
+    previous = {"startTime": run.started_at, "completionTime": (finished or {}).get("at")}
+    return status.render(spec, record, _view_layout(run), status.Situation(), generation=1, now=now or _now(),
+                         previous=previous)
+
+
+def _view_layout(run: CycleRun) -> plan.Layout:
+    """The layout the view needs: the phase depends on which steps there are, not on where the inputs were."""
+    return plan.Layout(cycle_dir=str(run.cycle_dir.resolve()), input_dir="", leaderboard="")

@@ -187,7 +187,8 @@ class JobExecutor:
 
     def _reconcile(self, cycle: dict[str, Any], release: str) -> Result:
         metadata = cycle["metadata"]
-        ref = jobs.CycleRef(metadata["name"], metadata["namespace"], metadata["uid"], release)
+        ref = jobs.CycleRef(metadata["name"], metadata["namespace"], metadata["uid"], release,
+                            **jobs.queueing(metadata, self.settings.queue_keys))
         record = read_record(cycle.get("status"))
         try:
             spec = CycleSpec.model_validate(cycle["spec"])
@@ -206,14 +207,17 @@ class JobExecutor:
         else:  # the admission is recorded before the first Job is created: a queued cycle has none to look for
             found, pods = [], []
         work = _Pass(record, self._newest_jobs(found))
-        self._observe(work, pods, spec, layout)
+        self._observe(work, pods, spec, layout, ref)
         self._account(ref, spec, pods)
 
-        deadline = _parse_time(metadata["creationTimestamp"]) + timedelta(seconds=spec.deadline_seconds)
-        if self.clock() >= deadline:
+        # Counted from admission (status.startTime), as a Job's activeDeadlineSeconds counts from its start: a cycle
+        # queued behind another, or suspended before it was admitted, cannot time out without having run.
+        started = (cycle.get("status") or {}).get("startTime") or metadata["creationTimestamp"]
+        deadline = _parse_time(started) + timedelta(seconds=spec.deadline_seconds)
+        if work.record.admitted and self.clock() >= deadline:
             self._stop_jobs(ref, work)
             message = (f"the cycle did not finish within spec.deadlineSeconds={spec.deadline_seconds} "
-                       f"(created {metadata['creationTimestamp']})")
+                       f"(admitted {started})")
             work.record = replace(work.record, failure=("DeadlineExceeded", message))
             work.event("Warning", "DeadlineExceeded", message)
             return self._finish_pass(cycle, ref, spec, work, suspended=spec.suspend, layout=layout)
@@ -232,6 +236,8 @@ class JobExecutor:
                             f"a dry run: it runs beside the cycles of AdapterRelease {release}, not in their queue")
                 work.event("Normal", "Admitted", admitted)
                 cycle = self._write(cycle, spec, ref, layout, work, suspended=False)
+                started = (cycle.get("status") or {}).get("startTime") or started  # the write just recorded it
+                deadline = _parse_time(started) + timedelta(seconds=spec.deadline_seconds)
         self._act(spec, ref, layout, deadline, work)
         return self._finish_pass(cycle, ref, spec, work, suspended=spec.suspend, layout=layout)
 
@@ -253,7 +259,8 @@ class JobExecutor:
                 newest[step] = job
         return newest
 
-    def _observe(self, work: _Pass, pods: list[dict[str, Any]], spec: CycleSpec, layout: plan.Layout) -> None:
+    def _observe(self, work: _Pass, pods: list[dict[str, Any]], spec: CycleSpec, layout: plan.Layout,
+                 ref: jobs.CycleRef) -> None:
         """Fold what each step's newest Job says into the record."""
         by_owner: dict[str, list[dict[str, Any]]] = {}
         for pod in pods:
@@ -269,7 +276,18 @@ class JobExecutor:
                 stage = StageRecord(job["metadata"]["name"], attempt, "running",
                                     isolation=self._isolation(spec, layout, work.record, step),
                                     resume_key=jobs.resume_key_of(job))
-            seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []))
+            seen = jobs.observe(job, by_owner.get(job["metadata"]["uid"], []), self.clock())
+            stage_name = (job["metadata"].get("labels") or {}).get(jobs.LABEL_STAGE, "")
+            limit = spec.stage_timeouts.of(stage_name)
+            own_limit = limit is not None and (job.get("spec") or {}).get("activeDeadlineSeconds") == limit
+            if seen.state == "failed" and own_limit and seen.message.startswith("DeadlineExceeded"):
+                # the Job was given the stage's timeout, not the cycle's deadline (_start): it is the stage's
+                seen = replace(seen, message=f"StageTimeout: {step} ran longer than spec.stageTimeouts."
+                                             f"{stage_name}={limit} s ({seen.message})")
+            if seen.state == "failed" and not jobs.finished(job):  # its pod cannot start: free what it holds
+                self.clients.batch.delete_namespaced_job(job["metadata"]["name"], ref.namespace,
+                                                         propagation_policy="Background",
+                                                         _request_timeout=self.clients.timeout)
             on = (job["metadata"].get("labels") or {}).get(jobs.LABEL_PLACEMENT) or stage.placement
             summary, outputs = evidence.split(seen.summary)  # the digests go to their own field of the record
             updated = replace(stage, job=job["metadata"]["name"], attempt=attempt, state=seen.state,
@@ -337,6 +355,8 @@ class JobExecutor:
             elif isinstance(action, plan.AwaitStep):
                 stage = work.record.stages[action.step.name]
                 if action.step.name in work.jobs:
+                    if self._hold(ref, work.jobs[action.step.name], spec.suspend, work):
+                        return
                     gpu_waits = action.step.kind == "gpu" and action.step.name in work.unschedulable
                     if gpu_waits and self._fall_back(spec, ref, action.step, stage, deadline, work):
                         continue
@@ -382,6 +402,24 @@ class JobExecutor:
             return False
         skipped = (*skipped, *self._skips(step, choice, work))
         return self._start(spec, ref, step, attempt, deadline, work, choice.placement, skipped)
+
+    def _hold(self, ref: jobs.CycleRef, job: Mapping[str, Any], suspend: bool, work: _Pass) -> bool:
+        """Make the running stage's Job follow spec.suspend: the Job controller deletes a suspended Job's pods (a
+        GPU is freed, not kept idle) and starts new ones when it is resumed. The operator resumes only the Jobs it
+        suspended itself (ANNOTATION_SUSPENDED): one a queue suspended (Kueue, until it admits it) stays the
+        queue's. True while the stage is held for spec.suspend."""
+        name = job["metadata"]["name"]
+        suspended = bool((job.get("spec") or {}).get("suspend"))
+        ours = (job["metadata"].get("annotations") or {}).get(jobs.ANNOTATION_SUSPENDED) == "true"
+        if suspend and not suspended:
+            body = {"metadata": {"annotations": {jobs.ANNOTATION_SUSPENDED: "true"}}, "spec": {"suspend": True}}
+            self.clients.batch.patch_namespaced_job(name, ref.namespace, body, _request_timeout=self.clients.timeout)
+            work.event("Normal", "StageSuspended", f"Job {name} suspended (spec.suspend): its pods are stopped")
+        elif not suspend and suspended and ours:
+            body = {"metadata": {"annotations": {jobs.ANNOTATION_SUSPENDED: None}}, "spec": {"suspend": False}}
+            self.clients.batch.patch_namespaced_job(name, ref.namespace, body, _request_timeout=self.clients.timeout)
+            work.event("Normal", "StageResumed", f"Job {name} resumed")
+        return suspend
 
     def _fall_back(self, spec: CycleSpec, ref: jobs.CycleRef, step: plan.Step, stage: StageRecord,
                    deadline: datetime, work: _Pass) -> bool:
@@ -440,6 +478,9 @@ class JobExecutor:
         from kubernetes.client.exceptions import ApiException
 
         remaining = math.ceil((deadline - self.clock()).total_seconds()) + JOB_DEADLINE_SLACK_SECONDS
+        limit = spec.stage_timeouts.of(step.stage)  # the stage's own timeout, where it is the nearer end
+        if limit is not None:
+            remaining = min(remaining, limit)
         earlier = work.record.stages.get(step.name)  # every attempt of a step resumes under one key
         key = (earlier.resume_key if earlier else None) or secrets.token_hex(32)
         body = jobs.build_job(step, cycle=ref, spec=spec, settings=self.settings, attempt=attempt,
@@ -605,7 +646,7 @@ class JobExecutor:
                               placement_wait=work.placement_wait)
         old = cycle.get("status") or {}
         new = render(spec, work.record, layout, situation, generation=int(cycle["metadata"].get("generation", 0)),
-                     now=now_rfc3339(), previous=old)
+                     now=placement.format_time(self.clock()), previous=old)
         if same_status(old, new):
             return cycle
         return self._replace_status(cycle, new)

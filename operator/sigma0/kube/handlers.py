@@ -48,6 +48,7 @@ class Peering:
     identity: str
     priority: int
     namespace: str | None = None  # None: the cluster-wide ClusterKopfPeering
+    lifetime: int = 60  # seconds a replica counts as alive after its last heartbeat (kopf's settings.peering)
 
     def active(self, custom: Any, timeout: tuple[float, float]) -> bool:
         if self.namespace is None:
@@ -187,6 +188,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.label_selectors["pods"] = f"{jobs.MANAGED_BY[0]}={jobs.MANAGED_BY[1]}"
     settings.posting.enabled = False  # the executor posts its own events, one per transition
     settings.scanning.disabled = True  # no CRD or namespace scanning: fewer permissions
+    if runtime.peering is not None:
+        settings.peering.lifetime = runtime.peering.lifetime
     threading.Thread(target=_resync_loop, name="sigma0-resync", daemon=True).start()
 
 

@@ -59,16 +59,19 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sigma0 import journal, plan
 from sigma0.kube import API_VERSION
-from sigma0.placement import Usage, gpu_count, options_for, parse_time
+from sigma0.placement import Usage, format_time, gpu_count, options_for, parse_time
 from sigma0.spec import CycleSpec, GpuPlacement
 
 CONTAINER = "stage"
 TERMINATION_PATH = "/dev/termination-log"
 
+ANNOTATION_SUSPENDED = "sigma0.dev/suspended-by-cycle"
+"""On a Job the operator suspended because its cycle was (spec.suspend): only those it resumes."""
 LABEL_CYCLE = "sigma0.dev/cycle"
 LABEL_CYCLE_UID = "sigma0.dev/cycle-uid"
 LABEL_RELEASE = "sigma0.dev/release"
@@ -104,6 +107,14 @@ class PodSettings:
     gvisor_runtime_classes: tuple[str, ...] = ("gvisor",)  # RuntimeClasses whose handler is gVisor (runsc)
     allow_host_path: bool = False  # admit cycles with artifacts.path (a hostPath volume in every stage pod)
     allow_process_sandbox: bool = False  # admit cycles whose sandbox steps would run without gVisor
+    # The cycle's labels and annotations that a batch queue reads, copied onto its Jobs, so that Kueue (or another
+    # queue that admits batch/v1 Jobs) admits, suspends and resumes them like any Job.
+    queue_keys: tuple[str, ...] = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
+    image_pull_secrets: tuple[str, ...] = ()  # Secrets for pulling the stage images from a private registry
+    # The ServiceAccount of trusted stage pods (harvest, dataset, train, generate, decide), e.g. one bound to a cloud
+    # role by IRSA or Workload Identity instead of static keys. Sandbox pods, which run untrusted code, never get it.
+    service_account: str = ""
+    gpu_shm_size: str = "2Gi"  # /dev/shm of GPU pods (memory-backed): PyTorch's DataLoader workers share through it
 
 
 @dataclass(frozen=True)
@@ -114,11 +125,20 @@ class CycleRef:
     namespace: str
     uid: str
     release: str
+    queue_labels: tuple[tuple[str, str], ...] = ()  # the cycle's, for PodSettings.queue_keys (queueing())
+    queue_annotations: tuple[tuple[str, str], ...] = ()
 
     @property
     def folder(self) -> str:
         # The uid keeps a recreated cycle of the same name from resuming the outputs of a deleted one.
         return f"cycles/{self.namespace}/{self.name}-{self.uid[:8]}"
+
+
+def queueing(metadata: Mapping[str, Any], keys: Sequence[str]) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The labels and annotations among `keys` that a cycle's metadata carries, for CycleRef."""
+    def picked(found: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+        return tuple((key, str(found[key])) for key in keys if found and key in found)
+    return {"queue_labels": picked(metadata.get("labels")), "queue_annotations": picked(metadata.get("annotations"))}
 
 
 # Where the files are ---------------------------------------------------------------------------------------------
@@ -344,6 +364,9 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
     env = [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"},
            {"name": "SIGMA0_TERMINATION_LOG", "value": TERMINATION_PATH},
            {"name": "SIGMA0_CYCLE", "value": cycle.name}, {"name": "SIGMA0_STEP", "value": step.name}]
+    if gpu and settings.gpu_shm_size:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.gpu_shm_size}})
+        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
     if resume_key:
         env.append({"name": journal.KEY_ENV, "value": resume_key})
     env_from: list[dict[str, Any]] = []
@@ -379,13 +402,18 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
         "volumes": volumes,
         **_placement(step, spec, placement),
     }
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in settings.image_pull_secrets]
+    if settings.service_account and step.kind != "sandbox":
+        pod_spec["serviceAccountName"] = settings.service_account
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": name,
             "namespace": cycle.namespace,
-            "labels": step_labels,
+            "labels": {**dict(cycle.queue_labels), **step_labels},
+            **({"annotations": dict(cycle.queue_annotations)} if cycle.queue_annotations else {}),
             "ownerReferences": [{"apiVersion": API_VERSION, "kind": "TrainingCycle", "name": cycle.name,
                                  "uid": cycle.uid, "controller": True, "blockOwnerDeletion": True}],
         },
@@ -414,6 +442,11 @@ class Observation:
     end: str | None = None
     waiting: tuple[str, str] | None = None
     unschedulable_since: str | None = None
+
+
+def finished(job: Mapping[str, Any]) -> bool:
+    """Whether the Job itself has ended (Complete or Failed)."""
+    return _condition(job, "Complete") is not None or _condition(job, "Failed") is not None
 
 
 def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -477,6 +510,31 @@ def _tail(log: str, lines: int = 3) -> str:
     return " | ".join(kept)[-500:]
 
 
+# Why a stage pod cannot start, and how long it may wait for that to end by itself. The pod spec is immutable, so a
+# bad image name or a container that cannot be configured (a missing Secret or ConfigMap key) never heals: the step
+# fails at once, as KubeRay's RayJob and JobSet do, instead of holding its node (and GPU) until the cycle's deadline.
+# An image pull and a volume claim may heal (a registry blip, a provisioner still at work): they get a grace first.
+NEVER_HEALS = frozenset({"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+                         "CreateContainerError"})
+HEALS_WITHIN_SECONDS = {"ErrImagePull": 300, "ImagePullBackOff": 300, "VolumeNotBound": 300}
+VOLUME_WORDS = ("persistentvolumeclaim", "persistentvolume ")
+"""Words of the scheduler's message for a pod whose volume claim is missing or unbound."""
+
+
+def hopeless(waiting: tuple[str, str] | None, since: datetime | None, now: datetime | None) -> str | None:
+    """Why a pod that waits with `waiting` (reason, message) since `since` will not start by itself, or None while
+    it may still."""
+    if waiting is None or now is None:
+        return None
+    reason, message = waiting
+    if reason in NEVER_HEALS:
+        return f"{message} (this does not heal by itself: the pod's spec cannot change)"
+    grace = HEALS_WITHIN_SECONDS.get(reason)
+    if grace is not None and since is not None and (now - since).total_seconds() >= grace:
+        return f"{message} (still so after {grace} s)"
+    return None
+
+
 def _waiting(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple[str, str] | None:
     if (job.get("spec") or {}).get("suspend"):
         return "JobSuspended", f"Job {job['metadata']['name']} is suspended"
@@ -489,6 +547,8 @@ def _waiting(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> tuple
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             reason = condition.get("reason") or "Unschedulable"
+            if any(word in (condition.get("message") or "").lower() for word in VOLUME_WORDS):
+                reason = "VolumeNotBound"  # not a lack of nodes: another placement would not help
             return reason, f"pod {name} is Pending: {condition.get('message') or reason}"
     for container in status.get("containerStatuses") or []:
         waiting = (container.get("state") or {}).get("waiting")
@@ -509,8 +569,10 @@ def resume_key_of(job: Mapping[str, Any]) -> str | None:
     return None
 
 
-def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Observation:
-    """What the step did so far, from its Job and the Job's pods (as dicts, as the API returns them)."""
+def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], now: datetime | None = None) -> Observation:
+    """What the step did so far, from its Job and the Job's pods (as dicts, as the API returns them). A pod that
+    waits for what will not come by itself (`hopeless`, judged at `now`) fails the step while its Job still runs:
+    the executor then deletes that Job."""
     status = job.get("status") or {}
     start = status.get("startTime")
     if _condition(job, "Complete"):
@@ -527,8 +589,13 @@ def observe(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Observ
         return Observation("failed", summary, message, start, end)
     waiting = _waiting(job, pods)
     pod = _newest(pods)
-    since = pod["metadata"].get("creationTimestamp") if waiting and waiting[0] == "Unschedulable" and pod else None
+    created = pod["metadata"].get("creationTimestamp") if pod else None
+    why = hopeless(waiting, parse_time(created) if created else None, now)
+    if why is not None and waiting is not None and now is not None:
+        return Observation("failed", {}, f"{waiting[0]}: {why}", start, format_time(now))
+    since = created if waiting and waiting[0] == "Unschedulable" else None
     return Observation("running", {}, "", start, None, waiting, since)
+
 
 
 def gpu_usage(pod: Mapping[str, Any]) -> Usage | None:

@@ -1,14 +1,16 @@
 """`sigma0 operator`: run the kopf operator that drives TrainingCycles as Jobs.
 
 One replica by default (kopf standalone: no peering objects needed). To run a second one safely, start both
-with `--peering NAME` and distinct `--priority` values (and apply manifests/peering/): kopf then lets only
-the highest-priority live replica handle events, and the other takes over when it stops.
+with `--peering NAME` (and apply manifests/peering/, or set the chart's operator.replicas): kopf then lets only
+the highest-priority live replica handle events, and another takes over when it stops. Without `--priority`, each
+replica derives its priority from its identity, so that replicas of one Deployment differ.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
 import secrets
@@ -27,6 +29,9 @@ ENV = {  # flag → environment variable that sets its default (the Deployment s
     "artifacts_secret": "SIGMA0_ARTIFACTS_SECRET",
     "clock_file": "SIGMA0_CLOCK_FILE",  # test only
     "gvisor_runtime_class": "SIGMA0_GVISOR_RUNTIME_CLASSES",  # comma-separated
+    "queue_key": "SIGMA0_QUEUE_KEYS",  # comma-separated
+    "image_pull_secret": "SIGMA0_STAGE_IMAGE_PULL_SECRETS",  # comma-separated
+    "stage_service_account": "SIGMA0_STAGE_SERVICE_ACCOUNT",
     "allow_host_path": "SIGMA0_ALLOW_HOST_PATH",  # true / false
     "allow_process_sandbox": "SIGMA0_ALLOW_PROCESS_SANDBOX",  # true / false
 }
@@ -73,6 +78,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "under one of these unless --allow-process-sandbox, and as root inside gVisor so that each "
                         f"candidate gets a user of its own (default: {', '.join(defaults.gvisor_runtime_classes)}; "
                         f"env {ENV['gvisor_runtime_class']}, comma-separated)")
+    parser.add_argument("--queue-key", action="append", default=None, metavar="KEY",
+                        help="a label or annotation of a TrainingCycle that its stage Jobs carry too, for a batch "
+                        "queue such as Kueue, repeatable (default: "
+                        f"{', '.join(defaults.queue_keys)}; env {ENV['queue_key']}, comma-separated)")
+    parser.add_argument("--image-pull-secret", action="append", default=None, metavar="SECRET",
+                        help="a Secret stage pods pull their images with (repeatable; env "
+                        f"{ENV['image_pull_secret']}, comma-separated)")
+    parser.add_argument("--stage-service-account", metavar="NAME",
+                        default=os.environ.get(ENV["stage_service_account"], defaults.service_account),
+                        help="the ServiceAccount of trusted stage pods (not verify and score, which run untrusted "
+                        "code), e.g. one IRSA or Workload Identity binds to a cloud role (default: the namespace's)")
+    parser.add_argument("--gpu-shm-size", default=defaults.gpu_shm_size, metavar="QUANTITY",
+                        help="size of the memory-backed /dev/shm of train and generate pods ('' for none)")
     parser.add_argument("--allow-host-path", action="store_true", default=env_flag(ENV["allow_host_path"]),
                         help="run cycles whose spec.artifacts.path mounts a node folder (hostPath) into stage pods; "
                         f"refused by default: single-tenant clusters only (env {ENV['allow_host_path']}=true)")
@@ -93,19 +111,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="server-side watch timeout; the client reconnects at least this often")
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
     parser.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
+    parser.add_argument("--dashboard-port", type=int, default=0,
+                        help="serve the read-only dashboard (sigma0.dashboard) on this port (0: off, the default)")
+    parser.add_argument("--dashboard-artifacts", metavar="DIR",
+                        help="where this process sees the artifacts volume that stage pods mount at /artifacts "
+                        "(read-only), so the dashboard shows each decision's per-problem results (default: "
+                        "it shows their digests only)")
     parser.add_argument("--peering", metavar="NAME", help="run with kopf peering NAME (default: standalone)")
-    parser.add_argument("--priority", type=int, default=0, help="peering priority (higher wins)")
+    parser.add_argument("--priority", type=int, default=None,
+                        help="peering priority (higher wins); default: a number derived from this replica's "
+                        "identity, so that the replicas of one Deployment differ")
+    parser.add_argument("--peering-lifetime", type=int, default=60, metavar="SECONDS",
+                        help="how long a peered replica counts as alive after its last heartbeat: the longest a "
+                        "standby waits before it takes over from a replica that died")
     parser.add_argument("--clock-file", default=os.environ.get(ENV["clock_file"]), metavar="PATH",
                         help="TEST ONLY: a file holding seconds to add to the operator's clock, read on every use "
                         "(GPU budget windows, Unschedulable patience, deadlines); lets a test move a week ahead")
     parser.add_argument("--verbose", action="store_true")
 
 
+def listed(args: argparse.Namespace, flag: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A repeatable flag's values, else its environment variable's (comma-separated), else `default`."""
+    named = getattr(args, flag) or os.environ.get(ENV[flag], "").split(",")
+    found = tuple(dict.fromkeys(name.strip() for name in named if name.strip()))
+    return found or default
+
+
 def gvisor_runtime_classes(args: argparse.Namespace) -> tuple[str, ...]:
     """--gvisor-runtime-class, else its environment variable, else the default (gvisor)."""
-    named = args.gvisor_runtime_class or os.environ.get(ENV["gvisor_runtime_class"], "").split(",")
-    found = tuple(dict.fromkeys(name.strip() for name in named if name.strip()))
-    return found or jobs.PodSettings().gvisor_runtime_classes
+    return listed(args, "gvisor_runtime_class", jobs.PodSettings().gvisor_runtime_classes)
 
 
 def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
@@ -114,7 +148,16 @@ def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
                             run_as_user=args.run_as_user,
                             ttl_seconds_after_finished=args.job_ttl, backoff_limit=args.backoff_limit,
                             gvisor_runtime_classes=gvisor_runtime_classes(args),
-                            allow_host_path=args.allow_host_path, allow_process_sandbox=args.allow_process_sandbox)
+                            allow_host_path=args.allow_host_path, allow_process_sandbox=args.allow_process_sandbox,
+                            queue_keys=listed(args, "queue_key", jobs.PodSettings().queue_keys),
+                            image_pull_secrets=listed(args, "image_pull_secret", ()),
+                            service_account=args.stage_service_account, gpu_shm_size=args.gpu_shm_size)
+
+
+def identity_priority(identity: str) -> int:
+    """A peering priority from a replica's identity (its host name, which is the pod's name, and process): replicas
+    of one Deployment get different ones, so that exactly one of them is active (equal priorities pause both)."""
+    return int(hashlib.sha256(identity.encode()).hexdigest()[:7], 16) + 1
 
 
 def api_client(kubeconfig: str | None) -> Any:
@@ -156,15 +199,24 @@ def run(args: argparse.Namespace) -> int:
     executor = JobExecutor(clients, settings, metrics=metrics, clock=operator_clock(args.clock_file))
     identity = f"sigma0@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
     peering = None
+    priority = args.priority if args.priority is not None else identity_priority(identity)
     if args.peering:
-        peering = handlers.Peering(args.peering, identity, args.priority,
-                                   args.namespace[0] if args.namespace else None)
+        peering = handlers.Peering(args.peering, identity, priority, args.namespace[0] if args.namespace else None,
+                                   lifetime=args.peering_lifetime)
+        logging.getLogger("sigma0.operator").info("peering %s as %s, priority %d", args.peering, identity, priority)
     handlers.install(handlers.Runtime(executor, clients, metrics, tuple(args.namespace), args.resync_seconds,
                                       args.watch_timeout, peering))
     if args.metrics_port:
         metrics.serve(args.metrics_port)
+    if args.dashboard_port:
+        from sigma0.dashboard.server import serve_in_thread
+        from sigma0.dashboard.sources import ClusterSource
+
+        artifacts = Path(args.dashboard_artifacts) if args.dashboard_artifacts else None
+        serve_in_thread(ClusterSource(clients, tuple(args.namespace), artifacts, settings.mount_path), "0.0.0.0",
+                        args.dashboard_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace, namespaces=args.namespace, liveness_endpoint=liveness, identity=identity,
-        standalone=args.peering is None, peering_name=args.peering, priority=args.priority))
+        standalone=args.peering is None, peering_name=args.peering, priority=priority))
     return 0

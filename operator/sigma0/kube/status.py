@@ -208,9 +208,13 @@ def view(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation: S
         return View(action.step.phase, None, "Starting", f"starting {action.step.name}")
     if isinstance(action, plan.AwaitStep):
         stage = record.stages.get(action.step.name)
+        if situation.suspended:
+            return View(PHASE_SUSPENDED, None, PHASE_SUSPENDED,
+                        f"suspended during {action.step.name}: its Job is suspended and its pods stopped; set "
+                        "spec.suspend to false to resume it")
         if situation.waiting is not None:
             return View(action.step.phase, None, situation.waiting[0], situation.waiting[1])
-        job = f" in Job {stage.job}" if stage else ""
+        job = f" in Job {stage.job}" if stage and stage.job else ""  # a local step has no Job
         return View(action.step.phase, None, "Running", f"{action.step.name} is running{job}")
     return View(plan.PHASE_PENDING, None, "ResolvingIncumbent", f"reading AdapterRelease {spec.release}")
 
@@ -378,6 +382,7 @@ def render(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation:
     status: dict[str, Any] = {
         **_record_fields(record),
         "phase": current.phase,
+        "reason": current.reason,  # why the cycle is where it is, in one CamelCase word: the REASON column
         "message": current.message[:1000],
         "observedGeneration": generation,
         "conditions": conditions(spec, record, layout, current, situation, generation=generation, now=now,
