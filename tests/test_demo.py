@@ -90,6 +90,6 @@ def test_demo_bootstraps_promotes_on_a_significant_win_then_rejects_a_worse_cand
                              str(workdir), "-o", "json"], capture_output=True, text=True, check=True)  # fmt: skip
     history = json.loads(listed.stdout)
     assert [(row["revision"], row["cycle"]) for row in history] == [(2, second["name"]), (1, first["name"])]
-    assert history[0]["pass_at_1"] == decision["candidate_pass_at_1"]
+    assert history[0]["passAt1"] == decision["candidate_pass_at_1"]
     table = run_demo.closing_table(states)
     assert table.row_count == 3

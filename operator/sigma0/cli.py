@@ -16,7 +16,6 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +164,7 @@ def _release(args: argparse.Namespace, console: Console) -> int:
         return EXIT_BAD_INPUT
     if args.output != "text":
         # kubectl style: `show` is the current pointer (null when there is none), `history` the list, newest first.
-        data: Any = [asdict(pointer) for pointer in pointers]
+        data: Any = [_pointer_fields(pointer) for pointer in pointers]
         if args.action == "show":
             data = data[0] if data else None
         text = json.dumps(data, indent=2) if args.output == "json" else yaml.safe_dump(data, sort_keys=False)
@@ -179,6 +178,13 @@ def _release(args: argparse.Namespace, console: Console) -> int:
         console.print(f"rev {pointer.revision}  {pointer.digest}  pass@1 {figure}  cycle {pointer.cycle}  "
                       f"{pointer.promoted_at}  {pointer.uri}", highlight=False)
     return EXIT_OK
+
+
+def _pointer_fields(pointer: Any) -> dict[str, Any]:
+    """What both stores' pointers say (sigma0.release_rules.Pointer), under the same keys for either."""
+    return {"revision": pointer.revision, "digest": pointer.digest, "passAt1": pointer.pass_at_1,
+            "cycle": pointer.cycle, "promotedAt": pointer.promoted_at, "uri": pointer.uri,
+            "rolledBack": pointer.rolled_back}
 
 
 def _custom_api(kubeconfig: str | None) -> Any:
