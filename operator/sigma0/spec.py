@@ -164,6 +164,9 @@ class TrainSpec(_Model):
     max_seq_length: int = 512
     batch_size: int = 4
     gradient_accumulation: int = 1
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    checkpoint_every: int = 100
     seed: int = 0
     quantization: Literal["nf4", "none"] = "nf4"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -277,6 +280,7 @@ CEL_RULES = {
         "!has(self.placements) || [has(self.name), has(self.gpus), has(self.gpuResource), has(self.resources), "
         "has(self.nodeSelector), has(self.tolerations), has(self.priorityClassName), has(self.weeklyGPUHours), "
         "has(self.unschedulableSeconds)].all(x, !x)",
+        "!has(self.warmupSteps) || !has(self.steps) || self.warmupSteps <= self.steps",
     ),
     "AdapterRelease": ("!has(self.passed) || !has(self.total) || self.passed <= self.total",),
 }
@@ -301,6 +305,10 @@ def _cel_equivalents(kind: str, spec: dict[str, Any]) -> list[str]:
     if len(chosen) > 1:
         problems.append(f"spec.artifacts: set at most one of artifacts.path, artifacts.pvc, artifacts.uri "
                         f"(got {chosen})")
+    train = spec.get("train") or {}
+    if "warmupSteps" in train and "steps" in train and train["warmupSteps"] > train["steps"]:
+        problems.append(f"spec.train: train.warmupSteps cannot exceed train.steps (warmupSteps "
+                        f"{train['warmupSteps']}, steps {train['steps']})")
     for stage in ("train", "eval"):
         setting = (spec.get("placement") or {}).get(stage) or {}
         if "placements" not in setting:
