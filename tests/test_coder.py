@@ -50,6 +50,12 @@ def test_coder_is_built_deterministically_and_cached_by_content(
     texts = coder_module.corpus_texts()
     monkeypatch.setattr(coder_module, "corpus_texts", lambda: texts[:-1])
     assert materialise_tiny(spec, tmp_path / "a") != first
+    monkeypatch.undo()
+    # So is another builder (a changed tokenizer or pretraining setting in sigma0.ml.coder).
+    edited = tmp_path / "coder.py"
+    edited.write_text(Path(coder_module.__file__).read_text() + "\nVOCAB_SIZE = 1024\n")
+    monkeypatch.setattr(coder_module, "__file__", str(edited))
+    assert materialise_tiny(spec, tmp_path / "c").name != first.name
 
 
 def test_corpus_sees_rare_families_a_little_and_new_ones_never() -> None:

@@ -40,7 +40,7 @@ DEVICES = ("auto", "cpu", "cuda")
 TINY_SCHEME = "tiny://"
 # Bump when the tiny builder changes what it writes, so old cache folders are not reused.
 TINY_FORMAT = 1
-CODER_FORMAT = 1
+CODER_FORMAT = 1  # the same for tiny://coder; its builder's own source is in its cache key too
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
 
 
@@ -121,12 +121,14 @@ class CoderSpec:
         return spec
 
     def digest(self) -> str:
-        """Keyed by content: the spec, the corpus it is pretrained on, and the builder's format."""
-        from sigma0.ml.coder import LEARNING_RATE, corpus_texts
+        """Keyed by content: the spec, the corpus it is pretrained on, and the source of the builder (sigma0.ml.coder:
+        tokenizer, model and pretraining settings), so a change to any of them builds a new model."""
+        from sigma0.ml import coder
 
-        corpus = text_digest("\n\0".join(corpus_texts()))
+        corpus = text_digest("\n\0".join(coder.corpus_texts()))
+        builder = text_digest(Path(coder.__file__).read_text(encoding="utf-8"))
         return text_digest(json.dumps({**asdict(self), "format": CODER_FORMAT, "corpus": corpus,
-                                       "learning_rate": LEARNING_RATE}, sort_keys=True))
+                                       "builder": builder}, sort_keys=True))
 
     def build(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         from sigma0.ml.coder import pretrain
