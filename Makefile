@@ -5,7 +5,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	.venv/bin/sigma0 run examples/demo-cycle.yaml --workdir .sigma0
+	.venv/bin/python examples/demo/run_demo.py --workdir .sigma0
 
 test: setup
 	bash tests/cluster/build.sh

@@ -220,6 +220,59 @@ def test_train_stage_reuses_its_own_adapter_and_refuses_a_foreign_folder(data: P
         _train(data / "train.jsonl", planted)
 
 
+class Preempted(Exception):
+    """What a preempted pod's training looks like from inside: it stops between two steps."""
+
+
+def test_train_stage_resumes_from_its_checkpoint_to_the_same_adapter(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    schedule = ("--steps", "6", "--lr-scheduler", "cosine", "--warmup-steps", "2", "--gradient-accumulation", "2")
+    whole = _train(data / "train.jsonl", tmp_path / "whole", *schedule, "--checkpoint-every", "2")
+    assert "resumed_from_step" not in whole and not list(tmp_path.glob("whole.checkpoint*"))  # gone once written
+
+    save = train._save_checkpoint
+
+    def preempted_after_step_4(output_dir: Path, manifest: dict[str, Any], state: Any) -> None:
+        save(output_dir, manifest, state)
+        if state.step == 4:
+            raise Preempted
+
+    monkeypatch.setattr(train, "_save_checkpoint", preempted_after_step_4)
+    with pytest.raises(Preempted):
+        _train(data / "train.jsonl", tmp_path / "stopped", *schedule, "--checkpoint-every", "2")
+    monkeypatch.undo()
+    assert (tmp_path / "stopped.checkpoint.pt").is_file() and not (tmp_path / "stopped").exists()
+    resumed = _train(data / "train.jsonl", tmp_path / "stopped", *schedule, "--checkpoint-every", "2")
+    assert resumed["resumed_from_step"] == 4
+    assert resumed["adapter_digest"] == whole["adapter_digest"]  # the same adapter as the run never stopped
+    assert resumed["loss_last"] == whole["loss_last"]
+
+    # A checkpoint this step's journal does not vouch for (planted, or its entry forged without the key): set aside.
+    monkeypatch.setattr(train, "_save_checkpoint", preempted_after_step_4)
+    with pytest.raises(Preempted):
+        _train(data / "train.jsonl", tmp_path / "planted", *schedule, "--checkpoint-every", "2")
+    monkeypatch.undo()
+    entry = tmp_path / "planted.checkpoint.json"
+    entry.write_text(json.dumps({**json.loads(entry.read_text()), "mac": "0" * 64}))
+    fresh = _train(data / "train.jsonl", tmp_path / "planted", *schedule, "--checkpoint-every", "2")
+    assert "resumed_from_step" not in fresh and fresh["adapter_digest"] == whole["adapter_digest"]
+    # Another training's checkpoint (other settings) is not resumed either.
+    monkeypatch.setattr(train, "_save_checkpoint", preempted_after_step_4)
+    with pytest.raises(Preempted):
+        _train(data / "train.jsonl", tmp_path / "other", *schedule, "--checkpoint-every", "2", "--seed", "3")
+    monkeypatch.undo()
+    other = _train(data / "train.jsonl", tmp_path / "other", *schedule, "--checkpoint-every", "2")
+    assert "resumed_from_step" not in other and other["adapter_digest"] == whole["adapter_digest"]
+
+
+def test_train_config_refuses_a_bad_schedule(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(StageInputError, match="warmup_steps must be between 0 and steps"):
+        _train(data / "train.jsonl", tmp_path / "a", "--steps", "4", "--warmup-steps", "5")
+    with pytest.raises(StageInputError, match="checkpoint-every"):
+        _train(data / "train.jsonl", tmp_path / "b", "--checkpoint-every", "-1")
+
+
 def test_train_stage_rejects_an_empty_or_malformed_dataset(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")

@@ -16,6 +16,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from sigma0 import release_rules as rules
@@ -452,3 +453,19 @@ def test_sigma0_release_shows_and_rolls_back_both_stores_alike(tmp_path, adapter
     assert rolled == (0, ["points", "at", b, "(revision", "4)"]) and shown[1][0][:3] == ["rev", "4", b]
     assert missing == (0, ["has", "no", "adapter", "yet"])
     assert refused == (2, ["invalid", "release", "name"])
+
+    # -o json|yaml: the same fields from either store, kubectl style (show: the pointer or null; history: a list).
+    printed = {}
+    for kind, where in (("local", ["--workdir", str(tmp_path / "work")]),
+                        ("cluster", ["--cluster", "--namespace", "team"])):
+        outputs = []
+        for argv in (["history", NAME, "-o", "json"], ["show", NAME, "-o", "yaml"], ["show", "other", "-o", "json"]):
+            assert cli.main(["release", *argv, *where]) == 0
+            outputs.append(yaml.safe_load(capsys.readouterr().out))  # JSON is YAML too
+        history_rows, shown_row, nothing = outputs
+        assert nothing is None and shown_row == history_rows[0]
+        printed[kind] = [{key: row[key] for key in ("revision", "digest", "passAt1", "cycle", "rolledBack")}
+                         for row in history_rows]
+    assert printed["local"] == printed["cluster"]
+    assert [(row["revision"], row["digest"], row["rolledBack"]) for row in printed["local"]] == [
+        (4, b, False), (3, c, True), (1, a, False)]

@@ -12,7 +12,7 @@ import yaml
 from sigma0.spec import CycleSpec, ManifestError, load_manifest, openapi_schema, parse_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "demo-cycle.yaml"
+DEMO = sorted((ROOT / "examples" / "demo").glob("[0-9]-*.yaml"))
 
 
 def minimal() -> dict[str, Any]:
@@ -44,8 +44,8 @@ def test_minimal_manifest_gets_the_crd_defaults() -> None:
 
 
 def test_every_example_manifest_is_valid() -> None:
-    manifests = sorted((ROOT / "examples").glob("*.yaml"))
-    assert EXAMPLE in manifests
+    manifests = sorted((ROOT / "examples").glob("*.yaml")) + DEMO
+    assert len(DEMO) == 3
     for manifest in manifests:
         load_manifest(manifest)
 
@@ -143,7 +143,9 @@ def test_typed_spec_mirrors_the_crd_exactly() -> None:
     assert _crd_fields(spec_schema) == _model_fields(CycleSpec)
 
 
-def test_demo_manifest_is_a_generate_name_cycle() -> None:
-    document = yaml.safe_load(EXAMPLE.read_text())
-    cycle = parse_manifest(document)
-    assert cycle.name is None and cycle.generate_name == "demo-"
+def test_demo_manifests_are_named_cycles_of_one_release() -> None:
+    """Named, so a second `make demo` shows the finished cycles instead of deciding them again."""
+    cycles = [parse_manifest(yaml.safe_load(path.read_text())) for path in DEMO]
+    assert [cycle.name for cycle in cycles] == ["demo-1-bootstrap", "demo-2-promote", "demo-3-reject"]
+    assert {cycle.spec.release for cycle in cycles} == {"demo-coder"}
+    assert {cycle.spec.base_model.name for cycle in cycles} == {"tiny://coder"}

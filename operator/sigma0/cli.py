@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 
 from sigma0 import __version__, evidence, remote
@@ -158,13 +159,22 @@ def _release(args: argparse.Namespace, console: Console) -> int:
             console.print(f"{label} now points at {pointer.digest} (revision {pointer.revision})", highlight=False)
             return EXIT_OK
         current = releases.current(args.name)
-        if current is None:
-            console.print(f"{label} has no adapter yet", highlight=False)
-            return EXIT_OK
-        pointers = [current, *(releases.history(args.name) if args.action == "history" else [])]
+        pointers = [] if current is None else [current, *(releases.history(args.name) if args.action == "history"
+                                                          else [])]
     except ReleaseError as error:
         console.print(f"[red]{error}[/]", highlight=False)
         return EXIT_BAD_INPUT
+    if args.output != "text":
+        # kubectl style: `show` is the current pointer (null when there is none), `history` the list, newest first.
+        data: Any = [_pointer_fields(pointer) for pointer in pointers]
+        if args.action == "show":
+            data = data[0] if data else None
+        text = json.dumps(data, indent=2) if args.output == "json" else yaml.safe_dump(data, sort_keys=False)
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        return EXIT_OK
+    if current is None:
+        console.print(f"{label} has no adapter yet", highlight=False)
+        return EXIT_OK
     for pointer in pointers:
         figure = f"{pointer.pass_at_1:.3f}" if pointer.pass_at_1 is not None else "-"
         console.print(f"rev {pointer.revision}  {pointer.digest}  pass@1 {figure}  cycle {pointer.cycle}  "
@@ -182,6 +192,13 @@ def _digest(args: argparse.Namespace, console: Console) -> int:
         return EXIT_BAD_INPUT
     print(path_digest(path))
     return EXIT_OK
+
+
+def _pointer_fields(pointer: Any) -> dict[str, Any]:
+    """What both stores' pointers say (sigma0.release_rules.Pointer), under the same keys for either."""
+    return {"revision": pointer.revision, "digest": pointer.digest, "passAt1": pointer.pass_at_1,
+            "cycle": pointer.cycle, "promotedAt": pointer.promoted_at, "uri": pointer.uri,
+            "rolledBack": pointer.rolled_back}
 
 
 def _custom_api(kubeconfig: str | None) -> Any:
@@ -255,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("name")
     release.add_argument("--workdir", default=".sigma0")
     release.add_argument("--reason", default="manual rollback")
+    release.add_argument("-o", "--output", choices=["text", "json", "yaml"], default="text",
+                         help="show and history: print the pointers as JSON or YAML (kubectl's -o)")
     release.add_argument("--cluster", action="store_true", help="act on the AdapterRelease in a cluster instead")
     release.add_argument("--namespace", default="default", help="with --cluster: the release's namespace")
     release.add_argument("--kubeconfig", help="with --cluster: a kubeconfig (default: in-cluster, $KUBECONFIG)")

@@ -203,7 +203,9 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
              "--output-dir", adapter_dir, "--report", layout.at("train", "report.json"),
              "--steps", str(t.steps), "--learning-rate", _num(t.learning_rate),
              "--max-seq-length", str(t.max_seq_length), "--batch-size", str(t.batch_size),
-             "--gradient-accumulation", str(t.gradient_accumulation), "--lora-r", str(t.lora.r),
+             "--gradient-accumulation", str(t.gradient_accumulation), "--lr-scheduler", t.lr_scheduler,
+             "--warmup-steps", str(t.warmup_steps), "--checkpoint-every", str(t.checkpoint_every),
+             "--lora-r", str(t.lora.r),
              "--lora-alpha", str(t.lora.alpha), "--lora-dropout", _num(t.lora.dropout),
              "--target-modules", ",".join(t.lora.target_modules), "--seed", str(t.seed),
              "--quantization", t.quantization, "--device", t.device]

@@ -164,6 +164,9 @@ class TrainSpec(_Model):
     max_seq_length: int = 512
     batch_size: int = 4
     gradient_accumulation: int = 1
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    checkpoint_every: int = 100
     seed: int = 0
     quantization: Literal["nf4", "none"] = "nf4"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -316,6 +319,7 @@ CEL_RULES = {
         *(f"!has(self.candidate) || !has(self.{name})" for name in CANDIDATE_EXCLUDES if "." not in name),
         "!has(self.candidate) || !has(self.placement) || !has(self.placement.train)",
         "!has(self.candidate) || !has(self.stopAfter)",
+        "!has(self.warmupSteps) || !has(self.steps) || self.warmupSteps <= self.steps",
     ),
     "AdapterRelease": ("!has(self.passed) || !has(self.total) || self.passed <= self.total",),
 }
@@ -358,6 +362,10 @@ def _cel_equivalents(kind: str, spec: dict[str, Any]) -> list[str]:
     if len(chosen) > 1:
         problems.append(f"spec.artifacts: set at most one of artifacts.path, artifacts.pvc, artifacts.uri "
                         f"(got {chosen})")
+    train = spec.get("train") or {}
+    if "warmupSteps" in train and "steps" in train and train["warmupSteps"] > train["steps"]:
+        problems.append(f"spec.train: train.warmupSteps cannot exceed train.steps (warmupSteps "
+                        f"{train['warmupSteps']}, steps {train['steps']})")
     for stage in ("train", "eval"):
         setting = (spec.get("placement") or {}).get(stage) or {}
         if "placements" not in setting:

@@ -273,7 +273,8 @@ def test_sigma0_cycle_create_checks_the_template_and_needs_only_create(cluster: 
     cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     cluster.kubectl("wait", "--for=condition=established", "--timeout=60s",
                     f"crd/trainingcycles.{GROUP}", f"crd/adapterreleases.{GROUP}")
-    template = yaml.safe_load((ROOT / "examples" / "demo-cycle.yaml").read_text())
+    template = yaml.safe_load((ROOT / "examples" / "demo" / "2-promote.yaml").read_text())
+    template["metadata"] = {"generateName": "demo-"}  # what a nightly template has: a new cycle each time
     template["spec"]["suspend"] = True  # nothing needs to run
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(template))

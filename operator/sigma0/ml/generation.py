@@ -1,7 +1,12 @@
 """Batched greedy generation that stops at HumanEval's stop sequences.
 
-Prompts are left-padded so every row's continuation starts at the same column. A StoppingCriteria ends a row as soon
-as its generated text holds a stop sequence, and the text is cut before it, as HumanEval's harness does.
+Prompts are left-padded so every row's continuation starts at the same column; transformers' own
+`GenerationConfig(stop_strings=...)` ends a row once its text ends in a stop sequence, and the text is cut before
+the first one, as HumanEval's harness does.
+
+A continuation is decoded together with its prompt, and the prompt's decoded text is cut off the front: decoded on
+its own, a SentencePiece continuation (Llama's, CodeLlama's, tiny://coder's) loses the space its first piece starts
+with, and with it a level of the first line's indentation.
 """
 
 from __future__ import annotations
@@ -10,13 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import (
-    GenerationConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 HUMAN_EVAL_STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
@@ -27,24 +26,14 @@ def truncate_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-class StopOnSequences(StoppingCriteria):
-    """Done for each row whose generated text (after the prompt) contains any stop sequence."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: Sequence[str], prompt_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.stops = tuple(stops)
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        done = [any(stop in text for stop in self.stops) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
 class Completion:
     text: str  # cut at the first stop sequence
-    tokens: int  # tokens the model generated for it, up to and including the one that ended it
+    token_ids: tuple[int, ...]  # what the model generated, up to and including the token that ended it
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
 
 
 def generate_completions(
@@ -64,19 +53,36 @@ def generate_completions(
         num_beams=1,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted(eos_ids),
+        stop_strings=list(stops) or None,
     )
     with torch.inference_mode():
-        output = model.generate(
-            **encoded,
-            generation_config=config,
-            stopping_criteria=StoppingCriteriaList([StopOnSequences(tokenizer, stops, prompt_length)]),
-        )
+        output = model.generate(**encoded, generation_config=config, tokenizer=tokenizer)
     completions = []
-    for row in output[:, prompt_length:].tolist():
+    for prompt_ids, mask, row in zip(
+        encoded["input_ids"].tolist(),
+        encoded["attention_mask"].tolist(),
+        output[:, prompt_length:].tolist(),
+        strict=True,
+    ):
         length = _generated_length(row, eos_ids, tokenizer.pad_token_id)
-        text = tokenizer.decode(row[:length], skip_special_tokens=True)
-        completions.append(Completion(truncate_at_stop(text, stops), length))
+        prompt = [token for token, keep in zip(prompt_ids, mask, strict=True) if keep]
+        text = continuation_text(tokenizer, prompt, row[:length])
+        completions.append(Completion(truncate_at_stop(text, stops), tuple(row[:length])))
     return completions
+
+
+def continuation_text(tokenizer: PreTrainedTokenizerBase, prompt: list[int], generated: list[int]) -> str:
+    """The text `generated` adds after `prompt`: decode both together, cut the prompt's own decoding off the front.
+
+    Decoding concatenates for the tokenizers this serves (byte-level BPE, SentencePiece); if one ever does not (the
+    whole does not start with the prompt's text), the continuation is decoded on its own rather than cut wrongly.
+    """
+    options = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+    head = tokenizer.decode(prompt, **options)
+    whole = tokenizer.decode(prompt + generated, **options)
+    if whole.startswith(head):
+        return whole[len(head) :]
+    return tokenizer.decode(generated, **options)
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

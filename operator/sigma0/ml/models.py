@@ -1,8 +1,11 @@
-"""Base models: a local folder, a hub id, or `tiny://llama?...` built in code; loaded in 4-bit nf4 or unquantized.
+"""Base models: a local folder, a hub id, or a tiny model built in code; loaded in 4-bit nf4 or unquantized.
 
-A tiny model is built deterministically from its parameters, saved once into a cache folder, and from then on loaded
-through the same `from_pretrained` + `BitsAndBytesConfig` path as a real model, so tests and the CPU demo exercise the
-code that runs on a GPU.
+Two tiny kinds: `tiny://llama?...`, randomly initialised with a byte-level tokenizer (for tests of the plumbing),
+and `tiny://coder?...`, pretrained here on synthetic functions with a trained subword tokenizer (sigma0.ml.coder:
+the demo's base model, one that can learn something in a minute). A tiny model is built deterministically from its
+parameters, saved once into a cache folder named by the digest of everything it is built from, and from then on
+loaded through the same `from_pretrained` + `BitsAndBytesConfig` path as a real model, so tests and the CPU demo
+exercise the code that runs on a GPU.
 """
 
 from __future__ import annotations
@@ -37,7 +40,37 @@ DEVICES = ("auto", "cpu", "cuda")
 TINY_SCHEME = "tiny://"
 # Bump when the tiny builder changes what it writes, so old cache folders are not reused.
 TINY_FORMAT = 1
+CODER_FORMAT = 1  # the same for tiny://coder; its builder's own source is in its cache key too
 SPECIAL_TOKENS = ("<s>", "</s>", "<pad>")
+
+
+def _parse_tiny(cls: type[Any], name: str, family: str) -> Any:
+    """`tiny://FAMILY?key=value&...` with non-negative integer values for the fields of `cls`."""
+    url = urlsplit(name)
+    if url.scheme != "tiny" or url.netloc != family or url.path not in ("", "/"):
+        raise ValueError(f"unknown tiny model {name!r}: the tiny models are tiny://llama?layers=2&hidden=64&... "
+                         "and tiny://coder?seed=0&...")
+    known = {field.name for field in fields(cls)}
+    values: dict[str, int] = {}
+    for key, value in parse_qsl(url.query, keep_blank_values=True):
+        if key not in known:
+            raise ValueError(f"tiny model {name!r}: unknown parameter {key!r}; known: {', '.join(sorted(known))}")
+        if not value.isdigit():
+            raise ValueError(f"tiny model {name!r}: {key}={value!r} is not a non-negative integer")
+        values[key] = int(value)
+    if "intermediate" in known:
+        values.setdefault("intermediate", 4 * values.get("hidden", cls.hidden))
+    return cls(**values)
+
+
+def _check_shape(layers: int, hidden: int, heads: int, kv_heads: int, **positive: int) -> None:
+    for key, value in {"layers": layers, "hidden": hidden, "heads": heads, "kv_heads": kv_heads, **positive}.items():
+        if value < 1:
+            raise ValueError(f"tiny model: {key} must be at least 1")
+    if hidden % heads or (hidden // heads) % 2:
+        raise ValueError(f"tiny model: hidden={hidden} must split into {heads} heads of even size")
+    if heads % kv_heads:
+        raise ValueError(f"tiny model: heads={heads} must be a multiple of kv_heads={kv_heads}")
 
 
 @dataclass(frozen=True)
@@ -55,33 +88,60 @@ class TinySpec:
     @classmethod
     def parse(cls, name: str) -> TinySpec:
         """Parse a `tiny://llama?key=value&...` name; `intermediate` defaults to 4 * hidden."""
-        url = urlsplit(name)
-        if url.scheme != "tiny" or url.netloc != "llama" or url.path not in ("", "/"):
-            raise ValueError(f"unknown tiny model {name!r}: the only family is tiny://llama?layers=2&hidden=64&...")
-        known = {field.name for field in fields(cls)}
-        values: dict[str, int] = {}
-        for key, value in parse_qsl(url.query, keep_blank_values=True):
-            if key not in known:
-                raise ValueError(f"tiny model {name!r}: unknown parameter {key!r}; known: {', '.join(sorted(known))}")
-            if not value.isdigit():
-                raise ValueError(f"tiny model {name!r}: {key}={value!r} is not a non-negative integer")
-            values[key] = int(value)
-        values.setdefault("intermediate", 4 * values.get("hidden", cls.hidden))
-        spec = cls(**values)
+        spec: TinySpec = _parse_tiny(cls, name, "llama")
         spec.validate()
         return spec
 
     def validate(self) -> None:
-        for key in ("layers", "hidden", "heads", "kv_heads", "intermediate", "context"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"tiny model: {key} must be at least 1")
-        if self.hidden % self.heads or (self.hidden // self.heads) % 2:
-            raise ValueError(f"tiny model: hidden={self.hidden} must split into {self.heads} heads of even size")
-        if self.heads % self.kv_heads:
-            raise ValueError(f"tiny model: heads={self.heads} must be a multiple of kv_heads={self.kv_heads}")
+        _check_shape(self.layers, self.hidden, self.heads, self.kv_heads,
+                     intermediate=self.intermediate, context=self.context)
 
     def digest(self) -> str:
         return text_digest(json.dumps({**asdict(self), "format": TINY_FORMAT}, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class CoderSpec:
+    """`tiny://coder?seed=0&steps=300&...`: the shape and pretraining run of a sigma0.ml.coder model."""
+
+    layers: int = 2
+    hidden: int = 128
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 512
+    steps: int = 300
+    batch_size: int = 32
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, name: str) -> CoderSpec:
+        spec: CoderSpec = _parse_tiny(cls, name, "coder")
+        _check_shape(spec.layers, spec.hidden, spec.heads, spec.kv_heads,
+                     intermediate=spec.intermediate, steps=spec.steps, batch_size=spec.batch_size)
+        return spec
+
+    def digest(self) -> str:
+        """Keyed by content: the spec, the corpus it is pretrained on, and the source of the builder (sigma0.ml.coder:
+        tokenizer, model and pretraining settings), so a change to any of them builds a new model."""
+        from sigma0.ml import coder
+
+        corpus = text_digest("\n\0".join(coder.corpus_texts()))
+        builder = text_digest(Path(coder.__file__).read_text(encoding="utf-8"))
+        return text_digest(json.dumps({**asdict(self), "format": CODER_FORMAT, "corpus": corpus,
+                                       "builder": builder}, sort_keys=True))
+
+    def build(self) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        from sigma0.ml.coder import pretrain
+
+        return pretrain(self.layers, self.hidden, self.heads, self.kv_heads, self.intermediate, self.steps,
+                        self.batch_size, self.seed)
+
+
+def parse_tiny(name: str) -> TinySpec | CoderSpec:
+    """The spec a `tiny://...` name stands for."""
+    if urlsplit(name).netloc == "coder":
+        return CoderSpec.parse(name)
+    return TinySpec.parse(name)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -143,16 +203,17 @@ def model_cache_root() -> Path:
     return Path(os.environ.get("SIGMA0_MODEL_CACHE") or Path.home() / ".cache" / "sigma0" / "models")
 
 
-def materialise_tiny(spec: TinySpec, cache_root: Path | None = None) -> Path:
+def materialise_tiny(spec: TinySpec | CoderSpec, cache_root: Path | None = None) -> Path:
     """Save the tiny model once under the cache, atomically (build in a temp sibling, then rename), and return it."""
     root = cache_root or model_cache_root()
-    folder = root / f"tiny-llama-{spec.digest().removeprefix('sha256:')[:16]}"
+    kind = "coder" if isinstance(spec, CoderSpec) else "llama"
+    folder = root / f"tiny-{kind}-{spec.digest().removeprefix('sha256:')[:16]}"
     if folder.is_dir():
         return folder
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
     try:
-        model, tokenizer = build_tiny(spec)
+        model, tokenizer = spec.build() if isinstance(spec, CoderSpec) else build_tiny(spec)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "sigma0-tiny.json").write_text(json.dumps(asdict(spec), sort_keys=True) + "\n")
@@ -169,7 +230,7 @@ def materialise_tiny(spec: TinySpec, cache_root: Path | None = None) -> Path:
 def resolve_base_model(name: str) -> str:
     """What `from_pretrained` should load for `--base-model NAME`: a folder path or a hub id."""
     if name.startswith(TINY_SCHEME):
-        return str(materialise_tiny(TinySpec.parse(name)))
+        return str(materialise_tiny(parse_tiny(name)))
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if name.startswith(("/", "./", "../", "~")):

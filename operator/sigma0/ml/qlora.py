@@ -1,8 +1,12 @@
 """QLoRA training: LoRA adapters on a frozen (4-bit) base, loss on the completion tokens only.
 
-A plain loop over peft and transformers: prepare_model_for_kbit_training, get_peft_model, AdamW. The adapter is
-saved with peft's save_pretrained into a temp sibling and renamed into place, so a killed run never leaves a half
-adapter that looks finished.
+A plain loop over peft and transformers: prepare_model_for_kbit_training, get_peft_model, AdamW, and
+transformers' learning-rate schedules (constant, linear or cosine decay, each after a linear warmup), with gradient
+accumulation. Every `checkpoint_every` steps the loop hands a `TrainingState` (LoRA weights, optimizer, schedule, RNG,
+step) to its caller, and a run given one continues from it exactly: the same micro-batches, the same dropout, the
+same adapter as a run that was never interrupted (the train stage keeps it beside the adapter, so a preempted pod
+resumes). The adapter is saved with peft's save_pretrained into a temp sibling and renamed into place, so a killed
+run never leaves a half adapter that looks finished.
 """
 
 from __future__ import annotations
@@ -12,20 +16,28 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import PreTrainedTokenizerBase, set_seed
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
+from transformers import PreTrainedTokenizerBase, get_scheduler, set_seed
 
 from sigma0.io import tree_digest, write_json_atomic
 from sigma0.ml.models import LoadedModel
 
 IGNORE_INDEX = -100  # label value that transformers' loss skips
 MAX_GRAD_NORM = 1.0
+LR_SCHEDULERS = ("constant", "linear", "cosine")  # after `warmup_steps` of linear warmup
 
 
 @dataclass(frozen=True)
@@ -35,6 +47,8 @@ class TrainConfig:
     max_seq_length: int = 512
     batch_size: int = 4
     gradient_accumulation: int = 1
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -45,6 +59,10 @@ class TrainConfig:
         for key in ("steps", "max_seq_length", "batch_size", "gradient_accumulation", "lora_r"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise ValueError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps must be between 0 and steps ({self.steps}), got {self.warmup_steps}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0 <= self.lora_dropout < 1:
@@ -105,6 +123,27 @@ def micro_batches(count: int, batch_size: int, seed: int) -> Iterator[list[int]]
 
 
 @dataclass
+class TrainingState:
+    """Where a run is after `step` optimizer steps: enough to continue it as if it had not stopped."""
+
+    step: int
+    lora: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: torch.Tensor
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "lora": self.lora, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "rng": self.rng, "losses": self.losses, "tokens": self.tokens}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingState:
+        return cls(**{key: data[key] for key in ("step", "lora", "optimizer", "scheduler", "rng", "losses", "tokens")})
+
+
+@dataclass
 class TrainResult:
     model: PeftModel
     losses: list[float]
@@ -112,8 +151,18 @@ class TrainResult:
     seconds: float
 
 
-def train_adapter(loaded: LoadedModel, examples: Sequence[Example], config: TrainConfig) -> TrainResult:
-    """Train LoRA adapters on loaded.model for config.steps optimizer steps; the same seed gives the same run."""
+def train_adapter(
+    loaded: LoadedModel,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    resume: TrainingState | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[TrainingState], None] | None = None,
+) -> TrainResult:
+    """Train LoRA adapters on loaded.model for config.steps optimizer steps; the same seed gives the same run.
+
+    `resume`: a state an earlier run of the same training handed out; this run continues from it. Every
+    `checkpoint_every` steps (0: never) before the last, `on_checkpoint` gets the current state."""
     if not examples:
         raise ValueError("no training examples")
     set_seed(config.seed)  # LoRA initialisation and dropout
@@ -130,14 +179,26 @@ def train_adapter(loaded: LoadedModel, examples: Sequence[Example], config: Trai
     peft_model = get_peft_model(model, lora)
     trainable = [parameter for parameter in peft_model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    # transformers' "constant" has no warmup; its "constant_with_warmup" is the same schedule with one.
+    name = "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
     pad_token_id = loaded.tokenizer.pad_token_id
     batches = micro_batches(len(examples), config.batch_size, config.seed)
     device = loaded.device
-    peft_model.train()
     losses: list[float] = []
     tokens = 0
+    first = 0
+    if resume is not None:
+        set_peft_model_state_dict(peft_model, {key: value.to(device) for key, value in resume.lora.items()})
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+        torch.set_rng_state(resume.rng)
+        for _ in range(resume.step * config.gradient_accumulation):  # the micro-batches the earlier run used
+            next(batches)
+        first, losses, tokens = resume.step, list(resume.losses), resume.tokens
+    peft_model.train()
     start = time.perf_counter()
-    for step in range(config.steps):
+    for step in range(first, config.steps):
         step_loss = 0.0
         for _ in range(config.gradient_accumulation):
             batch = {
@@ -154,8 +215,15 @@ def train_adapter(loaded: LoadedModel, examples: Sequence[Example], config: Trai
             raise FloatingPointError(f"training diverged: loss is {step_loss} at step {step + 1}")
         torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
+        done = step + 1
+        if on_checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < config.steps:
+            lora_weights = get_peft_model_state_dict(peft_model)
+            weights = {key: value.detach().cpu().clone() for key, value in lora_weights.items()}
+            on_checkpoint(TrainingState(done, weights, optimizer.state_dict(), scheduler.state_dict(),
+                                        torch.get_rng_state(), list(losses), tokens))  # fmt: skip
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return TrainResult(peft_model, losses, tokens, time.perf_counter() - start)

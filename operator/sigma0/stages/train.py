@@ -6,6 +6,12 @@ vouches for that digest under the step's resume key (sigma0.journal). Run again 
 adapter was written, it reuses the adapter instead of training twice, if the journal vouches for it; a folder
 holding anything else (an adapter planted by a candidate in an earlier sandbox pod, say, with a manifest made to
 match) is refused, since adapters are immutable.
+
+Every `--checkpoint-every` steps the run's state goes to `<folder>.checkpoint.pt`, vouched for by
+`<folder>.checkpoint.json` under the same key; a run started again (a preempted pod) continues from the last one, if
+the journal vouches for it and it was made for the same training (the adapter's manifest), and ends with the same
+adapter as a run that was never stopped. A checkpoint nobody vouches for is set aside and training starts over. Both
+files go once the adapter is written.
 """
 
 from __future__ import annotations
@@ -13,15 +19,19 @@ from __future__ import annotations
 import argparse
 import hmac
 import json
+import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sigma0 import journal
 from sigma0.io import JsonlError, file_digest, read_json, read_records, tree_digest, write_json_atomic
 from sigma0.ml.models import DEVICES, QUANTIZATIONS, library_versions, load_base_model, peak_memory, pick_device
-from sigma0.ml.qlora import TrainConfig, encode_example, save_adapter, train_adapter
+from sigma0.ml.qlora import LR_SCHEDULERS, TrainConfig, TrainingState, encode_example, save_adapter, train_adapter
 from sigma0.stages import StageInputError
 
 MANIFEST = "sigma0-adapter.json"
@@ -40,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-seq-length", type=int, default=defaults.max_seq_length)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--gradient-accumulation", type=int, default=defaults.gradient_accumulation)
+    parser.add_argument("--lr-scheduler", choices=LR_SCHEDULERS, default=defaults.lr_scheduler,
+                        help="the learning rate after warmup: constant, or decaying linearly or on a cosine to 0")
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps,
+                        help="steps of linear warmup from 0 to --learning-rate")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="save the run's state every N steps, to resume from if the run is stopped (0: never)")
     parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
     parser.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
     parser.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
@@ -86,8 +102,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     examples = [
         encode_example(loaded.tokenizer, row["prompt"], row["completion"], config.max_seq_length) for row in rows
     ]
-    result = train_adapter(loaded, examples, config)
+    resume = _resume_from(output_dir, manifest)
+    result = train_adapter(loaded, examples, config, resume=resume, checkpoint_every=args.checkpoint_every,
+                           on_checkpoint=lambda state: _save_checkpoint(output_dir, manifest, state))  # fmt: skip
     digest = save_adapter(result.model, output_dir, args.base_model, manifest)
+    for leftover in _checkpoint_files(output_dir):
+        leftover.unlink(missing_ok=True)
     write_json_atomic(_journal(output_dir), {"adapter_digest": digest,
                                              "mac": journal.mac(journal.resume_key(), output_dir.name, digest)})
     summary = {
@@ -105,6 +125,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "adapter_digest": digest,
         **peak_memory(device),
     }
+    if resume is not None:
+        summary["resumed_from_step"] = resume.step
     write_json_atomic(args.report, {**summary, "losses": [round(loss, 4) for loss in result.losses]})
     return summary
 
@@ -116,6 +138,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         max_seq_length=args.max_seq_length,
         batch_size=args.batch_size,
         gradient_accumulation=args.gradient_accumulation,
+        lr_scheduler=args.lr_scheduler,
+        warmup_steps=args.warmup_steps,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
@@ -126,6 +150,8 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         config.validate()
     except ValueError as error:
         raise StageInputError(str(error)) from error
+    if args.checkpoint_every < 0:
+        raise StageInputError(f"--checkpoint-every must be 0 (never) or more, got {args.checkpoint_every}")
     return config
 
 
@@ -151,6 +177,47 @@ def read_rows(path: str) -> list[dict[str, Any]]:
 
 def _journal(output_dir: Path) -> Path:
     return output_dir.with_name(output_dir.name + ".journal")
+
+
+def _checkpoint_files(output_dir: Path) -> tuple[Path, Path]:
+    """The checkpoint and the journal entry that vouches for it."""
+    return (output_dir.with_name(output_dir.name + ".checkpoint.pt"),
+            output_dir.with_name(output_dir.name + ".checkpoint.json"))  # fmt: skip
+
+
+def _save_checkpoint(output_dir: Path, manifest: dict[str, Any], state: TrainingState) -> None:
+    """Write the state atomically, then the entry vouching for its digest (killed in between: set aside later)."""
+    path, entry = _checkpoint_files(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    torch.save({"manifest": json.dumps(manifest, sort_keys=True), **state.to_dict()}, staging)
+    os.replace(staging, path)
+    digest = file_digest(path)
+    write_json_atomic(entry, {"digest": digest, "mac": journal.mac(journal.resume_key(), path.name, digest)})
+
+
+def _resume_from(output_dir: Path, manifest: dict[str, Any]) -> TrainingState | None:
+    """The state of an earlier run of this very training, if it left a checkpoint this step's journal vouches for."""
+    path, entry = _checkpoint_files(output_dir)
+    if not path.is_file():
+        return None
+    digest = file_digest(path)
+    try:
+        vouched = read_json(entry)
+    except (OSError, ValueError):
+        vouched = {}
+    expected = journal.mac(journal.resume_key(), path.name, digest)
+    if not (isinstance(vouched, dict) and vouched.get("digest") == digest
+            and hmac.compare_digest(str(vouched.get("mac")), expected)):  # fmt: skip
+        print(f"train: {path} is not vouched for by this step's journal; set aside, training from the start",
+              file=sys.stderr)  # fmt: skip
+        return None
+    data = torch.load(path, weights_only=True)
+    if data.get("manifest") != json.dumps(manifest, sort_keys=True):
+        print(f"train: {path} is from another training (other data or settings); training from the start",
+              file=sys.stderr)  # fmt: skip
+        return None
+    return TrainingState.from_dict(data)
 
 
 def _vouched(output_dir: Path, digest: str) -> bool:
