@@ -360,9 +360,9 @@ def test_sigkill_at_every_phase_boundary_and_inside_every_stage(platform: Platfo
 @pytest.mark.slow
 def test_apiserver_restarts_and_suspend_mid_flight(platform: Platform, ns: str, faults: StageFaults) -> None:
     """kube-apiserver is SIGKILLed while dataset runs, the stage ends with no API server to hear it, and it comes
-    back; during train the cycle is suspended and an immutable field is patched (refused); train ends, the next
-    stage waits, kube-apiserver restarts again (SIGTERM) while it is suspended; resumed, the cycle completes, with
-    one Job and one pod per step.
+    back; during train the cycle is suspended (train's Job is suspended, its pod deleted) and an immutable field is
+    patched (refused); kube-apiserver restarts again (SIGTERM) while it is suspended; resumed, the cycle completes,
+    with one Job and one pod per step left.
 
     After a restart kube-controller-manager's watches come back with client-go's back-off (seconds after a short
     outage, up to a minute after a long one or several): the outages here are kept short for that."""
@@ -390,15 +390,18 @@ def test_apiserver_restarts_and_suspend_mid_flight(platform: Platform, ns: str, 
     refused = platform.cluster.kubectl("patch", "tc", name, "-n", ns, "--type=merge",
                                        "-p", '{"spec": {"train": {"steps": 5}}}', check=False)
     assert refused.returncode != 0 and "train is immutable" in refused.stderr
-    gates["train"].open()
-    suspended = wait_for(platform, ns, "the cycle to be Suspended after train", watch.phase("Suspended"), timeout=180)
-    assert suspended["stages"]["train"]["state"] == "succeeded"
-    assert suspended["message"] == "suspended before generate: set spec.suspend to false to continue"
+    # suspended while train runs: its Job is suspended, and the Job controller stops its pod (the GPU is freed)
+    suspended = wait_for(platform, ns, "the cycle to be Suspended during train", watch.phase("Suspended"), timeout=180)
+    assert suspended["stages"]["train"]["state"] == "running"
+    assert suspended["message"].startswith("suspended during train"), suspended["message"]
+    _until(lambda: running_pod(platform, ns, train) is None, "the Job controller to stop train's pod", timeout=120)
     control_plane.restart_apiserver(down_s=1, kill=False)
     time.sleep(6)  # two resyncs: nothing may start while suspended
     assert watch.now()["phase"] == "Suspended"
     assert f"{name}-generate-1" not in job_names(platform, ns, name)
+    assert running_pod(platform, ns, train) is None
 
+    gates["train"].open()
     assert platform.cluster.kubectl("patch", "tc", name, "-n", ns, "--type=merge",
                                     "-p", '{"spec": {"suspend": false}}').returncode == 0
     found = wait_for(platform, ns, "the cycle to end", watch.phase(*ENDED), timeout=300)
@@ -406,8 +409,8 @@ def test_apiserver_restarts_and_suspend_mid_flight(platform: Platform, ns: str, 
     assert found["decision"]["outcome"] == "Bootstrapped"
     assert found["stages"]["train"]["summary"]["steps"] == 4  # the refused patch changed nothing
     assert watch.lost == [], watch.lost
-    assert job_names(platform, ns, name) == sorted(f"{name}-{step}-1" for step in STEPS)
-    for step in STEPS:
+    assert job_names(platform, ns, name) == sorted(f"{name}-{step}-1" for step in STEPS)  # resumed, not recreated
+    for step in STEPS:  # train's first pod was deleted by the suspension; its second ran after the resume
         assert len(pods_of(platform, ns, f"{name}-{step}-1")) == 1, step
     assert release(platform, ns, name)["spec"]["revision"] == 1
     assert {"PhaseSuspended", "Bootstrapped"} <= set(events(platform, ns, name))
