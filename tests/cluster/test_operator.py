@@ -703,11 +703,11 @@ def test_two_cycles_of_one_release_through_restarts(platform: Platform, ns: str)
 
     # kubectl get tc, column by column
     rows = {row["NAME"]: row for row in table(platform.cluster.kubectl("get", "trainingcycles", "-n", ns).stdout)}
-    assert list(rows["sample-coder-1"]) == ["NAME", "RELEASE", "PHASE", "VERIFIED", "CANDIDATE", "INCUMBENT",
-                                            "DECISION", "AGE"]
+    assert list(rows["sample-coder-1"]) == ["NAME", "RELEASE", "PHASE", "REASON", "VERIFIED", "CANDIDATE",
+                                            "INCUMBENT", "DECISION", "AGE"]
     counts = first["counts"]
     assert rows["sample-coder-1"] | {"AGE": ""} == {
-        "NAME": "sample-coder-1", "RELEASE": "sample-coder", "PHASE": "Succeeded",
+        "NAME": "sample-coder-1", "RELEASE": "sample-coder", "PHASE": "Succeeded", "REASON": "Bootstrapped",
         "VERIFIED": f"{counts['verified']}/{counts['harvested']}", "CANDIDATE": first["candidate"]["passAt1Display"],
         "INCUMBENT": "none", "DECISION": "Bootstrapped", "AGE": ""}
     assert rows["sample-coder-2"]["INCUMBENT"] == final["incumbent"]["passAt1Display"]
