@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from browser import chromium
 from selenium.webdriver.common.by import By
+from test_run_local import manifest
 
 from sigma0.dashboard.board import short_digest
 from sigma0.dashboard.server import make_server
@@ -30,31 +30,17 @@ from sigma0.dashboard.sources import LocalSource
 from sigma0.io import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "examples" / "corpus"
 HELDOUT = ROOT / "examples" / "suites" / "heldout.jsonl"
 PHASES = ("Pending", "Harvesting", "Verifying", "Training", "Evaluating", "Deciding", "Promoting")
 
 
 def write_manifest(folder: Path) -> Path:
-    spec: dict[str, Any] = {
-        "release": "coder",
-        "baseModel": {"name": "tiny://llama"},
-        "harvest": {"sources": [{"path": str(CORPUS / "agent_corpus.json")}, {"path": str(CORPUS / "tasks.jsonl")}]},
-        "verify": {"timeoutSeconds": 5},
-        "dataset": {"base": str(CORPUS / "base_train.jsonl")},
-        "train": {"steps": 2, "batchSize": 2, "maxSeqLength": 128},
-        "eval": {"subset": "first:3", "maxNewTokens": 16, "batchSize": 3, "reportSuites": [str(HELDOUT)]},
-        "promote": {"significance": 0.5},
-    }
-    document = {
-        "apiVersion": "sigma0.dev/v1alpha1",
-        "kind": "TrainingCycle",
-        "metadata": {"generateName": "cycle-"},
-        "spec": spec,
-    }
-    path = folder / "cycle.yaml"
-    path.write_text(yaml.safe_dump(document))
-    return path
+    """test_run_local's tiny cycle, with a report-only suite (its own line on the plot) and a significance test."""
+    return manifest(
+        folder,
+        eval={"subset": "first:3", "maxNewTokens": 16, "batchSize": 3, "reportSuites": [str(HELDOUT)]},
+        promote={"significance": 0.5},
+    )
 
 
 def run_command(manifest: Path, workdir: Path) -> list[str]:
@@ -353,14 +339,19 @@ def test_a_waiting_cycle_shows_why_it_waits() -> None:
     wait = status.PlacementWait(
         "train", "BudgetSpent", "every placement of train has spent its weekly budget", "2026-01-08T00:00:00Z"
     )
-    found = status.render(
-        spec,
-        record,
-        jobs.layout(ref, spec, jobs.PodSettings()),
-        status.Situation(placement_wait=wait),
-        generation=1,
-        now="2026-01-01T00:00:00Z",
-    )
+
+    def waiting_on(placement_wait: status.PlacementWait) -> dict[str, Any]:
+        layout = jobs.layout(ref, spec, jobs.PodSettings())
+        return status.render(
+            spec,
+            record,
+            layout,
+            status.Situation(placement_wait=placement_wait),
+            generation=1,
+            now="2026-01-01T00:00:00Z",
+        )
+
+    found = waiting_on(wait)
     board = build("cluster", [CycleInput("team", "c1", spec, found, "2026-01-01T00:00:00Z")], [])
     (cycle,) = board.cycles
     assert (cycle.phase, cycle.message) == ("Waiting", wait.message)
@@ -369,14 +360,7 @@ def test_a_waiting_cycle_shows_why_it_waits() -> None:
 
     # text from the cluster is text: a message with markup is shown, never run
     hostile = status.PlacementWait("train", "BudgetSpent", "<script>alert(1)</script><img src=x onerror=alert(2)>")
-    found = status.render(
-        spec,
-        record,
-        jobs.layout(ref, spec, jobs.PodSettings()),
-        status.Situation(placement_wait=hostile),
-        generation=1,
-        now="2026-01-01T00:00:00Z",
-    )
+    found = waiting_on(hostile)
     page = render_board(build("cluster", [CycleInput("team", "c1", spec, found, "2026-01-01T00:00:00Z")], []))
     assert "<script>" not in page and "<img" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
