@@ -95,17 +95,19 @@ def _values_file(values: dict[str, Any], folder: Path, name: str) -> Path:
 
 
 @cache
-def _render_text(values_json: str, release: str, namespace: str, include_crds: bool) -> str:
+def _render_text(values_json: str, release: str, namespace: str, include_crds: bool, include_tests: bool) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         values = _values_file(json.loads(values_json), Path(tmp), "v")
         command = [str(tools.helm()), "template", release, str(CHART), "--namespace", namespace,
                    "--kube-version", KUBE_VERSION, "--values", str(values)]
-        return _run(command + (["--include-crds"] if include_crds else [])).stdout
+        command += ["--include-crds"] if include_crds else []
+        return _run(command + ([] if include_tests else ["--skip-tests"])).stdout
 
 
 def render(values: dict[str, Any] | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE,
-           include_crds: bool = False) -> list[dict[str, Any]]:
-    text = _render_text(json.dumps(values or {}, sort_keys=True), release, namespace, include_crds)
+           include_crds: bool = False, include_tests: bool = False) -> list[dict[str, Any]]:
+    """The chart's objects; `helm test`'s hook objects (templates/tests/) only with include_tests."""
+    text = _render_text(json.dumps(values or {}, sort_keys=True), release, namespace, include_crds, include_tests)
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
@@ -206,7 +208,7 @@ def test_the_dashboard_is_off_by_default_and_when_on_is_served_read_only_through
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_the_rendered_objects_validate_against_the_kubernetes_schemas(name: str) -> None:
-    documents = render(VALUE_SETS[name], include_crds=True)
+    documents = render(VALUE_SETS[name], include_crds=True, include_tests=True)
     problems = []
     for doc in documents:
         where = f"{doc['kind']} {doc['metadata']['name']}"
@@ -251,7 +253,7 @@ EXPECTED_SKIPS = {"CKV_K8S_38", "CKV_K8S_43"}  # token mounted where needed; no 
 
 def test_checkov_finds_nothing_and_every_skip_carries_its_reason(tmp_path: Path) -> None:
     for name, values in VALUE_SETS.items():
-        text = _render_text(json.dumps(values, sort_keys=True), RELEASE, NAMESPACE, True)
+        text = _render_text(json.dumps(values, sort_keys=True), RELEASE, NAMESPACE, True, True)
         (tmp_path / f"{name}.yaml").write_text(text)
     done = _run([str(tools.checkov()), "--directory", str(tmp_path), "--framework", "kubernetes",
                  "--skip-download", "--output", "json"], check=False)
@@ -498,3 +500,35 @@ def test_notes_tell_how_to_apply_a_cycle_and_watch_it(tmp_path: Path) -> None:
     assert "kubectl apply -n sigma0-system -f examples/cycle.yaml" in notes
     assert "kubectl get tc -n sigma0-system -w" in notes
     assert "kubectl create job -n sigma0-system --from=cronjob/sigma0-cycle" in notes
+
+
+@pytest.mark.parametrize("name", ["default", "namespaced"])
+def test_helm_test_checks_the_operators_rendered_rules_where_it_acts_and_its_own_pods(name: str) -> None:
+    """The hook's `sigma0 check` gets the very rules the chart grants (no second list to drift), the watched
+    namespaces the Roles are in, the operator pods' selector and liveness port; it runs as an identity of its own that
+    may only read the two CRDs, list pods and ask SubjectAccessReviews, and nothing of it outlives a passing test."""
+    values = VALUE_SETS[name]
+    documents = render(values, include_tests=True)
+    hooks = [d for d in documents if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    assert {d["kind"] for d in hooks} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+                                          "NetworkPolicy", "Job"}
+    for hook in hooks:
+        assert "hook-succeeded" in hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    (job,) = [d for d in hooks if d["kind"] == "Job"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(container["command"][1:] + container["args"])
+    assert args.command == "check" and container["image"] == one(render(values), "Deployment")["spec"]["template"][
+        "spec"]["containers"][0]["image"]
+    operator_role = next(d for d in render(values) if d["kind"] in ("ClusterRole", "Role")
+                         and d["metadata"]["name"] == args.operator_service_account)
+    assert json.loads(args.rules) == operator_role["rules"]
+    assert args.watch_namespace == list(values.get("watchNamespaces") or [])
+    deployment = one(render(values), "Deployment")
+    selector = dict(pair.split("=") for pair in args.operator_selector.split(","))
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    assert args.health_port == next(p["containerPort"] for p in deployment["spec"]["template"]["spec"][
+        "containers"][0]["ports"] if p["name"] == "health")
+    (own_role,) = [d for d in hooks if d["kind"] == "ClusterRole"]
+    assert {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in own_role["rules"]} == {
+        (("apiextensions.k8s.io",), ("customresourcedefinitions",), ("get",)),
+        (("authorization.k8s.io",), ("subjectaccessreviews",), ("create",))}

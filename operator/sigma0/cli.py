@@ -7,6 +7,7 @@
     sigma0 digest FOLDER                          an adapter folder's digest, as spec.candidate.digest names it
     sigma0 operator [--namespace NS ...]          the Kubernetes operator (kopf): TrainingCycles as Jobs
     sigma0 cycle create MANIFEST                  create a TrainingCycle in a cluster (what the nightly CronJob runs)
+    sigma0 check --namespace NS ...               check an installed sigma0: CRDs, operator health, RBAC (helm test)
     sigma0 dashboard [--workdir DIR] [--port N]   the read-only page of a local workdir: the pass@1 curve, decisions
 """
 
@@ -221,6 +222,12 @@ def _cycle(args: argparse.Namespace, console: Console) -> int:
     return run(args)
 
 
+def _check(args: argparse.Namespace, console: Console) -> int:
+    from sigma0.kube.installcheck import run
+
+    return run(args)
+
+
 def _dashboard(args: argparse.Namespace, console: Console) -> int:
     from sigma0.dashboard.server import make_server
     from sigma0.dashboard.sources import LocalSource
@@ -294,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     from sigma0.kube.cronjob import add_arguments as add_cycle_arguments
 
     add_cycle_arguments(commands.add_parser("cycle", help="create a TrainingCycle in a cluster from a manifest"))
+
+    from sigma0.kube.installcheck import add_arguments as add_check_arguments
+
+    add_check_arguments(commands.add_parser("check", help="check an installed sigma0: CRDs, operator health, RBAC "
+                                            "(the chart's helm test)"))
     return parser
 
 
@@ -304,5 +316,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
     handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator, "cycle": _cycle,
-                "digest": _digest, "dashboard": _dashboard}
+                "digest": _digest, "dashboard": _dashboard, "check": _check}
     return handlers[args.command](args, console)
