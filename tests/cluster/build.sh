@@ -2,7 +2,7 @@
 # Build, once, the upstream Kubernetes control plane the cluster tests run on,
 # and print the folder holding the binaries (the only thing written to stdout).
 #
-#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet
 #       from k8s.io/kubernetes $K8S_VERSION, consumed as a Go module with every
 #       k8s.io/* staging module pinned by replace directives (build/go.mod);
 #   etcd
@@ -32,7 +32,7 @@ cache_root="${SIGMA0_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sigma0/kubernete
 cache="$cache_root/${K8S_VERSION}-etcd${ETCD_VERSION}"
 bin="$cache/bin"
 marker="$cache/.built"
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 
 log() { printf 'tests/cluster/build.sh: %s\n' "$*" >&2; }
 
@@ -86,7 +86,7 @@ if [[ ! -x "$GO" ]]; then
   exit 1
 fi
 log "cold build of Kubernetes $K8S_VERSION and etcd $ETCD_VERSION with $("$GO" version) into $bin"
-log "(minutes: one go build of all five commands; later calls hit the cache)"
+log "(minutes: one go build of all six commands; later calls hit the cache)"
 
 tmp="$cache/bin.partial"
 rm -rf "$tmp" "$marker"
@@ -95,12 +95,13 @@ start=$SECONDS
 (
   cd "$moddir"
   export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
-  # Five commands in one go build so the packages they share compile once.
+  # Six commands in one go build so the packages they share compile once.
   nice -n "${SIGMA0_K8S_BUILD_NICE:-10}" "$GO" build -trimpath -tags "$tags" -ldflags "$ldflags" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet \
     go.etcd.io/etcd/server/v3
 )
 mv "$tmp/server" "$tmp/etcd" # go names go.etcd.io/etcd/server/v3's binary "server"
