@@ -12,7 +12,7 @@ import pytest
 
 from sigma0 import plan
 from sigma0.kube import releases
-from sigma0.spec import _strict, openapi_schema
+from sigma0.spec import _strict, check_documents, openapi_schema
 
 A, B, C = ("sha256:" + x * 64 for x in "abc")
 NOW = "2026-01-01T00:00:00Z"
@@ -128,6 +128,14 @@ def test_pointers_round_trip() -> None:
     pointer = releases.Pointer(uri="/a", digest=A, cycle="c1", promoted_at=NOW, revision=3, pass_at_1=0.5,
                                passed=2, total=4, rolled_back=True)
     assert releases.Pointer.from_spec(pointer.to_spec()) == pointer
+
+
+def test_a_pointer_carries_its_short_digest_for_the_adapter_column() -> None:
+    pointer = releases.Pointer(uri="/a", digest=A, cycle="c1", promoted_at=NOW, revision=1)
+    spec = pointer.to_spec()
+    assert spec["shortDigest"] == A[:19] == "sha256:" + A.removeprefix("sha256:")[:12]
+    check_documents([{"apiVersion": "sigma0.dev/v1alpha1", "kind": "AdapterRelease", "metadata": {"name": "r"},
+                      "spec": {"current": spec}}], "r")  # what sigma0 writes passes its own schema and rules
 
 
 def test_a_zero_pass_at_1_is_kept_not_taken_for_an_absent_one() -> None:

@@ -41,6 +41,13 @@ MAX_HISTORY_LIMIT = 50  # the AdapterRelease schema's maximum for spec.historyLi
 PROMOTING = (Outcome.BOOTSTRAPPED, Outcome.PROMOTED)
 
 
+def short_digest(digest: str) -> str:
+    """`sha256:0123456789ab`, the first 12 hex digits: enough to tell adapters apart in `kubectl get adapterreleases`
+    (the CRD's `shortDigest`, checked against `digest` by the API server) and on the dashboard."""
+    algorithm, _, value = digest.partition(":")
+    return f"{algorithm}:{value[:12]}" if value else digest[:19]
+
+
 class ReleaseError(Exception):
     """A release operation that cannot be done; the message says why and what to do."""
 

@@ -321,7 +321,8 @@ CEL_RULES = {
         "!has(self.candidate) || !has(self.stopAfter)",
         "!has(self.warmupSteps) || !has(self.steps) || self.warmupSteps <= self.steps",
     ),
-    "AdapterRelease": ("!has(self.passed) || !has(self.total) || self.passed <= self.total",),
+    "AdapterRelease": ("!has(self.passed) || !has(self.total) || self.passed <= self.total",
+                       "!has(self.shortDigest) || self.shortDigest == self.digest.substring(0, 19)"),
 }
 # Transition rules (they read oldSelf): checked on an edit, between the object as it is and as it will be.
 TRANSITION_RULES: dict[str, Callable[[Any, Any], bool]] = {  # rule → predicate(self, oldSelf)
@@ -343,9 +344,14 @@ def _cel_equivalents(kind: str, spec: dict[str, Any]) -> list[str]:
     if kind == "AdapterRelease":
         pointers = [("spec.current", spec.get("current"))]
         pointers += [(f"spec.history[{index}]", item) for index, item in enumerate(spec.get("history") or [])]
-        return [f"{where}: passed cannot exceed total (passed {pointer['passed']}, total {pointer['total']})"
-                for where, pointer in pointers
-                if pointer and "passed" in pointer and "total" in pointer and pointer["passed"] > pointer["total"]]
+        problems = [f"{where}: passed cannot exceed total (passed {pointer['passed']}, total {pointer['total']})"
+                    for where, pointer in pointers
+                    if pointer and "passed" in pointer and "total" in pointer and pointer["passed"] > pointer["total"]]
+        problems += [f"{where}: shortDigest must be the first 19 characters of digest (shortDigest "
+                     f"{pointer['shortDigest']!r}, digest {pointer['digest']!r})"
+                     for where, pointer in pointers
+                     if pointer and "shortDigest" in pointer and pointer["shortDigest"] != pointer["digest"][:19]]
+        return problems
     problems = []
     if "harvest" not in spec and "candidate" not in spec:
         problems.append(f"spec.harvest: {_rule_message(kind, 'has(self.harvest) || has(self.candidate)')}")

@@ -408,8 +408,10 @@ def test_two_racing_promotions_exactly_one_wins_and_rollback_works(platform: Pla
     assert shown.returncode == 0 and "rev 3" in shown.stdout and winner in " ".join(shown.stdout.split())
     table_out = platform.cluster.kubectl("get", "adapterreleases", "-n", ns).stdout
     (row,) = table(table_out)
-    assert list(row) == ["NAME", "ADAPTER", "PASS@1", "CYCLE", "REVISION", "AGE"]
-    assert (row["NAME"], row["ADAPTER"], row["CYCLE"], row["REVISION"]) == ("raced", A, "c0", "3")
+    assert list(row) == ["NAME", "ADAPTER", "PASS@1", "CYCLE", "REVISION", "AGE"]  # DIGEST is at -o wide
+    assert (row["NAME"], row["ADAPTER"], row["CYCLE"], row["REVISION"]) == ("raced", A[:19], "c0", "3")
+    (wide,) = table(platform.cluster.kubectl("get", "adapterreleases", "-n", ns, "-o", "wide").stdout)
+    assert wide["DIGEST"] == A
 
 
 def test_a_failing_stage_fails_the_cycle_with_its_reason_and_leaves_the_release_alone(platform: Platform,

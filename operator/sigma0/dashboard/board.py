@@ -19,6 +19,7 @@ from typing import Any
 
 from sigma0.gate import Outcome
 from sigma0.placement import parse_time
+from sigma0.release_rules import short_digest
 from sigma0.spec import CycleSpec
 
 PROMOTING = (str(Outcome.BOOTSTRAPPED), str(Outcome.PROMOTED))
@@ -140,14 +141,6 @@ class Board:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def short_digest(digest: str | None) -> str:
-    """`sha256:0123456789ab`: enough to tell adapters apart on a page."""
-    if not digest:
-        return "-"
-    algorithm, _, value = digest.partition(":")
-    return f"{algorithm}:{value[:12]}" if value else digest[:19]
-
-
 def _seconds(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None
@@ -233,7 +226,7 @@ def build(
                 namespace,
                 name,
                 found.digest,
-                short_digest(found.digest),
+                short_digest(found.digest) if found.digest else "-",
                 found.pass_at_1,
                 found.revision,
                 found.cycle,

@@ -66,6 +66,7 @@ class Pointer:
 
     def to_spec(self) -> dict[str, Any]:
         data = {key: getattr(self, name) for name, key in self._FIELDS}
+        data["shortDigest"] = rules.short_digest(self.digest)  # derived, for the ADAPTER column; from_spec drops it
         # `is`, not `in`: 0 == False, and a pass@1 of 0.0 or 0 problems passed are figures, not absences
         return {key: value for key, value in data.items() if value is not None and value is not False and value != ""}
 
