@@ -5,6 +5,7 @@
     sigma0 stage NAME ...                         one stage command (what a local step or a Job's pod runs)
     sigma0 release show|history|rollback NAME     the local release store (--cluster: the AdapterRelease)
     sigma0 digest FOLDER                          an adapter folder's digest, as spec.candidate.digest names it
+    sigma0 clean FOLDER [--keep PATH ...]         delete a finished cycle's folder but the adapters kept (janitor)
     sigma0 operator [--namespace NS ...]          the Kubernetes operator (kopf): TrainingCycles as Jobs
     sigma0 cycle create MANIFEST                  create a TrainingCycle in a cluster (what the nightly CronJob runs)
     sigma0 check --namespace NS ...               check an installed sigma0: CRDs, operator health, RBAC (helm test)
@@ -195,6 +196,22 @@ def _digest(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _clean(args: argparse.Namespace, console: Console) -> int:
+    """`sigma0 clean FOLDER --keep PATH...`: what the janitor's cleanup Job runs (sigma0.clean). Its summary goes
+    to stdout and to the termination-message file, as a stage's does."""
+    from sigma0.clean import clean_folder
+    from sigma0.retention import RetentionError
+
+    try:
+        summary = clean_folder(args.folder, args.keep)
+    except RetentionError as error:
+        print(f"sigma0 clean: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    write_summary(summary)
+    print(json.dumps(summary, sort_keys=True))
+    return EXIT_OK
+
+
 def _pointer_fields(pointer: Any) -> dict[str, Any]:
     """What both stores' pointers say (sigma0.release_rules.Pointer), under the same keys for either."""
     return {"revision": pointer.revision, "digest": pointer.digest, "passAt1": pointer.pass_at_1,
@@ -288,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     digest = commands.add_parser("digest", help="print an adapter folder's digest (for spec.candidate.digest)")
     digest.add_argument("path")
 
+    clean = commands.add_parser("clean", help="delete a finished cycle's folder, all but the paths kept (what the "
+                                "janitor's cleanup Job runs)")
+    clean.add_argument("folder", help="the cycle's folder (path or fsspec URI), under a 'cycles' folder")
+    clean.add_argument("--keep", action="append", default=[], metavar="PATH",
+                       help="a path inside the folder that a release still points at (repeatable)")
+
     dashboard = commands.add_parser("dashboard", help="serve the read-only dashboard of a local workdir")
     dashboard.add_argument("--workdir", default=".sigma0", help="the workdir `sigma0 run` used")
     dashboard.add_argument("--port", type=int, default=8765, help="port to listen on (0: any free port)")
@@ -316,5 +339,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
     handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator, "cycle": _cycle,
-                "digest": _digest, "dashboard": _dashboard, "check": _check}
+                "digest": _digest, "clean": _clean, "dashboard": _dashboard, "check": _check}
     return handlers[args.command](args, console)
