@@ -240,3 +240,56 @@ def test_sigma0_clean_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "not a cycle's folder" in capsys.readouterr().err
     assert main(["clean", str(folder), "--keep", "/elsewhere/cycles/x/adapter"]) == 2
     assert os.path.exists(folder / "train" / "adapter")
+
+
+# The local janitor (`sigma0 run --...-cycles-history-limit`) ------------------------------------------------------
+
+
+def local_cycle(workdir: Path, name: str, phase: str | None, at: str | None, release: str = "coder",
+                **spec: object) -> Path:
+    from sigma0.executors.local import STATE_FILE
+
+    folder = workdir / "cycles" / name
+    (folder / "logs").mkdir(parents=True)
+    (folder / "logs" / "harvest.log").write_text("x")
+    finished = {"phase": phase, "outcome": None, "reason": "", "at": at} if phase else None
+    (folder / STATE_FILE).write_text(json.dumps({
+        "name": name, "manifestDigest": "x", "startedAt": "2026-01-01T00:00:00+00:00", "steps": {},
+        "finished": finished, "spec": {"release": release, **spec}}))
+    return folder
+
+
+def test_the_local_sweep_applies_the_same_rule_to_a_workdir(tmp_path: Path) -> None:
+    from sigma0.executors.local import sweep
+    from sigma0.local_release import LocalReleases
+
+    workdir = tmp_path / "work"
+    old = local_cycle(workdir, "old", "Failed", "2026-01-01T01:00:00+00:00")
+    new = local_cycle(workdir, "new", "Failed", "2026-01-01T02:00:00+00:00")
+    running = local_cycle(workdir, "running", None, None, ttlSecondsAfterFinished=0)
+    other = local_cycle(workdir, "other", "Failed", "2026-01-01T00:30:00+00:00", release="other")
+    ttl = local_cycle(workdir, "ttl", "Succeeded", "2026-01-01T00:00:00+00:00", ttlSecondsAfterFinished=60)
+    (workdir / "cycles" / "unreadable").mkdir()
+    (workdir / "cycles" / "unreadable" / "state.json").write_text("{")
+    releases = LocalReleases(workdir / "releases")
+    assert sweep(workdir, "coder", Limits(), releases, T0) == []  # TTL not yet past, no limits
+    gone = sweep(workdir, "coder", Limits(failed=1), releases, T0 + timedelta(minutes=1))
+    assert [d.cycle.name for d in gone] == ["ttl", "old"]
+    assert not old.exists() and not ttl.exists()
+    assert new.exists() and running.exists() and other.exists() and (workdir / "cycles" / "unreadable").exists()
+
+
+def test_sigma0_run_removes_the_cycles_past_its_limits(tmp_path: Path) -> None:
+    import yaml
+
+    workdir = tmp_path / "work"
+    document = {"apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle", "metadata": {"generateName": "c-"},
+                "spec": {"release": "coder", "baseModel": {"name": "tiny://llama"},
+                         "harvest": {"sources": [{"path": "missing.jsonl"}]}}}
+    manifest = tmp_path / "cycle.yaml"
+    manifest.write_text(yaml.safe_dump(document))
+    run = ["run", str(manifest), "--workdir", str(workdir)]
+    assert main([*run, "--name", "first"]) == 1
+    assert main([*run, "--name", "second", "--failed-cycles-history-limit", "1"]) == 1
+    assert sorted(p.name for p in (workdir / "cycles").iterdir()) == ["second"]
+    assert main([*run, "--name", "third", "--failed-cycles-history-limit", "-1"]) == 2

@@ -101,12 +101,18 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from sigma0.executors.local import CycleLocked, LocalExecutor, choose_cycle
+    from sigma0.executors.local import CycleLocked, LocalExecutor, choose_cycle, sweep
     from sigma0.local_release import LocalReleases
+    from sigma0.retention import Limits, RetentionError
     from sigma0.ui import RichReporter, result_table
 
     cycle = _load(args.manifest, console)
     if cycle is None:
+        return EXIT_BAD_INPUT
+    try:
+        limits = Limits(successful=args.successful_cycles_history_limit, failed=args.failed_cycles_history_limit)
+    except RetentionError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
         return EXIT_BAD_INPUT
     workdir = Path(args.workdir)
     try:
@@ -136,6 +142,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     assert run.finished is not None
     console.print(result_table(run.name, run.state, run.finished))
     console.print(f"logs and artifacts: {run.cycle_dir}", highlight=False)
+    for gone in sweep(workdir, cycle.spec.release, limits, releases):
+        kept = f" (kept {', '.join(gone.keep)})" if gone.keep else ""
+        console.print(f"removed finished cycle {gone.cycle.name}: {gone.message}{kept}", highlight=False)
     return EXIT_OK if run.finished["phase"] == "Succeeded" else EXIT_FAILED
 
 
@@ -287,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("manifest")
     run.add_argument("--workdir", default=".sigma0", help="where cycles, releases and the leaderboard live")
     run.add_argument("--name", help="the cycle's name (default: the manifest's name, or a new one from generateName)")
+    run.add_argument("--successful-cycles-history-limit", type=int, metavar="N",
+                     help="after the run, keep only the newest N succeeded cycles of the release in the workdir "
+                     "(an AdapterRelease's spec.successfulCyclesHistoryLimit on a cluster); default: keep all")
+    run.add_argument("--failed-cycles-history-limit", type=int, metavar="N",
+                     help="the same for failed cycles (spec.failedCyclesHistoryLimit); default: keep all")
 
     stage = commands.add_parser("stage", help="run one stage command", add_help=False)
     stage.add_argument("stage_name", metavar="NAME", choices=list(STAGES), help=", ".join(STAGES))
