@@ -38,6 +38,16 @@ class Api(FakeApi):
                     {o["uid"] for o in j["metadata"]["ownerReferences"]}]:  # the garbage collector
             del self.jobs[job["metadata"]["name"]]
 
+    def list_cluster_custom_object(self, group, version, plural, **kwargs):
+        found = self.list_namespaced_custom_object(group, version, None, plural, **kwargs)
+        self.calls[-1] = f"list all {plural}"
+        return found
+
+    def list_job_for_all_namespaces(self, label_selector, **kwargs):
+        found = self.list_namespaced_job(None, label_selector, **kwargs)
+        self.calls[-1] = "list all jobs"
+        return found
+
     def end(self, job: str, kind: str) -> None:
         self.jobs[job]["status"]["conditions"] = [{"type": kind, "status": "True"}]
 
@@ -70,8 +80,8 @@ def janitor(api: Api, now: datetime = T0 + timedelta(days=1), settings: jobs.Pod
     return Janitor(executor.Clients(api, api, api), settings or jobs.PodSettings(), clock=lambda: now)
 
 
-def sweep(api: Api, **kwargs: Any) -> list[str]:
-    return janitor(api, **kwargs).sweep([copy.deepcopy(c) for c in api.cycles.values()])
+def sweep(api: Api, namespaces: tuple[str, ...] = (), **kwargs: Any) -> list[str]:
+    return janitor(api, **kwargs).sweep([copy.deepcopy(c) for c in api.cycles.values()], namespaces)
 
 
 @pytest.fixture
@@ -89,24 +99,30 @@ def test_nothing_is_deleted_without_limits_or_ttl(api: Api) -> None:
     assert sweep(api) == [] and api.jobs == {} and api.deleted == []
 
 
-def test_a_doomed_cycle_goes_only_after_its_cleanup_job_succeeded_and_keeps_the_current_adapter(api: Api) -> None:
+@pytest.mark.parametrize("namespaces", [(), (NS, "elsewhere")], ids=["cluster-wide", "namespaced"])
+def test_a_doomed_cycle_goes_only_after_its_cleanup_job_succeeded_and_keeps_the_current_adapter(
+        api: Api, namespaces: tuple[str, ...]) -> None:
     adapter = f"{folder('s0')}/train/adapter"
     add_release(api, successfulCyclesHistoryLimit=1, current={"uri": adapter, "digest": A},
                 history=[{"uri": "/elsewhere/adapter", "digest": A}])
-    assert sweep(api) == []
+    api.calls.clear()
+    assert sweep(api, namespaces) == []
+    # one list of releases and one of cleanup Jobs per pass: cluster-wide, or per watched namespace with cycles
+    assert sorted(api.calls) == (["list all adapterreleases", "list all jobs"] if not namespaces else
+                                 ["list adapterreleases", "list jobs"])
     assert sorted(api.jobs) == ["s0-clean-1", "s1-clean-1"]  # s2, the newest, stays; so do running and other
     command = api.jobs["s0-clean-1"]["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command == ["sigma0", "clean", folder("s0"), "--keep", adapter]
     assert api.jobs["s1-clean-1"]["spec"]["template"]["spec"]["containers"][0]["command"] == [
         "sigma0", "clean", folder("s1")]
-    assert sweep(api) == [] and api.deleted == []  # running: nothing more to do, no Job made twice
+    assert sweep(api, namespaces) == [] and api.deleted == []  # running: nothing more to do, no Job made twice
     api.end("s0-clean-1", "Complete")
     api.end("s1-clean-1", "Failed")
-    assert sweep(api) == [f"{NS}/s0"]
+    assert sweep(api, namespaces) == [f"{NS}/s0"]
     assert "s0" not in api.cycles and "s0-clean-1" not in api.jobs
     assert "s1" in api.cycles and "s1-clean-1" in api.jobs  # a failed cleanup keeps its cycle, and says so
     del api.jobs["s1-clean-1"]  # a person deletes the failed Job: the janitor tries again
-    sweep(api)
+    sweep(api, namespaces)
     assert "s1-clean-1" in api.jobs
 
 

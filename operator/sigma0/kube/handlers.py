@@ -160,7 +160,7 @@ def resync_once() -> None:
     runtime.executor.refresh_ledgers(cycles)
     if runtime.janitor is not None and not runtime.stop.is_set():
         try:
-            runtime.janitor.sweep(cycles)
+            runtime.janitor.sweep(cycles, runtime.namespaces)
         except Exception:  # the ledgers and the cycles above must not wait for it; the next resync tries again
             runtime.metrics.errors.labels("janitor").inc()
             log.exception("the janitor's pass failed; it runs again on the next resync")

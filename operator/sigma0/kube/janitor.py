@@ -108,44 +108,45 @@ class Janitor:
     settings: jobs.PodSettings
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
-    def sweep(self, cycles: list[dict[str, Any]]) -> list[str]:
+    def sweep(self, cycles: list[dict[str, Any]], namespaces: tuple[str, ...] = ()) -> list[str]:
         """One pass over the listed cycles: start cleanups, delete the cycles whose cleanup succeeded. The names
-        of the cycles deleted (namespace/name)."""
-        by_namespace: dict[str, list[dict[str, Any]]] = {}
-        for cycle in cycles:
-            by_namespace.setdefault(cycle["metadata"]["namespace"], []).append(cycle)
-        deleted: list[str] = []
-        for namespace, found in sorted(by_namespace.items()):
-            deleted += self._sweep_namespace(namespace, found)
-        return deleted
-
-    def _sweep_namespace(self, namespace: str, cycles: list[dict[str, Any]]) -> list[str]:
-        entries = [entry_of(c, self.settings) for c in cycles]
-        finished = [e for e in entries if e.done]
-        if not finished:
+        of the cycles deleted (namespace/name). `namespaces`: the operator's (empty: it watches every namespace,
+        and the AdapterReleases and cleanup Jobs are listed cluster-wide, one request each per pass)."""
+        entries = {(c["metadata"]["namespace"], c["metadata"]["name"]): entry_of(c, self.settings) for c in cycles}
+        with_finished = sorted({namespace for (namespace, _), e in entries.items() if e.done})
+        if not with_finished:
             return []
-        releases = {r["metadata"]["name"]: r for r in self._list(
-            self.clients.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, RELEASES)}
+        scopes = [(namespace,) for namespace in with_finished] if namespaces else [()]
+        releases: dict[tuple[str, str], dict[str, Any]] = {}
+        started: dict[tuple[str, str], dict[str, Any]] = {}
+        selector = f"{jobs.MANAGED_BY[0]}={jobs.MANAGED_BY[1]},{jobs.LABEL_STEP}={STEP}"
+        for scope in scopes:
+            custom, batch = self.clients.custom, self.clients.batch
+            listed = (self._list(custom.list_namespaced_custom_object, GROUP, VERSION, *scope, RELEASES) if scope
+                      else self._list(custom.list_cluster_custom_object, GROUP, VERSION, RELEASES))
+            releases |= {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in listed}
+            found = (self._list(batch.list_namespaced_job, *scope, label_selector=selector) if scope
+                     else self._list(batch.list_job_for_all_namespaces, label_selector=selector))
+            started |= {(j["metadata"]["namespace"], j["metadata"]["labels"].get(jobs.LABEL_CYCLE)): j for j in found}
         now = self.clock()
-        chosen: dict[str, retention.Doomed] = {}
-        for release in sorted({e.release for e in finished}):
-            found = releases.get(release)
-            for doomed in retention.doomed(finished, release, cycle_limits_of(found), pointed_at(found), now):
-                chosen[doomed.cycle.name] = doomed
-        started = {j["metadata"]["labels"].get(jobs.LABEL_CYCLE): j for j in self._list(
-            self.clients.batch.list_namespaced_job, namespace,
-            label_selector=f"{jobs.MANAGED_BY[0]}={jobs.MANAGED_BY[1]},{jobs.LABEL_STEP}={STEP}")}
+        chosen: dict[tuple[str, str], retention.Doomed] = {}
+        for namespace in with_finished:
+            finished = [e for (ns, _), e in entries.items() if ns == namespace and e.done]
+            for name in sorted({e.release for e in finished}):
+                release = releases.get((namespace, name))
+                for doomed in retention.doomed(finished, name, cycle_limits_of(release), pointed_at(release), now):
+                    chosen[(namespace, doomed.cycle.name)] = doomed
         deleted = []
         for cycle in cycles:
-            name, uid = cycle["metadata"]["name"], cycle["metadata"]["uid"]
-            job = started.get(name)
+            namespace, name, uid = (cycle["metadata"][key] for key in ("namespace", "name", "uid"))
+            job, doomed = started.get((namespace, name)), chosen.get((namespace, name))
             if job is not None and uid not in {o.get("uid") for o in job["metadata"].get("ownerReferences") or []}:
                 continue  # an earlier cycle's of the same name: the garbage collector removes it
-            if job is None and name in chosen and not chosen[name].cycle.artifacts:
-                if self._delete(namespace, name, uid, chosen[name].message):
+            if job is None and doomed is not None and not doomed.cycle.artifacts:
+                if self._delete(namespace, name, uid, doomed.message):
                     deleted.append(f"{namespace}/{name}")
-            elif job is None and name in chosen:
-                self._create(cycle, chosen[name])
+            elif job is None and doomed is not None:
+                self._create(cycle, doomed)
             elif job is not None and _condition(job, "Complete"):
                 if self._delete(namespace, name, uid, "its cleanup Job succeeded"):
                     deleted.append(f"{namespace}/{name}")
