@@ -339,14 +339,18 @@ def test_the_operator_rbac_is_the_same_cluster_wide_namespaced_and_in_the_plain_
     (manifest_rules,) = _rules(list(yaml.safe_load_all((MANIFESTS / "10-rbac.yaml").read_text())), "ClusterRole")
     (cluster_rules,) = _rules(render(), "ClusterRole")
     assert cluster_rules == manifest_rules
-    # least privilege: no wildcard, no secrets, nothing written but status, Jobs, releases, events and the GPU
-    # ledger (a new permission belongs in this list on purpose, and in manifests/10-rbac.yaml and the chart alike)
+    # least privilege: no wildcard, no secrets, nothing written but status, Jobs, releases, events, the GPU
+    # ledger and the deletion of finished cycles (a new permission belongs in this list on purpose, and in
+    # manifests/10-rbac.yaml and the chart alike)
     for rule in cluster_rules:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert not {"secrets", "pods/exec", "pods/attach", "nodes"} & set(rule["resources"])
     writable = {r for rule in cluster_rules if set(rule["verbs"]) - {"get", "list", "watch"} for r in rule["resources"]}
-    assert writable == {"trainingcycles/status", "trainingcycles/finalizers", "adapterreleases", "jobs", "events",
-                        "configmaps"}
+    assert writable == {"trainingcycles", "trainingcycles/status", "trainingcycles/finalizers", "adapterreleases",
+                        "jobs", "events", "configmaps"}
+    # cycles themselves: only deleted (the janitor, sigma0.kube.janitor), never created or changed
+    (cycles,) = [r for r in cluster_rules if r["resources"] == ["trainingcycles"]]
+    assert set(cycles["verbs"]) - {"get", "list", "watch"} == {"delete"}
     # the one ConfigMap it reads and replaces is the GPU ledger (sigma0.kube.ledger), named
     (ledger,) = [r for r in cluster_rules if "configmaps" in r["resources"] and "update" in r["verbs"]]
     assert ledger["resourceNames"] == [LEDGER_NAME] and set(ledger["verbs"]) == {"get", "update"}

@@ -5,6 +5,7 @@
     sigma0 stage NAME ...                         one stage command (what a local step or a Job's pod runs)
     sigma0 release show|history|rollback NAME     the local release store (--cluster: the AdapterRelease)
     sigma0 digest FOLDER                          an adapter folder's digest, as spec.candidate.digest names it
+    sigma0 clean FOLDER [--keep PATH ...]         delete a finished cycle's folder but the adapters kept (janitor)
     sigma0 operator [--namespace NS ...]          the Kubernetes operator (kopf): TrainingCycles as Jobs
     sigma0 cycle create MANIFEST                  create a TrainingCycle in a cluster (what the nightly CronJob runs)
     sigma0 check --namespace NS ...               check an installed sigma0: CRDs, operator health, RBAC (helm test)
@@ -100,12 +101,18 @@ def _validate(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from sigma0.executors.local import CycleLocked, LocalExecutor, choose_cycle
+    from sigma0.executors.local import CycleLocked, LocalExecutor, choose_cycle, sweep
     from sigma0.local_release import LocalReleases
+    from sigma0.retention import Limits, RetentionError
     from sigma0.ui import RichReporter, result_table
 
     cycle = _load(args.manifest, console)
     if cycle is None:
+        return EXIT_BAD_INPUT
+    try:
+        limits = Limits(successful=args.successful_cycles_history_limit, failed=args.failed_cycles_history_limit)
+    except RetentionError as error:
+        console.print(f"[red]{error}[/]", highlight=False)
         return EXIT_BAD_INPUT
     workdir = Path(args.workdir)
     try:
@@ -135,6 +142,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     assert run.finished is not None
     console.print(result_table(run.name, run.state, run.finished))
     console.print(f"logs and artifacts: {run.cycle_dir}", highlight=False)
+    for gone in sweep(workdir, cycle.spec.release, limits, releases):
+        kept = f" (kept {', '.join(gone.keep)})" if gone.keep else ""
+        console.print(f"removed finished cycle {gone.cycle.name}: {gone.message}{kept}", highlight=False)
     return EXIT_OK if run.finished["phase"] == "Succeeded" else EXIT_FAILED
 
 
@@ -192,6 +202,22 @@ def _digest(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]{path}: no such file or folder[/]", highlight=False)
         return EXIT_BAD_INPUT
     print(path_digest(path))
+    return EXIT_OK
+
+
+def _clean(args: argparse.Namespace, console: Console) -> int:
+    """`sigma0 clean FOLDER --keep PATH...`: what the janitor's cleanup Job runs (sigma0.clean). Its summary goes
+    to stdout and to the termination-message file, as a stage's does."""
+    from sigma0.clean import clean_folder
+    from sigma0.retention import RetentionError
+
+    try:
+        summary = clean_folder(args.folder, args.keep)
+    except RetentionError as error:
+        print(f"sigma0 clean: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    write_summary(summary)
+    print(json.dumps(summary, sort_keys=True))
     return EXIT_OK
 
 
@@ -270,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("manifest")
     run.add_argument("--workdir", default=".sigma0", help="where cycles, releases and the leaderboard live")
     run.add_argument("--name", help="the cycle's name (default: the manifest's name, or a new one from generateName)")
+    run.add_argument("--successful-cycles-history-limit", type=int, metavar="N",
+                     help="after the run, keep only the newest N succeeded cycles of the release in the workdir "
+                     "(an AdapterRelease's spec.successfulCyclesHistoryLimit on a cluster); default: keep all")
+    run.add_argument("--failed-cycles-history-limit", type=int, metavar="N",
+                     help="the same for failed cycles (spec.failedCyclesHistoryLimit); default: keep all")
 
     stage = commands.add_parser("stage", help="run one stage command", add_help=False)
     stage.add_argument("stage_name", metavar="NAME", choices=list(STAGES), help=", ".join(STAGES))
@@ -287,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     digest = commands.add_parser("digest", help="print an adapter folder's digest (for spec.candidate.digest)")
     digest.add_argument("path")
+
+    clean = commands.add_parser("clean", help="delete a finished cycle's folder, all but the paths kept (what the "
+                                "janitor's cleanup Job runs)")
+    clean.add_argument("folder", help="the cycle's folder (path or fsspec URI), under a 'cycles' folder")
+    clean.add_argument("--keep", action="append", default=[], metavar="PATH",
+                       help="a path inside the folder that a release still points at (repeatable)")
 
     dashboard = commands.add_parser("dashboard", help="serve the read-only dashboard of a local workdir")
     dashboard.add_argument("--workdir", default=".sigma0", help="the workdir `sigma0 run` used")
@@ -316,5 +353,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
     handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator, "cycle": _cycle,
-                "digest": _digest, "dashboard": _dashboard, "check": _check}
+                "digest": _digest, "clean": _clean, "dashboard": _dashboard, "check": _check}
     return handlers[args.command](args, console)

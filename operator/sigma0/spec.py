@@ -282,6 +282,7 @@ class CycleSpec(_Model):
     deadline_seconds: int = 86400
     stage_timeouts: StageTimeouts = StageTimeouts()
     suspend: bool = False
+    ttl_seconds_after_finished: int | None = None  # the janitor deletes the finished cycle after it (sigma0.retention)
 
 
 class TrainingCycle(BaseModel):

@@ -29,7 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sigma0 import evidence, journal, placement, plan
+from sigma0 import evidence, journal, placement, plan, retention
+from sigma0.clean import clean_folder
 from sigma0.io import read_json, text_digest, write_json_atomic
 from sigma0.release_rules import Releases
 from sigma0.spec import CycleSpec, TrainingCycle
@@ -336,6 +337,35 @@ def _tail(path: Path, lines: int = 3) -> str:
     except OSError:
         return "no log"
     return " | ".join(text[-lines:])[-500:]
+
+
+# Cleaning up ------------------------------------------------------------------------------------------------------
+
+
+def sweep(workdir: Path, release: str, limits: retention.Limits, releases: Releases,
+          now: datetime | None = None) -> list[retention.Doomed]:
+    """The local janitor, the cluster's rule (sigma0.retention) on a workdir: the finished cycles of `release` past
+    `limits` (`sigma0 run --successful-cycles-history-limit / --failed-cycles-history-limit`) or past their own
+    spec.ttlSecondsAfterFinished lose their folder, but for any path the release points at (a local release keeps
+    its own copies under releases/, so usually nothing). What went, oldest first."""
+    cycles = []
+    for state_file in sorted((workdir / "cycles").glob(f"*/{STATE_FILE}")):
+        try:
+            run = load(state_file.parent)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a state file this version can read: not ours to judge
+        spec, finished = run.spec or {}, run.finished or {}
+        cycles.append(retention.Cycle(
+            name=run.name, release=str(spec.get("release", "")), phase=finished.get("phase"),
+            created=placement.parse_time(run.started_at),
+            finished=placement.parse_time(finished["at"]) if finished.get("at") else None,
+            ttl_seconds=spec.get("ttlSecondsAfterFinished"), artifacts=str(state_file.parent.resolve())))
+    current = releases.current(release)
+    pointers = [p.uri for p in ([current] if current else []) + list(releases.history(release))]
+    found = retention.doomed(cycles, release, limits, pointers, now or datetime.now(UTC))
+    for doomed in found:
+        clean_folder(doomed.cycle.artifacts, doomed.keep)
+    return found
 
 
 # What the cycle looks like ------------------------------------------------------------------------------------------

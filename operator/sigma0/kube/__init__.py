@@ -6,6 +6,7 @@
     releases.py  the AdapterRelease: incumbent, publish (resourceVersion precondition, Stale), rollback
     ledger.py    the GPU-hours ledger of a namespace (a ConfigMap), which weekly placement budgets are counted in
     executor.py  JobExecutor: one idempotent reconcile of one TrainingCycle (read the world, act, write status)
+    janitor.py   finished cycles past their release's history limits or their TTL: a cleanup Job, then delete
     handlers.py  thin kopf handlers that call the executor; metrics.py the Prometheus figures
     operator.py  `sigma0 operator`: settings, login, kopf run
 """

@@ -12,8 +12,10 @@ so the periodic resync (deadlines, queue hand-over, waiting pods) is a plain thr
                              are closed in the namespace's GPU ledger
     resync thread            every --resync-seconds: every unfinished cycle that can move (`queue.movable`: the
                              active ones, the head of each queue, any past its deadline), the phase gauge, and the GPU
-                             ledgers and GPU-hour gauges of the namespaces with cycles; with --peering, only
-                             while this replica is the one kopf lets handle events
+                             ledgers and GPU-hour gauges of the namespaces with cycles, and the janitor
+                             (sigma0.kube.janitor: finished cycles past their release's limits or their TTL go,
+                             files first); with --peering, only while this replica is the one kopf lets handle
+                             events
 
 With peering, kopf pauses its handlers in every replica but the live one with the highest priority; the resync
 thread is not kopf's, so it reads the same peering object and applies the same rule (`peering_active`).
@@ -34,6 +36,7 @@ import kopf
 
 from sigma0.kube import CYCLES, GROUP, VERSION, heap, jobs, queue
 from sigma0.kube.executor import Clients, Conflict, JobExecutor
+from sigma0.kube.janitor import Janitor
 from sigma0.kube.metrics import OperatorMetrics
 from sigma0.plan import TERMINAL_PHASES
 
@@ -84,6 +87,7 @@ class Runtime:
     resync_seconds: float = 30.0
     watch_timeout: int = 60
     peering: Peering | None = None
+    janitor: Janitor | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -154,6 +158,12 @@ def resync_once() -> None:
         if not runtime.stop.is_set():
             reconcile(cycle["metadata"]["namespace"], cycle["metadata"]["name"])
     runtime.executor.refresh_ledgers(cycles)
+    if runtime.janitor is not None and not runtime.stop.is_set():
+        try:
+            runtime.janitor.sweep(cycles, runtime.namespaces)
+        except Exception:  # the ledgers and the cycles above must not wait for it; the next resync tries again
+            runtime.metrics.errors.labels("janitor").inc()
+            log.exception("the janitor's pass failed; it runs again on the next resync")
     heap.trim()
 
 

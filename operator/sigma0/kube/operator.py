@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sigma0.kube import handlers, heap
     from sigma0.kube.executor import Clients, JobExecutor
+    from sigma0.kube.janitor import Janitor
     from sigma0.kube.metrics import OperatorMetrics
 
     heap.limit_arenas()
@@ -204,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
         peering = handlers.Peering(args.peering, identity, priority, args.namespace[0] if args.namespace else None,
                                    lifetime=args.peering_lifetime)
         logging.getLogger("sigma0.operator").info("peering %s as %s, priority %d", args.peering, identity, priority)
+    janitor = Janitor(clients, settings, clock=executor.clock)
     handlers.install(handlers.Runtime(executor, clients, metrics, tuple(args.namespace), args.resync_seconds,
-                                      args.watch_timeout, peering))
+                                      args.watch_timeout, peering, janitor))
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     if args.dashboard_port:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sigma0 import plan
+from sigma0 import plan, retention
 from sigma0 import release_rules as rules
 from sigma0.kube import API_VERSION, GROUP, RELEASES, VERSION
 from sigma0.release_rules import DEFAULT_HISTORY_LIMIT, ReleaseError
@@ -95,6 +95,19 @@ def revision_of(release: Mapping[str, Any] | None) -> int:
 def history_limit_of(release: Mapping[str, Any] | None) -> int:
     spec = (release or {}).get("spec") or {}
     return rules.check_history_limit(int(spec.get("historyLimit") or DEFAULT_HISTORY_LIMIT))
+
+
+def cycle_limits_of(release: Mapping[str, Any] | None) -> retention.Limits:
+    """spec.successfulCyclesHistoryLimit and spec.failedCyclesHistoryLimit (unset: keep every cycle)."""
+    spec = (release or {}).get("spec") or {}
+    return retention.Limits(successful=spec.get("successfulCyclesHistoryLimit"),
+                            failed=spec.get("failedCyclesHistoryLimit"))
+
+
+def pointed_at(release: Mapping[str, Any] | None) -> list[str]:
+    """The uri of every adapter the release points at: the current one and every one in its history (a rollback
+    may return to any of them), so none of them may be deleted."""
+    return [p.uri for p in (current_of(release), *history_of(release)) if p is not None]
 
 
 def incumbent_of(release: Mapping[str, Any] | None) -> plan.Incumbent | None:
