@@ -207,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
     handlers.install(handlers.Runtime(executor, clients, metrics, tuple(args.namespace), args.resync_seconds,
                                       args.watch_timeout, peering))
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr="0.0.0.0", registry=metrics.registry)
     if args.dashboard_port:
         from sigma0.dashboard.server import serve_in_thread
         from sigma0.dashboard.sources import ClusterSource
