@@ -594,6 +594,11 @@ def test_metrics_are_https_for_authorized_tokens_by_default_and_plain_http_only_
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}]
     (endpoint,) = one(everything, "ServiceMonitor")["spec"]["endpoints"]
     assert endpoint["tlsConfig"]["ca"]["secret"]["name"] == "metrics-ca"
+    policy = next(d for d in everything if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "sigma0-operator")
+    assert {"from": VALUE_SETS["everything"]["metrics"]["allowedFrom"], "ports": [{"port": "metrics"}]} in \
+        policy["spec"]["ingress"]  # allowedFrom narrows the HTTPS port too
+    assert not [rule for rule in policy["spec"]["ingress"]
+                if "from" not in rule and {"port": "metrics"} in rule["ports"]]
 
     # plain: the pod's own address, no review RBAC, and only the listed peers reach the port
     plain = render(VALUE_SETS["plain-metrics"])
