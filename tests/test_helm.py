@@ -520,6 +520,7 @@ def test_notes_tell_how_to_apply_a_cycle_and_watch_it(tmp_path: Path) -> None:
     assert "kubectl apply -n sigma0-system -f examples/cycle.yaml" in notes
     assert "kubectl get tc -n sigma0-system -w" in notes
     assert "kubectl create job -n sigma0-system --from=cronjob/sigma0-cycle" in notes
+    assert "--clusterrole=sigma0-metrics-reader --serviceaccount=" in notes  # secure metrics, no readers yet
 
 
 @pytest.mark.parametrize("name", ["default", "namespaced"])
