@@ -22,9 +22,11 @@ small server on http.server, whose figures are still prometheus_client's (`choos
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import ipaddress
 import logging
+import shutil
 import socket
 import ssl
 import tempfile
@@ -208,6 +210,7 @@ def certificate(cert: str | None, key: str | None, address: str) -> CertificateF
                              "tls.key)")
         return CertificateFiles(Path(cert), Path(key))
     folder = Path(tempfile.mkdtemp(prefix="sigma0-metrics-tls-"))  # mode 0700
+    atexit.register(shutil.rmtree, folder, True)  # a container restart keeps /tmp: leave no key behind
     hosts = [socket.gethostname(), "localhost", "127.0.0.1", *([address] if address not in ("", "0.0.0.0") else [])]
     log.info("metrics: no certificate given (--metrics-cert-file): serving a self-signed one")
     return CertificateFiles(*self_signed(folder, hosts))
