@@ -50,6 +50,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "cronjob": {"enabled": True, "schedule": "30 3 * * 1-5", "timeZone": "Europe/Paris"},
         "metrics": {"service": False},
     },
+    "plain-metrics": {
+        "metrics": {"secure": False, "allowedFrom": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}], "serviceMonitor": {"enabled": True}},
+        "cronjob": {"enabled": True},
+    },
     "everything": {
         "image": {"registry": "registry.example.com/ml", "tag": "0.1.0-rc1"},
         "imagePullSecrets": [{"name": "regcred"}],
@@ -66,7 +71,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "artifacts": {"mode": "s3", "s3": {"uri": "s3://models-bucket/sigma0", "credentialsSecret": "s3-creds",
                                            "egress": [{"to": [{"ipBlock": {"cidr": "10.0.5.0/24"}}],
                                                        "ports": [{"port": 9000, "protocol": "TCP"}]}]}},
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"},
+                                       "tlsConfig": {"ca": {"secret": {"name": "metrics-ca", "key": "ca.crt"}},
+                                                     "serverName": "sigma0-operator-metrics.sigma0-system.svc"}},
+                    "tlsSecret": "sigma0-metrics-tls",
+                    "readers": [{"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}],
+                    "allowedFrom": [{"namespaceSelector": {"matchLabels": {
+                        "kubernetes.io/metadata.name": "monitoring"}}}]},
         "cronjob": {"enabled": True, "cycle": {"labels": {"team": "ml"}}},
         "stagePods": {"allowHostPath": True, "allowProcessSandbox": True},
         "dashboard": {"enabled": True, "artifactsClaim": "sigma0-artifacts",
@@ -169,6 +180,11 @@ BAD_VALUES = [
     ({"dashboard": {"ingress": {"enabled": True}}}, "need dashboard.enabled"),
     ({"dashboard": {"enabled": True, "service": False, "ingress": {"enabled": True}}}, "needs dashboard.service"),
     ({"dashboard": {"port": 0}}, "/dashboard/port"),
+    ({"metrics": {"secure": False}}, "plain HTTP metrics need networkPolicy.create and metrics.allowedFrom"),
+    ({"metrics": {"secure": False, "allowedFrom": [{"podSelector": {}}]}, "networkPolicy": {"create": False}},
+     "plain HTTP metrics need networkPolicy.create"),
+    ({"metrics": {"readers": [{"kind": "ServiceAccount"}]}}, "/metrics/readers/0"),
+    ({"metrics": {"tlsSecret": "Not_A_Name"}}, "/metrics/tlsSecret"),
 ]
 
 
@@ -356,7 +372,11 @@ def test_the_operator_rbac_is_the_same_cluster_wide_namespaced_and_in_the_plain_
     assert ledger["resourceNames"] == [LEDGER_NAME] and set(ledger["verbs"]) == {"get", "update"}
 
     namespaced = render(VALUE_SETS["namespaced"])
-    assert not [d for d in namespaced if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    # nothing cluster-wide but what secure metrics need: TokenReview and SubjectAccessReview are cluster-scoped
+    cluster_scoped = {(d["kind"], d["metadata"]["name"]) for d in namespaced
+                      if d["kind"] in ("ClusterRole", "ClusterRoleBinding")}
+    assert cluster_scoped == {("ClusterRoleBinding", "sigma0-operator-auth-delegator"),
+                              ("ClusterRole", "sigma0-metrics-reader")}
     roles = [d for d in namespaced if d["kind"] == "Role" and d["metadata"]["name"] == "sigma0-operator"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["sigma0-system", "team-a"]
     assert all(r["rules"] == manifest_rules for r in roles)
@@ -504,6 +524,7 @@ def test_notes_tell_how_to_apply_a_cycle_and_watch_it(tmp_path: Path) -> None:
     assert "kubectl apply -n sigma0-system -f examples/cycle.yaml" in notes
     assert "kubectl get tc -n sigma0-system -w" in notes
     assert "kubectl create job -n sigma0-system --from=cronjob/sigma0-cycle" in notes
+    assert "--clusterrole=sigma0-metrics-reader --serviceaccount=" in notes  # secure metrics, no readers yet
 
 
 @pytest.mark.parametrize("name", ["default", "namespaced"])
@@ -536,3 +557,65 @@ def test_helm_test_checks_the_operators_rendered_rules_where_it_acts_and_its_own
     assert {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in own_role["rules"]} == {
         (("apiextensions.k8s.io",), ("customresourcedefinitions",), ("get",)),
         (("authorization.k8s.io",), ("subjectaccessreviews",), ("create",))}
+
+
+def _operator(documents: list[dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+    pod = one(documents, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return pod, cli.build_parser().parse_args(container["command"][1:] + container["args"])
+
+
+def test_metrics_are_https_for_authorized_tokens_by_default_and_plain_http_only_on_the_pod_ip_behind_a_policy() -> None:
+    default = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    pod, args = _operator(default)
+    assert args.metrics_secure and not args.metrics_cert_file and args.metrics_address == "0.0.0.0"
+    # the operator may ask who a token is and what it may do; scrapers get a role for get /metrics, nothing else
+    (delegator,) = [d for d in default if d["metadata"]["name"] == "sigma0-operator-auth-delegator"]
+    assert delegator["kind"] == "ClusterRoleBinding" and delegator["roleRef"]["name"] == "system:auth-delegator"
+    assert delegator["subjects"] == [{"kind": "ServiceAccount", "name": "sigma0-operator", "namespace": NAMESPACE}]
+    (reader,) = [d for d in default if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "sigma0-metrics-reader"]
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    assert not [d for d in default if d["metadata"]["name"] == "sigma0-metrics-reader" and
+                d["kind"] == "ClusterRoleBinding"]  # metrics.readers is empty: the admin binds it
+    (endpoint,) = one(default, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    (port,) = [p for p in one(default, "Service")["spec"]["ports"] if p["name"] == "metrics"]
+    assert port["appProtocol"] == "https"
+    policy = next(d for d in default if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "sigma0-operator")
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics"}, {"port": "health"}]}]
+
+    # the admin's certificate (a Secret, e.g. cert-manager's), named readers, scrapers limited by the policy too
+    everything = render(VALUE_SETS["everything"])
+    pod, args = _operator(everything)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "metrics-tls"]
+    assert volume["secret"]["secretName"] == "sigma0-metrics-tls"
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "metrics-tls"]
+    assert mount["readOnly"] and args.metrics_cert_file == f"{mount['mountPath']}/tls.crt"
+    assert args.metrics_key_file == f"{mount['mountPath']}/tls.key"
+    (binding,) = [d for d in everything if d["kind"] == "ClusterRoleBinding" and
+                  d["metadata"]["name"] == "sigma0-metrics-reader"]
+    assert binding["roleRef"]["name"] == "sigma0-metrics-reader"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}]
+    (endpoint,) = one(everything, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["tlsConfig"]["ca"]["secret"]["name"] == "metrics-ca"
+    policy = next(d for d in everything if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "sigma0-operator")
+    assert {"from": VALUE_SETS["everything"]["metrics"]["allowedFrom"], "ports": [{"port": "metrics"}]} in \
+        policy["spec"]["ingress"]  # allowedFrom narrows the HTTPS port too
+    assert not [rule for rule in policy["spec"]["ingress"]
+                if "from" not in rule and {"port": "metrics"} in rule["ports"]]
+
+    # plain: the pod's own address, no review RBAC, and only the listed peers reach the port
+    plain = render(VALUE_SETS["plain-metrics"])
+    pod, args = _operator(plain)
+    assert not args.metrics_secure and args.metrics_address == "$(POD_IP)"
+    (env,) = [e for e in pod["containers"][0]["env"] if e["name"] == "POD_IP"]
+    assert env["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    names = {d["metadata"]["name"] for d in plain}
+    assert not {"sigma0-operator-auth-delegator", "sigma0-metrics-reader"} & names
+    policy = next(d for d in plain if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "sigma0-operator")
+    assert policy["spec"]["ingress"] == [
+        {"ports": [{"port": "health"}]},
+        {"from": VALUE_SETS["plain-metrics"]["metrics"]["allowedFrom"], "ports": [{"port": "metrics"}]}]
+    (endpoint,) = one(plain, "ServiceMonitor")["spec"]["endpoints"]
+    assert "scheme" not in endpoint and "bearerTokenFile" not in endpoint

@@ -40,12 +40,14 @@ from sigma0 import evidence, placement, plan
 from sigma0.kube import CYCLES, GROUP, VERSION, jobs, queue
 from sigma0.kube.ledger import NAME as LEDGER_NAME
 from sigma0.kube.ledger import ClusterLedger, LedgerError
+from sigma0.kube.metrics import phase_change
 from sigma0.kube.releases import ClusterReleases, now_rfc3339
 from sigma0.kube.status import (
     CycleRecord,
     PlacementWait,
     Situation,
     StageRecord,
+    phase_since,
     read_record,
     render,
     same_status,
@@ -74,6 +76,8 @@ class Metrics(Protocol):
 
     def placement_skipped(self, step: str, placement: str, reason: str) -> None: ...
 
+    def phase_left(self, phase: str, seconds: float) -> None: ...
+
 
 class NoMetrics:
     def stage_finished(self, stage: str, state: str, seconds: float | None) -> None:
@@ -86,6 +90,9 @@ class NoMetrics:
         pass
 
     def placement_skipped(self, step: str, placement: str, reason: str) -> None:
+        pass
+
+    def phase_left(self, phase: str, seconds: float) -> None:
         pass
 
 
@@ -627,7 +634,9 @@ class JobExecutor:
                      suspended: bool, layout: plan.Layout | None = None) -> Result:
         before = (cycle.get("status") or {}).get("phase")
         if spec is None:  # an unreadable spec: only the failure can be shown
-            status = {**(cycle.get("status") or {}), "phase": plan.PHASE_FAILED,
+            old = cycle.get("status") or {}
+            status = {**old, "phase": plan.PHASE_FAILED,
+                      "phaseTransitionTime": phase_since(old, plan.PHASE_FAILED, placement.format_time(self.clock())),
                       "failure": {"reason": work.record.failure[0], "message": work.record.failure[1]}}
             self._replace_status(cycle, status)
             return Result(plan.PHASE_FAILED, ref.release, finished_now=True)
@@ -670,6 +679,11 @@ class JobExecutor:
             raise
         with self._locks_guard:
             self._last_written[(metadata["namespace"], metadata["name"])] = written["metadata"]["resourceVersion"]
+        # Only the write that moved the cycle out of a phase gets here with that change (the resourceVersion
+        # precondition refuses any other), so each phase's time is observed once.
+        left = phase_change(cycle.get("status"), status)
+        if left is not None:
+            self.metrics.phase_left(*left)
         return written
 
     def _post_events(self, cycle: dict[str, Any], work: _Pass) -> None:

@@ -11,11 +11,11 @@ so the periodic resync (deadlines, queue hand-over, waiting pods) is a plain thr
                              an Unschedulable pod shows up in the status at once; a deleted GPU pod's hours
                              are closed in the namespace's GPU ledger
     resync thread            every --resync-seconds: every unfinished cycle that can move (`queue.movable`: the
-                             active ones, the head of each queue, any past its deadline), the phase gauge, and the GPU
-                             ledgers and GPU-hour gauges of the namespaces with cycles, and the janitor
-                             (sigma0.kube.janitor: finished cycles past their release's limits or their TTL go,
-                             files first); with --peering, only while this replica is the one kopf lets handle
-                             events
+                             active ones, the head of each queue, any past its deadline), the gauges read from the
+                             listed cycles (`OperatorMetrics.cycles_seen`: phases, queue depths), the GPU ledgers
+                             and GPU-hour gauges of the namespaces with cycles, and the janitor (sigma0.kube.janitor:
+                             finished cycles past their release's limits or their TTL go, files first); with
+                             --peering, only while this replica is the one kopf lets handle events
 
 With peering, kopf pauses its handlers in every replica but the live one with the highest priority; the resync
 thread is not kopf's, so it reads the same peering object and applies the same rule (`peering_active`).
@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -109,13 +108,14 @@ def reconcile(namespace: str, name: str) -> None:
     """Reconcile one cycle; when it has just ended, give its release to the next one in the queue."""
     runtime = _rt()
     try:
-        result = runtime.executor.reconcile(namespace, name)
+        with runtime.metrics.reconciling("cycle"):
+            result = runtime.executor.reconcile(namespace, name)
     except Conflict as error:  # someone wrote the cycle meanwhile; the watch brings the next event
-        runtime.metrics.errors.labels("conflict").inc()
+        runtime.metrics.conflicted("cycle")
         log.debug("%s", error)
         return
     except Exception:
-        runtime.metrics.errors.labels("error").inc()
+        runtime.metrics.failed("cycle")
         log.exception("reconciling TrainingCycle %s/%s failed; it is retried on the next event or resync",
                       namespace, name)
         return
@@ -153,7 +153,7 @@ def resync_once() -> None:
     cycles: list[dict[str, Any]] = []
     for namespace in runtime.namespaces or (None,):
         cycles += _list_cycles(namespace)
-    runtime.metrics.set_phases(Counter((c.get("status") or {}).get("phase") or "New" for c in cycles))
+    runtime.metrics.cycles_seen(cycles, runtime.executor.clock())
     for cycle in queue.movable([c for c in cycles if not _finished(c)], runtime.executor.clock()):
         if not runtime.stop.is_set():
             reconcile(cycle["metadata"]["namespace"], cycle["metadata"]["name"])
@@ -171,9 +171,10 @@ def _resync_loop() -> None:
     runtime = _rt()
     while not runtime.stop.wait(runtime.resync_seconds):
         try:
-            resync_once()
+            with runtime.metrics.reconciling("resync"):
+                resync_once()
         except Exception:
-            runtime.metrics.errors.labels("resync").inc()
+            runtime.metrics.failed("resync")
             log.exception("resync failed; trying again in %s s", runtime.resync_seconds)
 
 
@@ -232,9 +233,10 @@ def job_event(labels: kopf.Labels, namespace: str, **_: Any) -> None:
 def pod_event(type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str, **_: Any) -> None:
     if type == "DELETED" and labels.get(jobs.LABEL_KIND) == "gpu":
         try:
-            _rt().executor.pod_deleted(namespace, copy.deepcopy(dict(body)))
+            with _rt().metrics.reconciling("ledger"):
+                _rt().executor.pod_deleted(namespace, copy.deepcopy(dict(body)))
         except Exception:
-            _rt().metrics.errors.labels("ledger").inc()
+            _rt().metrics.failed("ledger")
             log.exception("recording the end of GPU pod %s/%s failed; the resync closes it", namespace,
                           body.get("metadata", {}).get("name"))
     cycle = labels.get(jobs.LABEL_CYCLE)

@@ -110,6 +110,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch-timeout", type=int, default=60,
                         help="server-side watch timeout; the client reconnects at least this often")
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
+    parser.add_argument("--metrics-address", default="0.0.0.0", metavar="IP",
+                        help="the address /metrics listens on (the chart gives the pod's IP when it serves plain "
+                        "HTTP)")
+    parser.add_argument("--metrics-secure", action="store_true",
+                        help="serve /metrics over HTTPS to bearer tokens only: each one goes to a TokenReview, then "
+                        "a SubjectAccessReview for get on the nonResourceURL /metrics (401 / 403 otherwise); the "
+                        "chart's default. Off: plain HTTP to anyone who can reach the address")
+    parser.add_argument("--metrics-cert-file", metavar="PATH",
+                        help="with --metrics-secure: the serving certificate (PEM, e.g. a Secret's tls.crt), re-read "
+                        "when it changes; default: a self-signed one made at start")
+    parser.add_argument("--metrics-key-file", metavar="PATH", help="its private key (a Secret's tls.key)")
     parser.add_argument("--liveness-port", type=int, default=8080, help="liveness endpoint /healthz (0: off)")
     parser.add_argument("--dashboard-port", type=int, default=0,
                         help="serve the read-only dashboard (sigma0.dashboard) on this port (0: off, the default)")
@@ -173,6 +184,19 @@ def api_client(kubeconfig: str | None) -> Any:
         return config.new_client_from_config()
 
 
+def metrics_server(args: argparse.Namespace, metrics: Any, api: Any) -> Any:
+    """The /metrics endpoint the flags ask for (sigma0.kube.metrics_http), bound but not serving yet."""
+    from sigma0.kube import metrics_http
+
+    if not args.metrics_secure:
+        if args.metrics_cert_file or args.metrics_key_file:
+            raise SystemExit("--metrics-cert-file and --metrics-key-file need --metrics-secure")
+        return metrics_http.MetricsServer(args.metrics_address, args.metrics_port, metrics.registry)
+    gate = metrics_http.Gate(metrics_http.KubeReviewer(api))
+    tls = metrics_http.certificate(args.metrics_cert_file, args.metrics_key_file, args.metrics_address)
+    return metrics_http.MetricsServer(args.metrics_address, args.metrics_port, metrics.registry, gate=gate, tls=tls)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -186,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     from sigma0.kube.metrics import OperatorMetrics
 
     heap.limit_arenas()
-    clients = Clients.of(api_client(args.kubeconfig), timeout=(5.0, 30.0))
+    api = api_client(args.kubeconfig)
+    clients = Clients.of(api, timeout=(5.0, 30.0))
     metrics = OperatorMetrics()
     if args.clock_file:
         logging.getLogger("sigma0.operator").warning("TEST CLOCK: the operator's time is offset by the seconds "
@@ -209,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     handlers.install(handlers.Runtime(executor, clients, metrics, tuple(args.namespace), args.resync_seconds,
                                       args.watch_timeout, peering, janitor))
     if args.metrics_port:
-        metrics.serve(args.metrics_port)
+        metrics_server(args, metrics, api).serve_in_thread()
     if args.dashboard_port:
         from sigma0.dashboard.server import serve_in_thread
         from sigma0.dashboard.sources import ClusterSource

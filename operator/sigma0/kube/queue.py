@@ -104,6 +104,15 @@ def movable(unfinished: Iterable[Mapping[str, Any]], now: datetime) -> list[Mapp
     return chosen
 
 
+def depths(cycles: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], int]:
+    """Per (namespace, release) that has any cycle, how many are waiting in its queue (`Entry.waiting`)."""
+    found: dict[tuple[str, str], int] = {}
+    for cycle in cycles:
+        key = (cycle["metadata"].get("namespace") or "", str((cycle.get("spec") or {}).get("release", "")))
+        found[key] = found.get(key, 0) + Entry.of(cycle).waiting
+    return found
+
+
 def _holds_release(spec: Mapping[str, Any]) -> bool:
     """sigma0.plan.holds_release, on the spec as listed (no need to validate every cycle of a release)."""
     try:

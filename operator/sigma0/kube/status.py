@@ -389,6 +389,7 @@ def render(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation:
                                  previous=previous.get("conditions")),
         "counts": counts(record),
     }
+    status["phaseTransitionTime"] = phase_since(previous, current.phase, now)
     if record.admitted:
         status["startTime"] = previous.get("startTime") or now
     if current.phase in plan.TERMINAL_PHASES:
@@ -416,6 +417,12 @@ def render(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, situation:
     if situation.placement_wait is not None and current.phase == PHASE_WAITING:
         status["placementWait"] = situation.placement_wait.to_status()
     return status
+
+
+def phase_since(previous: Mapping[str, Any], phase: str, now: str) -> str:
+    """When the cycle entered `phase`: kept while the phase stays, `now` when it changes (or was never recorded)."""
+    kept = previous.get("phaseTransitionTime") if previous.get("phase") == phase else None
+    return str(kept or now)
 
 
 def placement_display(record: CycleRecord) -> str:
