@@ -266,3 +266,38 @@ def test_the_operator_probes_ask_different_things_of_what_it_serves() -> None:
         live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
         assert (live["path"], ports[live["port"]]) == ("/metrics", args.metrics_port)
         assert (ready["path"], ports[ready["port"]]) == ("/healthz", args.liveness_port)
+
+
+def test_two_peered_replicas_need_no_excuse() -> None:
+    """The allowlist's reasons for Recreate and one replica say that two replicas fix both: kube-score agrees."""
+    assert not [f for f in all_findings()["peering"] if f.kind == "Deployment"]
+
+
+KUBELET_LOGS = 50 * 2**20  # the kubelet keeps 5 log files of 10Mi per container by default
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
+
+
+def _pod_templates(document: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = document.get("spec") or {}
+    if document["kind"] == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]]
+    return [spec["template"]] if "template" in spec else []
+
+
+def test_every_pods_disk_limit_covers_its_emptydirs_and_its_log() -> None:
+    """ephemeral-storage limits that a pod reaches by doing what it is meant to would get it evicted: each pod's
+    limit holds its on-disk emptyDirs at their sizeLimit plus a full rotation of its log."""
+    for name in SCORED_VALUE_SETS:
+        for document in scored_objects(name):
+            for template in _pod_templates(document):
+                pod = template["spec"]
+                on_disk = [v["emptyDir"] for v in pod.get("volumes") or [] if "emptyDir" in v
+                           and v["emptyDir"].get("medium") != "Memory"]
+                assert all("sizeLimit" in v for v in on_disk), document["metadata"]["name"]
+                limit = sum(_bytes(c["resources"]["limits"]["ephemeral-storage"]) for c in pod["containers"])
+                assert limit >= sum(_bytes(v["sizeLimit"]) for v in on_disk) + KUBELET_LOGS * len(pod["containers"]), \
+                    f"{document['kind']} {document['metadata']['name']} ({name})"
