@@ -301,3 +301,31 @@ def test_every_pods_disk_limit_covers_its_emptydirs_and_its_log() -> None:
                 limit = sum(_bytes(c["resources"]["limits"]["ephemeral-storage"]) for c in pod["containers"])
                 assert limit >= sum(_bytes(v["sizeLimit"]) for v in on_disk) + KUBELET_LOGS * len(pod["containers"]), \
                     f"{document['kind']} {document['metadata']['name']} ({name})"
+
+
+FAKE_GO = """#!/bin/sh
+# install: "build" the binary into $GOBIN; version -m: report the module version in $FAKE_GO_VERSION
+if [ "$1" = install ]; then printf '#!/bin/sh\\necho built\\n' > "$GOBIN/kube-score"; chmod +x "$GOBIN/kube-score"; fi
+record='%s: go1.26\\n\\tmod\\tgithub.com/zegl/kube-score\\t%s\\th1:x=\\n'
+if [ "$1" = version ]; then printf "$record" "$3" "$FAKE_GO_VERSION"; fi
+"""
+
+
+def test_a_go_tool_is_cached_only_when_it_was_built_from_the_pinned_version(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "go"
+    fake.write_text(FAKE_GO)
+    fake.chmod(0o755)
+    monkeypatch.setenv("GO", str(fake))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _, _, version = tools.GO_TOOLS["kube-score"]
+    folder = tmp_path / "cache" / "sigma0" / "kube-score" / version
+    monkeypatch.setenv("FAKE_GO_VERSION", "v0.0.1")
+    with pytest.raises(RuntimeError, match="not " + version):
+        tools.go_tool("kube-score")
+    assert not folder.exists()  # nothing cached: the next call builds again
+    monkeypatch.setenv("FAKE_GO_VERSION", version)
+    built = tools.go_tool("kube-score")
+    assert built == folder / "kube-score" and (folder / ".complete").exists()
+    fake.write_text("#!/bin/sh\nexit 1\n")  # warm: go is not run again
+    assert tools.go_tool("kube-score") == built

