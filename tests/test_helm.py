@@ -185,6 +185,9 @@ BAD_VALUES = [
      "plain HTTP metrics need networkPolicy.create"),
     ({"metrics": {"readers": [{"kind": "ServiceAccount"}]}}, "/metrics/readers/0"),
     ({"metrics": {"tlsSecret": "Not_A_Name"}}, "/metrics/tlsSecret"),
+    ({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.2"]}}}, "/networkPolicy/apiServer/cidrs/0"),
+    ({"networkPolicy": {"apiServer": {"ports": []}}}, "/networkPolicy/apiServer/ports"),
+    ({"networkPolicy": {"gpuStageEgress": [{"podSelector": {}}]}}, "/networkPolicy/gpuStageEgress/0"),
 ]
 
 
@@ -327,7 +330,7 @@ def test_the_manifests_are_the_charts_default_objects_plus_the_namespace_and_the
     assert default.keys() < with_cronjob.keys()
     cronjob_objects = with_cronjob.keys() - default.keys()
     assert {kind for kind, _, _ in cronjob_objects} == {"ConfigMap", "ServiceAccount", "Role", "RoleBinding",
-                                                        "CronJob"}
+                                                        "CronJob", "NetworkPolicy"}
     manifests = by_key(_kustomize(MANIFESTS))
     assert manifests.pop(("Namespace", "", NAMESPACE))  # helm install --create-namespace makes it
     # kopf's peering CRDs, which the chart always carries, are manifests/peering/'s (for two replicas) there
@@ -343,7 +346,7 @@ def test_the_manifests_are_the_charts_default_objects_plus_the_namespace_and_the
 
 def test_the_per_namespace_kustomization_takes_the_namespace_it_is_applied_to() -> None:
     documents = _kustomize(MANIFESTS / "per-namespace")
-    assert sorted(d["kind"] for d in documents) == ["NetworkPolicy", "PersistentVolumeClaim"]
+    assert sorted(d["kind"] for d in documents) == ["NetworkPolicy", "NetworkPolicy", "PersistentVolumeClaim"]
     assert all("namespace" not in d["metadata"] for d in documents)
 
 
@@ -406,6 +409,49 @@ def test_per_namespace_objects_go_to_every_cycle_namespace() -> None:
     claim = one(render(), "PersistentVolumeClaim")
     assert claim["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def _policy(documents: list[dict[str, Any]], name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+    (found,) = [d for d in documents if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == name
+                and d["metadata"]["namespace"] == namespace]
+    return found["spec"]
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    return policy["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_pods_that_talk_to_the_api_server_may_reach_only_it_and_gpu_stage_pods_take_no_ingress() -> None:
+    from sigma0.kube import jobs
+
+    any_address = [{"ports": [{"port": p, "protocol": "TCP"} for p in (443, 6443, 8443, 16443)]}]
+    narrowed = {"cidrs": ["10.0.0.2/32", "10.96.0.1/32"], "ports": [6443, 443]}
+    to_it = [{"ports": [{"port": 6443, "protocol": "TCP"}, {"port": 443, "protocol": "TCP"}],
+              "to": [{"ipBlock": {"cidr": "10.0.0.2/32"}}, {"ipBlock": {"cidr": "10.96.0.1/32"}}]}]
+    for api_server, rule in (({}, any_address), (narrowed, to_it)):
+        documents = render({"cronjob": {"enabled": True}, "networkPolicy": {"apiServer": api_server}},
+                           include_tests=True)
+        pods = {"operator": one(documents, "Deployment")["spec"]["template"],
+                "sigma0-cycle": one(documents, "CronJob")["spec"]["jobTemplate"]["spec"]["template"],
+                "sigma0-test": one(documents, "Job")["spec"]["template"]}
+        for name, pod in pods.items():
+            policy = _policy(documents, "sigma0-operator" if name == "operator" else name)
+            assert _selects(policy, pod["metadata"]["labels"]) and policy["policyTypes"] == ["Ingress", "Egress"]
+            assert policy["egress"][:1] == rule, name
+        ingress = [{"ports": [{"port": "metrics"}, {"port": "health"}]}]
+        assert _policy(documents, "sigma0-operator")["ingress"] == ingress
+        assert "ingress" not in _policy(documents, "sigma0-cycle")  # nothing connects to the other two
+        check = _policy(documents, "sigma0-test")
+        assert "ingress" not in check
+        operator_pods = one(documents, "Deployment")["spec"]["selector"]["matchLabels"]
+        assert check["egress"][1:] == [{"to": [{"podSelector": {"matchLabels": operator_pods}}],  # their /healthz
+                                        "ports": [{"port": 8080, "protocol": "TCP"}]}]
+    # train and generate pods: no ingress, egress as networkPolicy.gpuStageEgress (default anywhere)
+    gpu = _policy(render(), "sigma0-stage-gpu")
+    assert gpu == {"podSelector": {"matchLabels": {jobs.LABEL_KIND: "gpu"}}, "policyTypes": ["Ingress", "Egress"],
+                   "egress": [{}]}
+    assert _policy(render({"networkPolicy": {"gpuStageEgress": []}}), "sigma0-stage-gpu")["egress"] == []
+    assert not [d for d in render({"networkPolicy": {"create": False}}) if d["kind"] == "NetworkPolicy"]
 
 
 def test_the_runtime_class_schedules_sandbox_pods_onto_a_tainted_gvisor_pool() -> None:
@@ -488,6 +534,14 @@ def test_two_replicas_peer_one_active_with_the_peering_object_and_its_rbac() -> 
         peerings = [d for d in documents if d["kind"] == peering_kind]
         assert peerings and {p["metadata"]["name"] for p in peerings} == {args.peering}
         assert args.peering_lifetime == 30 and args.priority is None  # each replica derives its own
+        # one at a time: rollouts, drains (a PodDisruptionBudget), and a node's death (replicas prefer different ones)
+        assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+        (budget,) = [d for d in documents if d["kind"] == "PodDisruptionBudget"]
+        assert budget["spec"] == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
+        (term,) = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+            "preferredDuringSchedulingIgnoredDuringExecution"]
+        assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname",
+                                           "labelSelector": deployment["spec"]["selector"]}
         roles = [d for d in documents if d["kind"] == role_kind and d["metadata"]["name"] == "sigma0-operator"]
         for role in roles:
             (rule,) = [r for r in role["rules"] if r["apiGroups"] == ["kopf.dev"]]
@@ -511,7 +565,9 @@ def test_the_operator_deployment_is_hardened_and_recreated() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "affinity" not in pod and not [d for d in render() if d["kind"] == "PodDisruptionBudget"]
     assert container["resources"]["limits"] and container["resources"]["requests"]
     assert pod["serviceAccountName"] == one(render(), "ServiceAccount")["metadata"]["name"]
 

@@ -93,7 +93,8 @@ def test_a_gpu_step_gets_the_trainer_image_and_the_placement() -> None:
     cycle_spec = spec(placement=placement)
     train = pod_of(build(cycle_spec, "train"))
     assert train["containers"][0]["image"] == "reg/trainer:1"
-    assert train["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 2}}
+    assert train["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 2, "ephemeral-storage": "2560Mi"},
+                                                   "requests": {"ephemeral-storage": "256Mi"}}
     assert train["nodeSelector"] == {"pool": "h100"}
     assert train["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert train["priorityClassName"] == "training"
@@ -111,6 +112,34 @@ def test_a_gpu_step_gets_the_trainer_image_and_the_placement() -> None:
 def test_a_cpu_cycle_asks_for_no_gpu() -> None:
     container = pod_of(build(spec(train={"device": "cpu"}), "train"))["containers"][0]
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+
+
+def _quantity(text: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    return int(text[:-2]) * units[text[-2:]] if text[-2:] in units else int(text)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"artifacts": {"uri": "s3://bucket/sigma0"}}, {"train": {"device": "cpu"}}])
+def test_every_stage_pod_asks_for_local_disk_and_its_limit_covers_its_emptydirs_and_its_log(
+        overrides: dict[str, Any]) -> None:
+    cycle_spec = spec(**overrides)
+    for step in plan.steps(cycle_spec, plan.CycleState(True, None, {}), jobs.layout(REF, cycle_spec, SETTINGS)):
+        pod = pod_of(build(cycle_spec, step.name))
+        resources = pod["containers"][0]["resources"]
+        assert resources["requests"]["ephemeral-storage"] == jobs.EPHEMERAL_STORAGE["requests"]
+        on_disk = sum(_quantity(v["emptyDir"]["sizeLimit"]) for v in pod["volumes"]
+                      if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory")
+        assert on_disk  # /tmp at least: an emptyDir without a sizeLimit would not count here
+        limit = _quantity(resources["limits"]["ephemeral-storage"])
+        assert limit == on_disk + _quantity(jobs.LOG_ALLOWANCE), f"{step.name}: {resources} for {pod['volumes']}"
+
+
+def test_a_placement_that_names_ephemeral_storage_keeps_its_own() -> None:
+    own = {"requests": {"cpu": "1", "ephemeral-storage": "20Gi"}, "limits": {"memory": "8Gi"}}
+    for placement, step in (({"sandbox": {"resources": own}}, "verify"), ({"train": {"resources": own}}, "train")):
+        resources = pod_of(build(spec(placement=placement), step))["containers"][0]["resources"]
+        assert resources["requests"]["ephemeral-storage"] == "20Gi"  # not ours, and no limit of ours below it
+        assert "ephemeral-storage" not in resources["limits"]
 
 
 def test_plain_steps_are_hardened_but_need_no_runtime_class() -> None:

