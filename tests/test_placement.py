@@ -192,8 +192,8 @@ def manifest(placement_spec: dict[str, Any] | None = None, **spec: Any) -> dict[
 
 
 LIST = {"train": {"placements": [
-    {"name": "a100", "gpus": 2, "nodeSelector": {"pool": "a100"}, "weeklyGPUHours": 40, "unschedulableSeconds": 60},
-    {"name": "t4-spot", "gpus": 1, "tolerations": [{"key": "spot", "operator": "Exists"}],
+    {"name": "a100", "gpus": 1, "nodeSelector": {"pool": "a100"}, "weeklyGPUHours": 40, "unschedulableSeconds": 60},
+    {"name": "t4-spot", "tolerations": [{"key": "spot", "operator": "Exists"}],
      "priorityClassName": "low"},
 ]}}
 
@@ -208,8 +208,8 @@ def test_the_simple_form_is_one_placement_and_the_list_form_keeps_its_order() ->
     assert [o.name for o in placement.options_for(named, "train")] == ["default"]  # nothing said: the default
     listed = parse_manifest(manifest(LIST)).spec
     a100, t4 = placement.options_for(listed, "train")
-    assert (a100.name, a100.gpus, a100.weekly_gpu_hours, a100.unschedulable_seconds) == ("a100", 2, 40, 60)
-    assert (t4.name, t4.priority_class_name, t4.weekly_gpu_hours) == ("t4-spot", "low", None)
+    assert (a100.name, a100.gpus, a100.weekly_gpu_hours, a100.unschedulable_seconds) == ("a100", 1, 40, 60)
+    assert (t4.name, t4.gpus, t4.priority_class_name, t4.weekly_gpu_hours) == ("t4-spot", None, "low", None)
     with pytest.raises(ValueError, match="not a GPU stage"):
         placement.options_for(listed, "verify")
 
@@ -223,6 +223,10 @@ def test_the_simple_form_is_one_placement_and_the_list_form_keeps_its_order() ->
     ({"placements": [{"name": "A100"}]}, "spec.placement.train.placements[0].name: 'A100' does not match"),
     ({"weeklyGPUHours": -1}, "spec.placement.train.weeklyGPUHours: -1 is less than the minimum of 0"),
     ({"unschedulableSeconds": 0}, "spec.placement.train.unschedulableSeconds: 0 is less than the minimum of 1"),
+    # train and generate are one process on one device: a second GPU would be held and never used
+    ({"gpus": 2}, "spec.placement.train.gpus: 2 is greater than the maximum of 1"),
+    ({"placements": [{"name": "a"}, {"name": "b", "gpus": 2}]},
+     "spec.placement.train.placements[1].gpus: 2 is greater than the maximum of 1"),
     ({"placements": [{"name": "a", "budget": 1}]}, "unknown field(s) budget"),
 ])
 def test_bad_placements_are_rejected_with_the_field_named(setting: dict[str, Any], expected: str) -> None:
@@ -257,7 +261,7 @@ def test_a_gpu_job_runs_on_the_placement_it_was_given_and_says_so_in_its_labels(
     first = jobs.build_job(gpu_step(spec), cycle=REF, spec=spec, settings=SETTINGS, attempt=1,
                            active_deadline_seconds=60)  # no placement given: the first one
     assert first["spec"]["template"]["spec"]["nodeSelector"] == {"pool": "a100"}
-    assert first["metadata"]["labels"][jobs.LABEL_GPUS] == "2"
+    assert first["metadata"]["labels"][jobs.LABEL_GPUS] == "1"
     assert jobs.LABEL_PLACEMENT not in jobs.build_job(gpu_step(spec, "score-candidate"), cycle=REF, spec=spec,
                                                       settings=SETTINGS, attempt=1,
                                                       active_deadline_seconds=60)["metadata"]["labels"]
@@ -412,7 +416,7 @@ def api() -> LedgerApi:
         "metadata": {"name": "c1", "namespace": "team", "uid": "cycle-uid-1", "generation": 1,
                      "creationTimestamp": "2026-03-02T11:00:00Z"},
         "spec": manifest({"train": {"placements": [
-            {"name": "big", "gpus": 2, "unschedulableSeconds": 60},
+            {"name": "big", "nodeSelector": {"pool": "big"}, "unschedulableSeconds": 60},
             {"name": "metered", "weeklyGPUHours": 1},
             {"name": "spare"},
         ]}}, deadlineSeconds=86400)["spec"]})
@@ -475,13 +479,32 @@ def test_only_gpu_steps_fall_back(api: LedgerApi) -> None:
 
 def test_the_last_usable_placement_keeps_waiting_instead_of_falling_back(api: LedgerApi) -> None:
     spec = api.cycles["c1"]["spec"]
-    spec["placement"]["train"]["placements"] = [{"name": "big", "gpus": 2, "unschedulableSeconds": 60},
+    spec["placement"]["train"]["placements"] = [{"name": "big", "nodeSelector": {"pool": "big"},
+                                                 "unschedulableSeconds": 60},
                                                 {"name": "never", "weeklyGPUHours": 0}]
     to_train(api)
     api.unschedulable("c1-train-1", created="2026-03-02T11:00:00Z")
     reconcile(api, NOW)
     assert list(j for j in api.jobs if "train" in j) == ["c1-train-1"]
     assert "no other placement to fall back to: never: weeklyGPUHours is 0" in status_of(api)["message"]
+
+
+def test_a_cycle_stored_before_gpus_was_capped_at_one_runs_as_made_and_counts_every_gpu_it_held(
+        api: LedgerApi) -> None:
+    # The API server keeps what it accepted (and lets status change beside a field a later schema refuses); the
+    # operator reads a stored spec with the typed model, so an upgrade neither strands such a cycle nor undercounts
+    # the GPUs its pod held.
+    api.cycles["c1"]["spec"]["placement"]["train"]["placements"] = [{"name": "old", "gpus": 2}]
+    to_train(api)
+    job = api.jobs["c1-train-1"]
+    assert job["metadata"]["labels"][jobs.LABEL_GPUS] == "2"
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    api.schedule("c1-train-1", {"terminated": {"startedAt": "2026-03-02T10:00:00Z",
+                                               "finishedAt": "2026-03-02T11:00:00Z", "exitCode": 0}})
+    reconcile(api, NOW)
+    (row,) = api.rows()
+    assert (row.placement, row.gpus) == ("old", 2)
+    assert placement.gpu_hours(api.rows(), "old", NOW) == pytest.approx(2)
 
 
 def test_spent_budgets_are_skipped_and_hours_are_counted_from_real_pod_times_across_restarts(api: LedgerApi) -> None:

@@ -114,17 +114,23 @@ def pod_times(platform: Platform, namespace: str, job: str) -> tuple[datetime, d
     return terminated.started_at, terminated.finished_at
 
 
-def test_a_pod_asking_for_more_gpus_than_the_node_has_falls_back_to_the_next_placement(platform: Platform,
-                                                                                        ns: str) -> None:
+def test_a_pod_asking_for_a_gpu_the_node_lacks_falls_back_to_the_next_placement(platform: Platform,
+                                                                                  ns: str) -> None:
     # the API server holds the two forms apart and the names unique, as `sigma0 validate` does
     both = cycle("bad", [{"name": "a"}])
     both["spec"]["placement"]["train"]["gpus"] = 1
     answer = apply(platform, ns, both)
     assert answer.returncode != 0 and "set one placement at this level or a list in placements" in answer.stderr
-    answer = apply(platform, ns, cycle("bad", [{"name": "a"}, {"name": "a", "gpus": 2}]))
+    answer = apply(platform, ns, cycle("bad", [{"name": "a"}, {"name": "a", "gpus": 1}]))
     assert answer.returncode != 0 and "spec.placement.train.placements[1]: Duplicate value" in answer.stderr
+    # one process trains on one device: a second GPU is refused, not held idle
+    answer = apply(platform, ns, cycle("bad", [{"name": "a"}, {"name": "b", "gpus": 2}]))
+    assert answer.returncode != 0 and "spec.placement.train.placements[1].gpus" in answer.stderr
 
-    placements = [{"name": "big", "gpus": 2, "unschedulableSeconds": 5}, {"name": "small", "gpus": 1}]
+    # the node has nvidia.com/gpu only: a pod asking for another kind of GPU stays Unschedulable
+
+    placements = [{"name": "big", "gpuResource": "example.com/gpu", "unschedulableSeconds": 5},
+                  {"name": "small", "gpus": 1}]
     assert apply(platform, ns, cycle("fits", placements)).returncode == 0
     found = wait_for(platform, ns, "the cycle to end", phase_is(platform, ns, "fits", *ENDED), timeout=400)
     assert found["phase"] == "Succeeded", found.get("message")
@@ -133,7 +139,7 @@ def test_a_pod_asking_for_more_gpus_than_the_node_has_falls_back_to_the_next_pla
     assert (train["job"], train["attempt"], train["placement"]) == ("fits-train-2", 2, "small")
     (skip,) = train["skipped"]
     assert (skip["placement"], skip["reason"]) == ("big", "Unschedulable")
-    assert "Insufficient nvidia.com/gpu" in skip["message"]  # the scheduler's own words
+    assert "Insufficient example.com/gpu" in skip["message"]  # the scheduler's own words
     assert found["placement"] == "train=small,generate=default"
     fallback = events(platform, ns, "fits")["PlacementFallback"]
     assert len(fallback) == 1 and "stayed Unschedulable on placement big" in fallback[0]
