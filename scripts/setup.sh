@@ -29,6 +29,21 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
+# The images' builder (scripts/build-images.sh): buildah builds the Dockerfiles without a container engine, over a
+# base image stood in by an mmdebstrap root filesystem; the tests unpack the archives with umoci and run them with runc
+# (skopeo inspects them by hand).
+if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1 || ! command -v umoci >/dev/null 2>&1 \
+   || ! command -v skopeo >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing buildah, mmdebstrap, umoci, skopeo and runc from Debian's packages (the images)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap umoci skopeo runc >/dev/null
+  else
+    echo "setup: buildah, mmdebstrap, umoci, skopeo or runc is missing and this is not root: make images fails" >&2
+    echo "setup: install them with: sudo apt-get install buildah mmdebstrap umoci skopeo runc" >&2
+  fi
+fi
+
 # A current runsc, static, on the systrap platform: scores HumanEval in ~20 % less time and CPU than Debian's
 # ptrace-only runsc (BENCHMARKS.md item 2). Built once (minutes) and cached; its smoke test records that it runs here, and sigma0 then uses it. Never
 # fatal: without Go, the module proxy or a kernel that runs systrap, sigma0 keeps Debian's runsc on ptrace.

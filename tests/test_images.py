@@ -325,3 +325,14 @@ def test_the_build_context_sends_what_the_dockerfile_copies_and_nothing_else(nam
                 copied |= set(args.split()[:-1])
     assert copied == allowed, f"COPY sends {sorted(copied)}; the ignore file lets through {sorted(allowed)}"
     assert all((ROOT / path).exists() for path in copied)
+
+
+def test_every_base_image_is_the_one_the_build_here_stands_in() -> None:
+    """scripts/build-images.sh builds with --pull=never over the base scripts/images/standin-base.sh commits under
+    the official name: a Dockerfile FROM any other image cannot build here."""
+    script = (ROOT / "scripts" / "images" / "standin-base.sh").read_text()
+    found = re.search(r"^name=(\S+)$", script, re.MULTILINE)
+    assert found is not None
+    for name in NAMES:
+        for stage in read_dockerfile(dockerfile(name)):
+            assert f"docker.io/library/{stage.base}" == found.group(1), f"{name}: FROM {stage.base}"

@@ -181,6 +181,22 @@ def test_metadata_labels_owner_and_lifetimes() -> None:
     assert jobs.cycle_selector(REF) == "sigma0.dev/cycle=c1,sigma0.dev/cycle-uid=0123456789abcdef"
 
 
+def test_gpu_pods_download_hub_models_onto_the_artifacts_volume_not_tmp() -> None:
+    """A hub id as baseModel downloads into HF_HOME (~/.cache/huggingface, that is /tmp, by default): a model of
+    several GB fills the pod's /tmp emptyDir. Train and generate pods put it beside the model cache instead."""
+    cycle_spec = spec()
+    for name in ("train", "generate"):
+        container = pod_of(build(cycle_spec, name))["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["HF_HOME"] == "/artifacts/models/hf", name
+        assert env["SIGMA0_MODEL_CACHE"] == "/artifacts/models", name
+        mounted = [m["mountPath"] for m in container["volumeMounts"] if m["name"] == "artifacts"]
+        assert mounted == ["/artifacts"], name
+    # pods that load no model get no HF_HOME
+    container = pod_of(build(cycle_spec, "verify"))["containers"][0]
+    assert "HF_HOME" not in {e["name"] for e in container["env"]}
+
+
 def test_job_names_are_deterministic_and_fit_63_characters() -> None:
     assert jobs.job_name("c1", "verify", 1) == jobs.job_name("c1", "verify", 1) == "c1-verify-1"
     long = "a" * 60

@@ -389,14 +389,19 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
         env.append({"name": journal.KEY_ENV, "value": resume_key})
     env_from: list[dict[str, Any]] = []
     if volume is None:
-        env += [{"name": "SIGMA0_ARTIFACTS_URI", "value": spec.artifacts.uri or ""},
-                {"name": "SIGMA0_MODEL_CACHE", "value": "/tmp/models"}]
+        model_cache = "/tmp/models"
+        env.append({"name": "SIGMA0_ARTIFACTS_URI", "value": spec.artifacts.uri or ""})
         if settings.artifacts_secret:
             env_from.append({"secretRef": {"name": settings.artifacts_secret}})
     else:
+        model_cache = f"{settings.mount_path}/models"
         volumes.append(volume)
         mounts += _artifact_mounts(step, settings, sub_path)
-        env.append({"name": "SIGMA0_MODEL_CACHE", "value": f"{settings.mount_path}/models"})
+    env.append({"name": "SIGMA0_MODEL_CACHE", "value": model_cache})
+    if gpu:
+        # A hub id as baseModel downloads through huggingface_hub into HF_HOME, ~/.cache/huggingface by default:
+        # the small /tmp emptyDir. Models belong with the model cache, on the artifacts volume.
+        env.append({"name": "HF_HOME", "value": f"{model_cache}/hf"})
     pod_security, container_security = _security(settings, root_in_gvisor(step, spec, settings))
     container = {
         "name": CONTAINER,
