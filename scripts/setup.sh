@@ -29,6 +29,24 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
+# The real kubelet node of the cluster tests (tests/cluster/build-node.sh, kubeletnode.py): Debian's runc and CNI
+# plugins, busybox-static and gcc for the node's own images, umoci to pack them, iptables for the Service DNAT.
+node_pkgs=(runc containernetworking-plugins busybox-static umoci iptables gcc libc6-dev)
+missing_node_pkgs=()
+for pkg in "${node_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing_node_pkgs+=("$pkg")
+done
+if [ "${#missing_node_pkgs[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${missing_node_pkgs[*]} from Debian's packages (the cluster tests' kubelet node)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_node_pkgs[@]}" >/dev/null
+  else
+    echo "setup: ${missing_node_pkgs[*]} missing and this is not root: the kubelet node tests fail" >&2
+    echo "setup: install them with: sudo apt-get install ${missing_node_pkgs[*]}" >&2
+  fi
+fi
+
 # A current runsc, static, on the systrap platform: scores HumanEval in ~20 % less time and CPU than Debian's
 # ptrace-only runsc (BENCHMARKS.md item 2). Built once (minutes) and cached; its smoke test records that it runs here, and sigma0 then uses it. Never
 # fatal: without Go, the module proxy or a kernel that runs systrap, sigma0 keeps Debian's runsc on ptrace.
