@@ -94,7 +94,9 @@ nice=(nice -n "${SIGMA0_NODE_BUILD_NICE:-10}")
 export CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 
 log "cold build of containerd $CONTAINERD_VERSION (static) with $("$GO" version) into $cache"
-(cd "$here/containerd" && "${nice[@]}" "$GO" build -trimpath -ldflags "-s -w" -o "$tmp/bin/" \
+# -X version.Version as containerd's Makefile stamps a release: kubelet reports the node's runtime as containerd://2.4.2
+ctr_ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+(cd "$here/containerd" && "${nice[@]}" "$GO" build -trimpath -ldflags "$ctr_ldflags" -o "$tmp/bin/" \
   github.com/containerd/containerd/v2/cmd/containerd \
   github.com/containerd/containerd/v2/cmd/ctr \
   github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2)
