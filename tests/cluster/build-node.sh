@@ -12,9 +12,10 @@
 #       gVisor's containerd shim at the same pinned version, static, with one
 #       change of ours: tests/cluster/gvisor-shim-oom.sed (applied to a copy
 #       of the module, built through a go.mod replace);
-#   images/pause.tar, images/busybox.tar
+#   images/pause.tar, images/busybox.tar, images/kubeclient.tar
 #       OCI archives, ours: the pod sandbox's pause process (pause/pause.c,
-#       gcc -static) and Debian's busybox-static; both packed with umoci.
+#       gcc -static), Debian's busybox-static, and a tiny static in-cluster API
+#       client (kubeclient/main.go, Go standard library only); packed with umoci.
 #
 # Runc and the CNI plugins are Debian's (runc, containernetworking-plugins).
 # Cached under ${XDG_CACHE_HOME:-~/.cache}/sigma0/node/<content key>, the key a
@@ -33,6 +34,7 @@ set -euo pipefail
 CONTAINERD_VERSION=v2.4.2 # keep in step with containerd/go.mod
 PAUSE_REF=localhost/sigma0/pause:1
 BUSYBOX_REF=docker.io/library/busybox:1.36 # the tag docs/install.md uses; the content is Debian's busybox-static
+KUBECLIENT_REF=localhost/sigma0/kubeclient:1
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -50,7 +52,8 @@ done
 key="$(
   {
     cat "${BASH_SOURCE[0]}" "$here/containerd/go.mod" "$here/containerd/go.sum" "$gvisor_mod/go.mod" \
-      "$gvisor_mod/go.sum" "$here/gvisor-shim-oom.sed" "$here/pause/pause.c"
+      "$gvisor_mod/go.sum" "$here/gvisor-shim-oom.sed" "$here/pause/pause.c" \
+      "$here/kubeclient/go.mod" "$here/kubeclient/main.go"
     printf '%s\n' "$busybox_version" "$("$GO" env GOVERSION)"
   } | sha256sum | cut -c1-16
 )"
@@ -58,7 +61,7 @@ cache_root="${SIGMA0_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sigma0/node}"
 cache="$cache_root/$key"
 marker="$cache/.built"
 outputs=(bin/containerd bin/ctr bin/containerd-shim-runc-v2 bin/runsc bin/containerd-shim-runsc-v1
-  images/pause.tar images/busybox.tar images/images.json)
+  images/pause.tar images/busybox.tar images/kubeclient.tar images/images.json)
 
 complete() {
   [[ -f "$marker" ]] || return 1
@@ -126,7 +129,7 @@ cp "$gvisor_mod/go.sum" "$tmp/work/shim/"
   -ldflags "-s -w -X gvisor.dev/gvisor/runsc/version.version=$gvisor_version" \
   -o "$tmp/bin/containerd-shim-runsc-v1" gvisor.dev/gvisor/shim)
 
-log "images: pause (pause/pause.c) and busybox (Debian's busybox-static $busybox_version)"
+log "images: pause (pause/pause.c), busybox (Debian's busybox-static $busybox_version), kubeclient"
 # image <archive> <ref> <entrypoint json> <files...>: an OCI archive of one layer holding the files
 image() {
   local archive="$1" ref="$2" entrypoint="$3" layout="$tmp/work/layout" bundle="$tmp/work/bundle"
@@ -155,12 +158,17 @@ busybox_rootfs() {
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$1/etc/passwd"
   printf 'root:x:0:\nnobody:x:65534:\n' >"$1/etc/group"
 }
+kubeclient_rootfs() {
+  (cd "$here/kubeclient" && "${nice[@]}" "$GO" build -trimpath -ldflags "-s -w" -o "$1/kubeclient" .)
+}
 image "$tmp/images/pause.tar" "$PAUSE_REF" /pause pause_rootfs
 image "$tmp/images/busybox.tar" "$BUSYBOX_REF" /bin/sh busybox_rootfs
+image "$tmp/images/kubeclient.tar" "$KUBECLIENT_REF" /kubeclient kubeclient_rootfs
 cat >"$tmp/images/images.json" <<JSON
 [
   {"name": "pause", "ref": "$PAUSE_REF", "archive": "pause.tar"},
-  {"name": "busybox", "ref": "$BUSYBOX_REF", "archive": "busybox.tar"}
+  {"name": "busybox", "ref": "$BUSYBOX_REF", "archive": "busybox.tar"},
+  {"name": "kubeclient", "ref": "$KUBECLIENT_REF", "archive": "kubeclient.tar"}
 ]
 JSON
 rm -rf "$tmp/work"

@@ -29,6 +29,7 @@ import random
 import secrets
 import signal
 import subprocess
+import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 RUNC = "/usr/sbin/runc"  # Debian's runc
 SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: first address of controlplane.SERVICE_CIDR
 RUNSC_HANDLER = "runsc"  # the containerd runtime handler RuntimeClass `gvisor` names
+REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"  # an OCI index's name for one of its images
 K8S_NAMESPACE = "k8s.io"  # containerd namespace the CRI plugin (and so kubelet) uses
 
 
@@ -511,14 +513,27 @@ class KubeletNode:
         )
 
     def import_image(self, archive: Path, ref: str) -> None:
-        """Import an OCI archive as `ref`: the archive's index names only the tag, so `ref` less the tag is the base
-        name. Nothing is ever pulled."""
-        base, _, tag = ref.rpartition(":")
-        if not base or "/" in tag:
+        """Import an OCI archive into containerd as `ref`; nothing is ever pulled.
+
+        An archive whose index names ref's tag (or ref itself) is imported under ref's repository (ctr's
+        --base-name); any other gets ref as the name of its whole index (--index-name), and its own tags under ref's
+        repository besides. (Both for one name would make ctr import it twice and delete it.)"""
+        repo, _, tag = ref.rpartition(":")
+        if not repo or "/" in tag:
             raise ClusterError(f"image ref {ref!r} has no tag")
-        self.ctr("images", "import", "--base-name", base, "--no-unpack=false", str(archive))
+        try:
+            with tarfile.open(archive) as tar:
+                member = next(m for m in tar.getmembers() if m.name.removeprefix("./") == "index.json")
+                index = json.load(tar.extractfile(member))
+        except (OSError, StopIteration, tarfile.TarError, ValueError) as e:
+            raise ClusterError(f"{archive} is not an OCI archive with an index.json: {e}") from e
+        names = {(m.get("annotations") or {}).get(REF_NAME_ANNOTATION) for m in index.get("manifests", [])}
+        if tag in names or ref in names:
+            self.ctr("images", "import", "--base-name", repo, str(archive))
+        else:
+            self.ctr("images", "import", "--index-name", ref, "--base-name", repo, str(archive))
         if ref not in self.ctr("images", "list", "--quiet").stdout.split():
-            raise ClusterError(f"importing {archive} gave no image {ref} (its index names no tag {tag!r}?)")
+            raise ClusterError(f"importing {archive} gave no image {ref}")
 
     def runtime_handler(self, container_id: str) -> str:
         """The runtime (io.containerd.runc.v2 or io.containerd.runsc.v1) containerd ran a container with."""
@@ -576,4 +591,8 @@ class KubeletNode:
                 return False
             raise
         conditions = (node.get("status") or {}).get("conditions") or []
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        taints = (node.get("spec") or {}).get("taints") or []
+        # Ready, and the node-lifecycle controller has lifted its not-ready taint: pods can be scheduled
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) and not any(
+            t["key"] == "node.kubernetes.io/not-ready" for t in taints
+        )
