@@ -29,18 +29,24 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
-# The images' builder (scripts/build-images.sh): buildah builds the Dockerfiles without a container engine, over a
-# base image stood in by an mmdebstrap root filesystem; the tests unpack the archives with umoci and run them with runc
-# (skopeo inspects them by hand).
-if ! command -v buildah >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1 || ! command -v umoci >/dev/null 2>&1 \
-   || ! command -v skopeo >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+# Debian's packages for the images and the cluster tests' real node. The images' builder (scripts/build-images.sh):
+# buildah builds the Dockerfiles without a container engine over a base stood in by an mmdebstrap root filesystem
+# (skopeo inspects the archives by hand). The kubelet node (tests/cluster/build-node.sh, kubeletnode.py): runc and the
+# CNI plugins, busybox-static and gcc for the node's own images, umoci to pack and unpack images (the image tests run
+# them with runc too), iptables for the Service DNAT.
+debian_pkgs=(buildah mmdebstrap skopeo runc containernetworking-plugins busybox-static umoci iptables gcc libc6-dev)
+missing_pkgs=()
+for pkg in "${debian_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || missing_pkgs+=("$pkg")
+done
+if [ "${#missing_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "setup: installing buildah, mmdebstrap, umoci, skopeo and runc from Debian's packages (the images)"
+    echo "setup: installing ${missing_pkgs[*]} from Debian's packages (the images and the kubelet node)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap umoci skopeo runc >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_pkgs[@]}" >/dev/null
   else
-    echo "setup: buildah, mmdebstrap, umoci, skopeo or runc is missing and this is not root: make images fails" >&2
-    echo "setup: install them with: sudo apt-get install buildah mmdebstrap umoci skopeo runc" >&2
+    echo "setup: ${missing_pkgs[*]} missing and this is not root: make images and the kubelet node tests fail" >&2
+    echo "setup: install them with: sudo apt-get install ${missing_pkgs[*]}" >&2
   fi
 fi
 

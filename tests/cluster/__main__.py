@@ -1,10 +1,11 @@
 """Start or stop the test cluster by hand.
 
-    python -m tests.cluster up   [--workdir DIR] [--gpus N]   # runs until Ctrl-C or `down`
+    python -m tests.cluster up   [--workdir DIR] [--gpus N] [--runtime kubelet]   # runs until Ctrl-C or `down`
     python -m tests.cluster down [--workdir DIR]
 
-`up` starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, the node and the pod
-executor, prints the lines to paste into another shell (export KUBECONFIG=...), writes them to
+`up` starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and the node: the stand-in
+node and the pod executor, or with --runtime kubelet the real node (kubelet, containerd, runc, gVisor);
+it prints the lines to paste into another shell (export KUBECONFIG=...), writes them to
 DIR/env.sh as well, and stays in the foreground: the node's heartbeats and the pod executor live
 in this process. Ctrl-C, SIGTERM or `down` tears everything down. The default DIR is
 /tmp/sigma0-cluster; it is wiped when `up` starts and kept after `down` (its logs/ are useful).
@@ -21,8 +22,9 @@ import threading
 import time
 from pathlib import Path
 
-from .cluster import K8S_VERSION, Cluster
+from .cluster import K8S_VERSION, RUNTIMES, Cluster
 from .controlplane import ClusterError, stop_from_state
+from .kubeletnode import sweep_stale
 
 DEFAULT_DIR = Path("/tmp/sigma0-cluster")
 
@@ -35,7 +37,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def up(workdir: Path, gpus: int) -> int:
+def up(workdir: Path, gpus: int, runtime: str = "podexecutor") -> int:
     pidfile = workdir / "up.pid"
     if pidfile.exists() and _alive(int(pidfile.read_text())):
         print(
@@ -46,13 +48,14 @@ def up(workdir: Path, gpus: int) -> int:
         return 1
     if workdir.exists():
         stop_from_state(workdir)
+        sweep_stale()  # a killed kubelet node's processes and mounts go before its folder does
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     pidfile.write_text(str(os.getpid()))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
-    c = Cluster(workdir, gpus=gpus)
+    c = Cluster(workdir, gpus=gpus, runtime=runtime)
     try:
         try:
             c.start()
@@ -96,6 +99,8 @@ def down(workdir: Path) -> int:
         pidfile.unlink(missing_ok=True)
     if stop_from_state(workdir):  # `up` was killed before it could clean up
         print(f"ended the control-plane processes recorded in {workdir}/state.json")
+    for tag in sweep_stale():
+        print(f"removed what the killed kubelet node {tag} left (processes, mounts, cgroups, bridge, rules)")
     print(f"cluster in {workdir} is down")
     return 0
 
@@ -107,8 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=["up", "down"])
     p.add_argument("--workdir", type=Path, default=DEFAULT_DIR)
     p.add_argument("--gpus", type=int, default=1, help="nvidia.com/gpu capacity of the node (default 1)")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="podexecutor",
+        help="the node: kubelet (real, on containerd) or podexecutor (the stand-in; default)",
+    )
     a = p.parse_args(argv)
-    return up(a.workdir, a.gpus) if a.command == "up" else down(a.workdir)
+    return up(a.workdir, a.gpus, a.runtime) if a.command == "up" else down(a.workdir)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,9 @@ class ControlPlane:
     bins: Path
     node_name: str = "sigma0-node"
     die_with_parent: bool = True
+    # where kube-apiserver listens (and what its certificate names besides API_SERVER_HOSTS): the real kubelet
+    # node's bridge address, so that its pods reach it (kubeletnode.py); loopback for the stand-in node
+    host: str = "127.0.0.1"
     procs: list[Proc] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -165,7 +168,7 @@ class ControlPlane:
     # -- what clients need -------------------------------------------------
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.host}:{self.api_port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -218,7 +221,8 @@ class ControlPlane:
         self.ca = pki.ca_crt
         self.etcd_server = pki.issue("etcd-server", "etcd", server=True, client=True, hosts=("127.0.0.1", "localhost"))
         self.etcd_client = pki.issue("apiserver-etcd-client", "kube-apiserver-etcd-client", client=True)
-        self.apiserver_cert = pki.issue("apiserver", "kube-apiserver", server=True, hosts=API_SERVER_HOSTS)
+        hosts = API_SERVER_HOSTS if self.host in API_SERVER_HOSTS else (*API_SERVER_HOSTS, self.host)
+        self.apiserver_cert = pki.issue("apiserver", "kube-apiserver", server=True, hosts=hosts)
         self.kubelet_client = pki.issue(
             "apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("kubeadm:cluster-admins",), client=True
         )
@@ -327,8 +331,8 @@ class ControlPlane:
         kcrt, kkey = self.kubelet_client
         self._apiserver_argv = argv = [
             str(self.bins / "kube-apiserver"),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.host}",
+            f"--advertise-address={self.host}",
             f"--secure-port={self.api_port}",
             f"--cert-dir={self.workdir / 'pki'}",
             f"--etcd-servers=https://127.0.0.1:{self.etcd_port}",
