@@ -565,7 +565,7 @@ def test_the_operator_deployment_is_hardened_and_recreated() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 65532
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert "affinity" not in pod and not [d for d in render() if d["kind"] == "PodDisruptionBudget"]
     assert container["resources"]["limits"] and container["resources"]["requests"]
