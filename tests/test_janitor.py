@@ -115,6 +115,9 @@ def test_a_doomed_cycle_goes_only_after_its_cleanup_job_succeeded_and_keeps_the_
     assert command == ["sigma0", "clean", folder("s0"), "--keep", adapter]
     assert api.jobs["s1-clean-1"]["spec"]["template"]["spec"]["containers"][0]["command"] == [
         "sigma0", "clean", folder("s1")]
+    said = {e["involvedObject"]["name"]: e["message"] for e in api.events if e["reason"] == "CleaningUp"}
+    assert sorted(said) == ["s0", "s1"] and f"keeping {adapter} (its release points there)" in said["s0"]
+    assert "one of more than 1 Succeeded cycles of release coder" in said["s1"]
     assert sweep(api, namespaces) == [] and api.deleted == []  # running: nothing more to do, no Job made twice
     api.end("s0-clean-1", "Complete")
     api.end("s1-clean-1", "Failed")

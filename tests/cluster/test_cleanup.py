@@ -118,6 +118,9 @@ def test_history_limit_and_ttl_delete_finished_cycles_and_their_files_but_the_ad
     assert status(platform, ns, "running")["phase"] == "Harvesting"
     assert [j.metadata.name for j in jobs_of(platform, ns, "running")] == ["running-harvest-1"]
     assert not jobs_of(platform, ns, "old-1") and not jobs_of(platform, ns, "mid-2")  # their Jobs went with them
+    said = [e.message for e in platform.core.list_namespaced_event(
+        ns, field_selector="involvedObject.name=old-1").items if e.reason == "CleaningUp"]
+    assert len(said) == 1 and f"keeping {adapter} (its release points there)" in said[0]
 
     # a TTL: a dry run of another release goes 5 s after it finished, with its folder
     assert apply(platform, ns, dry_run(faults, "brief", "ttl", ttlSecondsAfterFinished=5)).returncode == 0

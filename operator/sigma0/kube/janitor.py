@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from sigma0 import plan, retention
 from sigma0.kube import CYCLES, GROUP, RELEASES, VERSION, jobs
+from sigma0.kube.executor import event_for
 from sigma0.kube.releases import cycle_limits_of, pointed_at
 from sigma0.placement import parse_time
 from sigma0.spec import CycleSpec
@@ -170,9 +171,15 @@ class Janitor:
             if error.status != 409:  # 409: made by a pass that did not see it listed yet
                 raise
             return
-        kept = f", keeping {', '.join(doomed.keep)}" if doomed.keep else ""
-        log.info("TrainingCycle %s/%s goes (%s): cleanup Job %s started%s", namespace, doomed.cycle.name,
-                 doomed.message, body["metadata"]["name"], kept)
+        kept = f", keeping {', '.join(doomed.keep)} (its release points there)" if doomed.keep else ""
+        message = f"{doomed.message}: cleanup Job {body['metadata']['name']} deletes its files{kept}"
+        log.info("TrainingCycle %s/%s goes: %s", namespace, doomed.cycle.name, message)
+        try:  # `kubectl describe tc` says why the cycle is about to go; a courtesy, as the executor's events are
+            self.clients.core.create_namespaced_event(
+                namespace, event_for(cycle, "Normal", "CleaningUp", message[:1000], "sigma0-operator"),
+                _request_timeout=self.clients.timeout)
+        except ApiException as error:
+            log.warning("could not post event CleaningUp: %s", error.reason)
 
     def _delete(self, namespace: str, name: str, uid: str, why: str) -> bool:
         from kubernetes import client
