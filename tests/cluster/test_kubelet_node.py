@@ -19,7 +19,16 @@ import pytest
 
 from .cluster import GVISOR_RUNTIME_CLASS, K8S_VERSION, Cluster
 from .controlplane import ClusterError
-from .kubeletnode import RUN_DIR, Footprint, cgroup_hierarchies, mount_points, node_dir, run, sweep_stale
+from .kubeletnode import (
+    RUN_DIR,
+    SHIM_SOCKET_DIR,
+    Footprint,
+    cgroup_hierarchies,
+    mount_points,
+    node_dir,
+    run,
+    sweep_stale,
+)
 from .node import DEFAULT_LABELS
 
 BUSYBOX = "docker.io/library/busybox:1.36"
@@ -255,6 +264,9 @@ def test_a_killed_runs_leftovers_are_swept_by_the_next_start(kc: Cluster) -> Non
     assert left, "SIGKILL of the test process should leave the shims and pods running"
     assert any(m.startswith(workdir) or m.startswith(str(fp.state_dir)) for m in mount_points())
 
+    shim_sockets = [Path(a.read_text().strip().removeprefix("unix://")) for a in fp.state_dir.rglob("address")]
+    assert any(s.parent == SHIM_SOCKET_DIR and s.exists() for s in shim_sockets)  # the gVisor pod's shim
+
     assert tag in sweep_stale()  # what the next KubeletNode start runs first
 
     assert not fp._pids()
@@ -263,6 +275,8 @@ def test_a_killed_runs_leftovers_are_swept_by_the_next_start(kc: Cluster) -> Non
     assert fp.rule_comment not in run("iptables", "-t", "nat", "-S").stdout
     assert not [h for h in cgroup_hierarchies() if (h / fp.cgroup).exists()]
     assert not fp.file.exists() and not fp.state_dir.exists()
+    assert fp.own_workdir and not Path(workdir).exists()  # the killed cluster's temporary folder
+    assert not [s for s in shim_sockets if s.exists()]  # the gVisor shim's, outside our folders
     # the live cluster's footprint is left alone: its owner (this process) is alive
     assert kc.kubelet_node.fp.file.exists()
     kc.check_alive()
