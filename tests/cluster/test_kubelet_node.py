@@ -145,6 +145,20 @@ def test_gvisor_pod_runs_in_the_gvisor_sandbox(kc: Cluster, ns: str) -> None:
     assert kc.container_runtime(p["status"]["containerStatuses"][0]["containerID"]) == "io.containerd.runsc.v1"
 
 
+def test_pod_networking_adds_no_nat_rules(kc: Cluster, ns: str) -> None:
+    # the CNI bridge runs with ipMasq false: after a runc pod and a gVisor pod with sandbox networking, the only nat
+    # rules naming the node's network are the two Service DNATs this node added
+    before = run("iptables", "-t", "nat", "-S").stdout
+    for name, runtime_class in (("netrunc", None), ("netgvisor", GVISOR_RUNTIME_CLASS)):
+        p = finished(kc, ns, pod(name, "ip -4 addr show eth0 | grep -q 10.213.", runtime_class=runtime_class))
+        assert p["status"]["phase"] == "Succeeded", kc.pod_log(ns, name)
+    after = run("iptables", "-t", "nat", "-S").stdout
+    subnet = kc.network.address.rsplit(".", 1)[0] + "."
+    ours = [line for line in after.splitlines() if subnet in line or kc.network.bridge in line]
+    assert len(ours) == 2 and all(kc.kubelet_node.fp.rule_comment in line for line in ours), ours
+    assert after.count("MASQUERADE") == before.count("MASQUERADE")
+
+
 @pytest.mark.parametrize("runtime_class", [None, GVISOR_RUNTIME_CLASS])
 def test_exec_and_volumes(kc: Cluster, ns: str, tmp_path: Path, runtime_class: str | None) -> None:
     host_dir = tmp_path / "host"
@@ -171,6 +185,9 @@ def test_exec_and_volumes(kc: Cluster, ns: str, tmp_path: Path, runtime_class: s
     assert r.stdout == "shared\nvol\n"
     r = kc.kubectl("exec", "-n", ns, "vol", "--", "sh", "-c", "exit 7", check=False)
     assert r.returncode == 7
+    (tmp_path / "local").write_text("copied\n")
+    kc.kubectl("cp", str(tmp_path / "local"), f"{ns}/vol:/scratch/copied")  # through busybox's tar applet
+    assert kc.kubectl("exec", "-n", ns, "vol", "--", "cat", "/scratch/copied").stdout == "copied\n"
 
 
 def test_memory_limit_is_enforced(kc: Cluster, ns: str) -> None:
