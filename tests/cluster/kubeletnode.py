@@ -146,7 +146,8 @@ class Footprint:
             for procs in root.rglob("cgroup.procs") if root.is_dir() else ():
                 with contextlib.suppress(OSError):
                     pids.update(int(p) for p in procs.read_text().split())
-        marks = (self.workdir.encode(), str(self.state_dir).encode())
+        # the node's own folders, not the cluster's: `python -m tests.cluster down --workdir DIR` names DIR too
+        marks = (f"{Path(self.workdir) / 'node'}/".encode(), f"{self.state_dir}/".encode())
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
