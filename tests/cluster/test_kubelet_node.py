@@ -17,12 +17,14 @@ from pathlib import Path
 
 import pytest
 
+from . import kubeletnode
 from .cluster import GVISOR_RUNTIME_CLASS, K8S_VERSION, Cluster
 from .controlplane import ClusterError
 from .kubeletnode import (
     RUN_DIR,
     SHIM_SOCKET_DIR,
     Footprint,
+    NodeNetwork,
     cgroup_hierarchies,
     mount_points,
     node_dir,
@@ -297,3 +299,20 @@ def test_a_killed_runs_leftovers_are_swept_by_the_next_start(kc: Cluster) -> Non
     # the live cluster's footprint is left alone: its owner (this process) is alive
     assert kc.kubelet_node.fp.file.exists()
     kc.check_alive()
+
+
+def test_a_new_node_network_never_takes_a_live_ones_subnet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = NodeNetwork.create(tmp_path / "a")
+    try:
+        live = first.fp.subnet_octet
+        # the adversary's pick: the live network's octet whenever it is offered
+        monkeypatch.setattr(kubeletnode.random, "choice", lambda options: live if live in options else options[0])
+        second = NodeNetwork.create(tmp_path / "b")
+        try:
+            assert second.fp.subnet_octet != live and second.bridge != first.bridge
+            assert f"{second.address}/24" in run("ip", "-br", "addr", "show", second.bridge).stdout
+        finally:
+            second.fp.remove()
+    finally:
+        first.fp.remove()
+    assert first.bridge not in run("ip", "-br", "link").stdout
