@@ -96,7 +96,7 @@ class Cluster:
         try:
             host = "127.0.0.1"
             if self.runtime == "kubelet":
-                self.network = NodeNetwork.create(self.workdir)
+                self.network = NodeNetwork.create(self.workdir, own_workdir=self._own_workdir)
                 host = self.network.address
             cp = self.control_plane = ControlPlane(
                 self.workdir, self.bin_dir, node_name=self.node_name, die_with_parent=self._die_with_parent, host=host

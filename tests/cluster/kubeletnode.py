@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 BUILD_NODE_SH = HERE / "build-node.sh"
 RUN_DIR = Path("/run/sigma0-node")
 CGROUP_FS = Path("/sys/fs/cgroup")
+SHIM_SOCKET_DIR = Path("/run/containerd/s")  # where gVisor's shim (built against containerd 2.1) puts its socket
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 RUNC = "/usr/sbin/runc"  # Debian's runc
 SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: first address of controlplane.SERVICE_CIDR
@@ -84,6 +85,7 @@ class Footprint:
     workdir: str
     bridge: str
     subnet_octet: int
+    own_workdir: bool = False  # a temporary folder the cluster made for itself: swept with the rest
 
     @property
     def file(self) -> Path:
@@ -119,9 +121,22 @@ class Footprint:
         delete_nat_rules(self.rule_comment)
         run("ip", "link", "del", self.bridge, check=False)
         self._remove_cgroups()
-        for d in (self.state_dir, Path(self.workdir) / "node"):  # containerd's state, and its root: the snapshots
+        self._remove_shim_sockets()
+        folders = [self.state_dir, Path(self.workdir) / "node"]
+        if self.own_workdir and not self.owner_alive():  # a killed run's temporary cluster folder goes too
+            folders.append(Path(self.workdir))
+        for d in folders:  # containerd's state, and its root: the snapshots
             subprocess.run(["rm", "-rf", "--one-file-system", str(d)], check=False)
         self.file.unlink(missing_ok=True)
+
+    def _remove_shim_sockets(self) -> None:
+        """gVisor's shim listens in /run/containerd/s/ whatever containerd's socket_dir says, and a killed shim leaves
+        its socket file there; each shim wrote the address it used into its bundle folder, under our state folder."""
+        for address in self.state_dir.rglob("address") if self.state_dir.is_dir() else ():
+            with contextlib.suppress(OSError):
+                socket = Path(address.read_text().strip().removeprefix("unix://"))
+                if socket.parent == SHIM_SOCKET_DIR:
+                    socket.unlink(missing_ok=True)
 
     def _pids(self) -> set[int]:
         """Processes in this node's cgroups or naming its folders (containerd, kubelet, shims, runsc, pods)."""
@@ -131,7 +146,8 @@ class Footprint:
             for procs in root.rglob("cgroup.procs") if root.is_dir() else ():
                 with contextlib.suppress(OSError):
                     pids.update(int(p) for p in procs.read_text().split())
-        marks = (self.workdir.encode(), str(self.state_dir).encode())
+        # the node's own folders, not the cluster's: `python -m tests.cluster down --workdir DIR` names DIR too
+        marks = (f"{Path(self.workdir) / 'node'}/".encode(), f"{self.state_dir}/".encode())
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 with contextlib.suppress(OSError):
@@ -234,7 +250,7 @@ class NodeNetwork:
         self.address = f"10.213.{footprint.subnet_octet}.1"
 
     @classmethod
-    def create(cls, workdir: Path) -> NodeNetwork:
+    def create(cls, workdir: Path, *, own_workdir: bool = False) -> NodeNetwork:
         """Sweep stale nodes, record a new footprint, and bring the bridge up."""
         sweep_stale()
         taken = (
@@ -244,7 +260,14 @@ class NodeNetwork:
         )
         tag = secrets.token_hex(4)
         octet = random.choice([x for x in range(1, 255) if x not in taken])
-        fp = Footprint(tag=tag, owner_pid=os.getpid(), workdir=str(workdir), bridge=f"s0br{tag}", subnet_octet=octet)
+        fp = Footprint(
+            tag=tag,
+            owner_pid=os.getpid(),
+            workdir=str(workdir),
+            bridge=f"s0br{tag}",
+            subnet_octet=octet,
+            own_workdir=own_workdir,
+        )
         fp.save()  # before anything it names exists: a run killed from here on is swept
         net = cls(fp)
         run("ip", "link", "add", net.bridge, "type", "bridge")

@@ -17,9 +17,20 @@ from pathlib import Path
 
 import pytest
 
+from . import kubeletnode
 from .cluster import GVISOR_RUNTIME_CLASS, K8S_VERSION, Cluster
 from .controlplane import ClusterError
-from .kubeletnode import RUN_DIR, Footprint, cgroup_hierarchies, mount_points, node_dir, run, sweep_stale
+from .kubeletnode import (
+    RUN_DIR,
+    SHIM_SOCKET_DIR,
+    Footprint,
+    NodeNetwork,
+    cgroup_hierarchies,
+    mount_points,
+    node_dir,
+    run,
+    sweep_stale,
+)
 from .node import DEFAULT_LABELS
 
 BUSYBOX = "docker.io/library/busybox:1.36"
@@ -136,6 +147,20 @@ def test_gvisor_pod_runs_in_the_gvisor_sandbox(kc: Cluster, ns: str) -> None:
     assert kc.container_runtime(p["status"]["containerStatuses"][0]["containerID"]) == "io.containerd.runsc.v1"
 
 
+def test_pod_networking_adds_no_nat_rules(kc: Cluster, ns: str) -> None:
+    # the CNI bridge runs with ipMasq false: after a runc pod and a gVisor pod with sandbox networking, the only nat
+    # rules naming the node's network are the two Service DNATs this node added
+    before = run("iptables", "-t", "nat", "-S").stdout
+    for name, runtime_class in (("netrunc", None), ("netgvisor", GVISOR_RUNTIME_CLASS)):
+        p = finished(kc, ns, pod(name, "ip -4 addr show eth0 | grep -q 10.213.", runtime_class=runtime_class))
+        assert p["status"]["phase"] == "Succeeded", kc.pod_log(ns, name)
+    after = run("iptables", "-t", "nat", "-S").stdout
+    subnet = kc.network.address.rsplit(".", 1)[0] + "."
+    ours = [line for line in after.splitlines() if subnet in line or kc.network.bridge in line]
+    assert len(ours) == 2 and all(kc.kubelet_node.fp.rule_comment in line for line in ours), ours
+    assert after.count("MASQUERADE") == before.count("MASQUERADE")
+
+
 @pytest.mark.parametrize("runtime_class", [None, GVISOR_RUNTIME_CLASS])
 def test_exec_and_volumes(kc: Cluster, ns: str, tmp_path: Path, runtime_class: str | None) -> None:
     host_dir = tmp_path / "host"
@@ -162,6 +187,9 @@ def test_exec_and_volumes(kc: Cluster, ns: str, tmp_path: Path, runtime_class: s
     assert r.stdout == "shared\nvol\n"
     r = kc.kubectl("exec", "-n", ns, "vol", "--", "sh", "-c", "exit 7", check=False)
     assert r.returncode == 7
+    (tmp_path / "local").write_text("copied\n")
+    kc.kubectl("cp", str(tmp_path / "local"), f"{ns}/vol:/scratch/copied")  # through busybox's tar applet
+    assert kc.kubectl("exec", "-n", ns, "vol", "--", "cat", "/scratch/copied").stdout == "copied\n"
 
 
 def test_memory_limit_is_enforced(kc: Cluster, ns: str) -> None:
@@ -255,6 +283,9 @@ def test_a_killed_runs_leftovers_are_swept_by_the_next_start(kc: Cluster) -> Non
     assert left, "SIGKILL of the test process should leave the shims and pods running"
     assert any(m.startswith(workdir) or m.startswith(str(fp.state_dir)) for m in mount_points())
 
+    shim_sockets = [Path(a.read_text().strip().removeprefix("unix://")) for a in fp.state_dir.rglob("address")]
+    assert any(s.parent == SHIM_SOCKET_DIR and s.exists() for s in shim_sockets)  # the gVisor pod's shim
+
     assert tag in sweep_stale()  # what the next KubeletNode start runs first
 
     assert not fp._pids()
@@ -263,6 +294,25 @@ def test_a_killed_runs_leftovers_are_swept_by_the_next_start(kc: Cluster) -> Non
     assert fp.rule_comment not in run("iptables", "-t", "nat", "-S").stdout
     assert not [h for h in cgroup_hierarchies() if (h / fp.cgroup).exists()]
     assert not fp.file.exists() and not fp.state_dir.exists()
+    assert fp.own_workdir and not Path(workdir).exists()  # the killed cluster's temporary folder
+    assert not [s for s in shim_sockets if s.exists()]  # the gVisor shim's, outside our folders
     # the live cluster's footprint is left alone: its owner (this process) is alive
     assert kc.kubelet_node.fp.file.exists()
     kc.check_alive()
+
+
+def test_a_new_node_network_never_takes_a_live_ones_subnet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = NodeNetwork.create(tmp_path / "a")
+    try:
+        live = first.fp.subnet_octet
+        # the adversary's pick: the live network's octet whenever it is offered
+        monkeypatch.setattr(kubeletnode.random, "choice", lambda options: live if live in options else options[0])
+        second = NodeNetwork.create(tmp_path / "b")
+        try:
+            assert second.fp.subnet_octet != live and second.bridge != first.bridge
+            assert f"{second.address}/24" in run("ip", "-br", "addr", "show", second.bridge).stdout
+        finally:
+            second.fp.remove()
+    finally:
+        first.fp.remove()
+    assert first.bridge not in run("ip", "-br", "link").stdout
