@@ -103,16 +103,32 @@ if [ ${#todo[@]} -gt 0 ]; then
   printf '[global]\nno-index = true\nfind-links = /mnt\n' > "$pipconf"
 fi
 
+# images.json: every image built here so far (one NAME.json per image, so building one image keeps the others).
+write_index() {
+  "$python" - "$out" > "$out/images.json.partial" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+images = [json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name != "images.json"]
+print(json.dumps(images, indent=2))
+EOF
+  mv "$out/images.json.partial" "$out/images.json"
+}
+
 for name in "${todo[@]}"; do
   key=${keys[$name]}
   ref=localhost/sigma0/$name:$version
   content_ref=localhost/sigma0/$name:$key
   archive=$out/$name.oci.tar
   start=$SECONDS
-  "${bah[@]}" bud --quiet --isolation chroot --pull=never --format oci \
-    --file "images/$name/Dockerfile" --ignorefile "images/$name/Dockerfile.dockerignore" \
-    --volume "$wheels:/mnt:ro" --volume "$pipconf:/etc/pip.conf:ro" \
-    --tag "$ref" --tag "$content_ref" . >/dev/null
+  if "${bah[@]}" inspect --type image "$content_ref" >/dev/null 2>&1; then
+    # built from the same content before (another checkout, or an archive since deleted): archive it again
+    "${bah[@]}" tag "$content_ref" "$ref"
+  else
+    "${bah[@]}" bud --quiet --isolation chroot --pull=never --format oci \
+      --file "images/$name/Dockerfile" --ignorefile "images/$name/Dockerfile.dockerignore" \
+      --volume "$wheels:/mnt:ro" --volume "$pipconf:/etc/pip.conf:ro" \
+      --tag "$ref" --tag "$content_ref" . >/dev/null
+  fi
   built=$((SECONDS - start))
   rm -f "$archive" "$out/$name.json"
   "${bah[@]}" push --quiet --compression-format gzip --digestfile "$out/$name.digest" \
@@ -127,15 +143,9 @@ print(json.dumps({"name": name, "ref": ref, "contentRef": content_ref, "archive"
                   "manifestDigest": digest, "contentKey": key}, indent=2))
 EOF
   rm -f "$out/$name.digest"
+  write_index
   echo "build-images: $name built in $built s, archived in $((SECONDS - start - built)) s" \
        "($(du -h "$archive" | cut -f1), $ref, content $key)"
 done
 
-# images.json: every image built here so far (one file per image, so building one image keeps the others).
-"$python" - "$out" > "$out/images.json.partial" <<'EOF'
-import json, pathlib, sys
-out = pathlib.Path(sys.argv[1])
-images = [json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name != "images.json"]
-print(json.dumps(images, indent=2))
-EOF
-mv "$out/images.json.partial" "$out/images.json"
+write_index
