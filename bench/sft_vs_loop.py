@@ -8,8 +8,9 @@ side-by-side run shows it slower or heavier than the own loop").
 Needs trl (pip install trl): it is not one of sigma0's dependencies. Each run is a fresh Python process, as a train
 stage is, so its wall and CPU time include importing its libraries, and its peak RSS is its own. The two methods
 take turns within each repeat, and the 1-minute load average is printed beside every run: on a shared machine a
-load spike can still land on one of them. Both load the model through sigma0.ml.models.load_base_model, the path
-every stage uses.
+load spike can still land on one of them. The loss is the last step's and the mean of the last 10 steps': both see
+the rows in the same order in the first epoch, then each shuffles its own way, so single steps differ. Both load
+the model through sigma0.ml.models.load_base_model, the path every stage uses.
 
 Masking: the loss must skip the prompt in both. For every row, the labels each method builds are compared: the
 count of rows whose labels are identical, and, for each method, the rows where the tokens it trains on are exactly
@@ -213,7 +214,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
               f"{args.learning_rate} after {args.warmup_steps} warmup steps, seed {args.seed}")
         print()
         print(f"{'repeat':<8}{'method':<13}{'load':>6}{'wall s':>9}{'CPU s':>9}{'import s':>10}{'train s':>9}"
-              f"{'peak RSS MiB':>14}{'final loss':>12}")
+              f"{'peak RSS MiB':>14}{'final loss':>12}{'last 10':>9}")
         runs: list[dict[str, Any]] = []
         for repeat in range(args.repeats):
             order = METHODS if repeat % 2 == 0 else METHODS[::-1]  # take turns: neither always goes first
@@ -222,7 +223,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
                 runs.append(run | {"repeat": repeat})
                 print(f"{repeat + 1:<8}{method:<13}{run['load_1min']:>6.1f}{run['wall_s']:>9.1f}{run['cpu_s']:>9.1f}"
                       f"{run['import_s']:>10.1f}{run['train_s']:>9.1f}{run['peak_rss_mb']:>14.0f}"
-                      f"{run['losses'][-1]:>12.4f}", flush=True)
+                      f"{run['losses'][-1]:>12.4f}{statistics.mean(run['losses'][-10:]):>9.4f}", flush=True)
     print()
     keys = ("load_1min", "wall_s", "cpu_s", "import_s", "train_s", "peak_rss_mb")
     medians = {method: {key: statistics.median(run[key] for run in runs if run["method"] == method) for key in keys}

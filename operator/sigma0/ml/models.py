@@ -5,7 +5,9 @@ and `tiny://coder?...`, pretrained here on synthetic functions with a trained su
 the demo's base model, one that can learn something in a minute). A tiny model is built deterministically from its
 parameters, saved once into a cache folder named by the digest of everything it is built from, and from then on
 loaded through the same `from_pretrained` + `BitsAndBytesConfig` path as a real model, so tests and the CPU demo
-exercise the code that runs on a GPU.
+exercise the code that runs on a GPU. A hub id is cached where huggingface_hub is told (HF_HOME, HF_HUB_CACHE), else
+under SIGMA0_MODEL_CACHE (hub_cache), so a pod keeps its downloads on the model volume, and HF_HUB_OFFLINE=1 loads
+them from there (tests/test_base_models.py).
 """
 
 from __future__ import annotations
@@ -227,6 +229,15 @@ def materialise_tiny(spec: TinySpec | CoderSpec, cache_root: Path | None = None)
     return folder
 
 
+def hub_cache() -> Path | None:
+    """Where a hub id's files are cached: huggingface_hub's own folder when HF_HUB_CACHE or HF_HOME says where
+    (None: from_pretrained finds it), else `hf/hub` under SIGMA0_MODEL_CACHE (the model volume in a pod, where
+    HF_HOME=<cache>/hf names the same folder), else huggingface_hub's default (None)."""
+    if os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or not os.environ.get("SIGMA0_MODEL_CACHE"):
+        return None
+    return Path(os.environ["SIGMA0_MODEL_CACHE"]) / "hf" / "hub"
+
+
 def resolve_base_model(name: str) -> str:
     """What `from_pretrained` should load for `--base-model NAME`: a folder path or a hub id."""
     if name.startswith(TINY_SCHEME):
@@ -299,14 +310,18 @@ def load_base_model(name: str, quantization: str = "nf4", device: str = "auto") 
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
+    cache = None if local else hub_cache()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=quantization_config, dtype=dtype, device_map={"": str(target)}
+            path, quantization_config=quantization_config, dtype=dtype, device_map={"": str(target)}, cache_dir=cache
         )
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, cache_dir=cache)
     except (OSError, ValueError) as error:
-        if not local:  # a hub id: the hub's own error (not found, no network) says it best
-            raise
+        if not local:  # a hub id: the hub's own error (not found, no network, offline) with what it looked for
+            from huggingface_hub import constants
+
+            folder = cache or constants.HF_HUB_CACHE
+            raise OSError(f"base model {name!r} (a hub id, cached in {folder}) cannot be loaded: {error}") from error
         raise ValueError(f"base model folder {path} cannot be loaded as a causal language model: {error}") from error
     # What the user named, not a cache folder: peft writes it into the adapter's files.
     model.name_or_path = model.config.name_or_path = name

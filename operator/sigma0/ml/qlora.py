@@ -7,6 +7,11 @@ step) to its caller, and a run given one continues from it exactly: the same mic
 same adapter as a run that was never interrupted (the train stage keeps it beside the adapter, so a preempted pod
 resumes). The adapter is saved with peft's save_pretrained into a temp sibling and renamed into place, so a killed
 run never leaves a half adapter that looks finished.
+
+Why not TRL's SFTTrainer, which the issue prefers: side by side on the same rows, model, LoRA, steps and seed
+(bench/sft_vs_loop.py, BENCHMARKS.md item 7) it built the same completion-only labels on every row and reached the
+same loss, but took 1.15-1.25x the CPU time and 1.08-1.26x the peak memory of this loop on the CPU, beyond the ~10 %
+the issue allows, and it would own the checkpoints that the train stage's resume relies on.
 """
 
 from __future__ import annotations
