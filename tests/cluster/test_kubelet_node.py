@@ -246,19 +246,47 @@ def test_an_imported_archive_runs_under_its_ref(kc: Cluster, ns: str) -> None:
 
 
 # -- a killed run's leftovers -----------------------------------------------------------------------------------------
+def assert_gone(fp: Footprint, shim_sockets: list[Path]) -> None:
+    """Nothing of node `fp` is left on this machine."""
+    assert not fp._pids()
+    assert not [m for m in mount_points() if m.startswith((fp.workdir + "/", str(fp.state_dir) + "/"))]
+    assert fp.bridge not in run("ip", "-br", "link").stdout
+    assert fp.rule_comment not in run("iptables", "-t", "nat", "-S").stdout
+    assert not [h for h in cgroup_hierarchies() if (h / fp.cgroup).exists()]
+    assert not fp.file.exists() and not fp.state_dir.exists()
+    assert not (Path(fp.workdir) / "node").exists()
+    assert not [s for s in shim_sockets if s.exists()]  # the gVisor shim's, outside our folders
+
+
+def running_pods(c: Cluster) -> None:
+    """A runc pod and a gVisor pod, Running."""
+    ns = c.create_namespace("left")
+    for name, runtime_class in (("runc", None), ("gvisor", GVISOR_RUNTIME_CLASS)):
+        c.admin.create(f"/api/v1/namespaces/{ns}/pods", pod(name, "sleep 600", runtime_class=runtime_class))
+    for name in ("runc", "gvisor"):
+        c.wait_for_pod_phase(ns, name, ("Running",))
+
+
+def test_stop_leaves_nothing_behind(kc: Cluster) -> None:
+    c = Cluster(runtime="kubelet").start()
+    try:
+        running_pods(c)
+        fp = c.kubelet_node.fp
+        shim_sockets = [Path(a.read_text().strip().removeprefix("unix://")) for a in fp.state_dir.rglob("address")]
+        assert shim_sockets and fp._pids()
+    finally:
+        c.stop()
+    assert_gone(fp, shim_sockets)
+    assert not Path(fp.workdir).exists()
+    kc.check_alive()  # the other cluster on this machine is untouched
+
+
 CHILD = """
-import sys, time
+import time
 from tests.cluster.cluster import Cluster
+from tests.cluster.test_kubelet_node import running_pods
 c = Cluster(runtime="kubelet").start()
-ns = c.create_namespace("left")
-for name, rc in (("runc", None), ("gvisor", "gvisor")):
-    spec = {"containers": [{"name": "c", "image": "docker.io/library/busybox:1.36", "command": ["sleep", "600"]}]}
-    if rc:
-        spec["runtimeClassName"] = rc
-    c.admin.create(f"/api/v1/namespaces/{ns}/pods", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                                                     "spec": spec})
-for name in ("runc", "gvisor"):
-    c.wait_for_pod_phase(ns, name, ("Running",))
+running_pods(c)
 print(c.kubelet_node.fp.tag, c.workdir, flush=True)
 time.sleep(600)
 """
@@ -288,14 +316,8 @@ def test_a_killed_runs_leftovers_are_swept_by_the_next_start(kc: Cluster) -> Non
 
     assert tag in sweep_stale()  # what the next KubeletNode start runs first
 
-    assert not fp._pids()
-    assert not [m for m in mount_points() if m.startswith((workdir + "/", str(fp.state_dir) + "/"))]
-    assert fp.bridge not in run("ip", "-br", "link").stdout
-    assert fp.rule_comment not in run("iptables", "-t", "nat", "-S").stdout
-    assert not [h for h in cgroup_hierarchies() if (h / fp.cgroup).exists()]
-    assert not fp.file.exists() and not fp.state_dir.exists()
+    assert_gone(fp, shim_sockets)
     assert fp.own_workdir and not Path(workdir).exists()  # the killed cluster's temporary folder
-    assert not [s for s in shim_sockets if s.exists()]  # the gVisor shim's, outside our folders
     # the live cluster's footprint is left alone: its owner (this process) is alive
     assert kc.kubelet_node.fp.file.exists()
     kc.check_alive()
