@@ -85,20 +85,25 @@ for name in "${names[@]}"; do
 done
 
 if [ ${#todo[@]} -gt 0 ]; then
-  bash scripts/images/standin-base.sh "$cache/storage" "$cache/runroot" "$cache/base"
-
-  # The wheels, once per constraints.txt: every pin, for the images' interpreter and platform.
+  # The wheels, once per constraints.txt: every pin, for the images' interpreter and platform. A new folder starts
+  # as hard links to the newest earlier one, so pip downloads only the pins that changed.
   wheels=$cache/wheels/$( (cat images/constraints.txt; echo cp311-linux-x86_64) | sha256sum | cut -c1-16)
   if [ ! -d "$wheels" ]; then
     start=$SECONDS
     rm -rf "$wheels.partial"
+    mkdir -p "$wheels.partial"
+    previous=$(find "$cache/wheels" -mindepth 1 -maxdepth 1 -type d ! -name '*.partial' -printf '%T@ %p\n' |
+      sort -n | tail -1 | cut -d' ' -f2-)
+    if [ -n "$previous" ]; then cp -al "$previous/." "$wheels.partial/"; fi
     platforms=(--platform manylinux2014_x86_64 --platform linux_x86_64)
     for minor in $(seq 17 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done  # bookworm: glibc 2.36
     "$python" -m pip download --quiet --no-deps --dest "$wheels.partial" --requirement images/constraints.txt \
       --implementation cp --python-version 3.11 --abi cp311 --abi abi3 --abi none "${platforms[@]}"
     mv "$wheels.partial" "$wheels"
+    find "$cache/wheels" -mindepth 1 -maxdepth 1 -type d ! -path "$wheels" -exec rm -rf {} +  # links keep the files
     echo "build-images: wheels in $((SECONDS - start)) s ($(du -sh "$wheels" | cut -f1))"
   fi
+  bash scripts/images/standin-base.sh "$cache/storage" "$cache/runroot" "$cache/base"
   pipconf=$cache/pip.conf
   printf '[global]\nno-index = true\nfind-links = /mnt\n' > "$pipconf"
 fi

@@ -185,6 +185,8 @@ def test_each_archive_holds_the_image_images_json_names(name: str) -> None:
     # the Job builder's and the chart's user, the same in the image itself
     assert found.image_config["config"]["User"] == f"{UID}:{UID}"
     assert found.image_config["architecture"] == "amd64"
+    # built over the stand-in base (scripts/images/standin-base.sh), and saying so
+    assert found.image_config["config"]["Labels"]["dev.sigma0.standin"]
 
 
 def test_the_three_images_share_their_base_layers() -> None:
