@@ -107,17 +107,29 @@ class Ran:
     termination: str  # what the container wrote to /dev/termination-log (the operator reads a stage's summary there)
 
 
+@dataclass(frozen=True)
+class Security:
+    """Who a stage pod's container runs as: its pod's runAsUser/runAsGroup and the capabilities it adds after
+    dropping ALL (allowPrivilegeEscalation: false, i.e. no_new_privs, in every case)."""
+
+    uid: int = UID
+    capabilities: tuple[str, ...] = ()
+
+
 def run(name: str, args: list[str] | None, tmp_path: Path, *, env: dict[str, str] | None = None,
-        volumes: dict[str, Path] | None = None, timeout: float = 120) -> Ran:
-    """Run the image as a stage pod would: uid/gid 65532, read-only root, tmpfs /tmp, a writable
-    /dev/termination-log (kubelet's terminationMessagePath), `volumes` bind-mounted read-write, `env` over the
-    image's. `args` None: the image's own entrypoint and command."""
+        volumes: dict[str, Path] | None = None, timeout: float = 120, security: Security = Security()) -> Ran:
+    """Run the image as a stage pod would: uid/gid 65532 (or `security`'s user and capabilities), read-only root,
+    tmpfs /tmp, a writable /dev/termination-log (kubelet's terminationMessagePath), `volumes` bind-mounted
+    read-write, `env` over the image's. `args` None: the image's own entrypoint and command."""
     image = unpacked(name)
     config = json.loads(json.dumps(image.config))
     process = config["process"]
     if args is not None:
         process["args"] = args
-    process["user"] = {"uid": UID, "gid": UID}
+    process["user"] = {"uid": security.uid, "gid": security.uid}
+    granted = [f"CAP_{name}" for name in security.capabilities]
+    process["capabilities"] = {key: granted for key in ("bounding", "effective", "permitted")}
+    process["noNewPrivileges"] = True
     process["terminal"] = False
     merged = dict(item.split("=", 1) for item in process["env"])
     merged.update(env or {})
@@ -153,6 +165,21 @@ def python(name: str, code: str, tmp_path: Path, **kwargs: Any) -> Ran:
 
 def job_env(stage: str) -> dict[str, str]:
     """The environment the operator's Job builder gives the pod of `stage` (artifacts on a volume at /artifacts)."""
+    return {e["name"]: e["value"] for e in _job_pod(stage)["containers"][0]["env"]}
+
+
+def job_security(stage: str) -> Security:
+    """The user and capabilities the operator's Job builder gives the pod of `stage` (a verify or score pod under
+    the gvisor RuntimeClass runs as root with the slot users' capabilities only)."""
+    pod = _job_pod(stage)
+    (container,) = pod["containers"]
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    added = container["securityContext"]["capabilities"].get("add", ())
+    return Security(pod["securityContext"]["runAsUser"], tuple(added))
+
+
+def _job_pod(stage: str) -> dict[str, Any]:
     document = {"apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle", "metadata": {"name": "c"},
                 "spec": {"release": "r", "baseModel": {"name": "tiny://llama"},
                          "harvest": {"sources": [{"path": "corpus/tasks.jsonl"}]}}}
@@ -164,7 +191,7 @@ def job_env(stage: str) -> dict[str, str]:
     (container,) = job["spec"]["template"]["spec"]["containers"]
     image = "trainer" if step.kind == "gpu" else "sandbox"
     assert container["image"].split("/")[-1] == f"{image}:{sigma0.__version__}"
-    return {e["name"]: e["value"] for e in container["env"]}
+    return job["spec"]["template"]["spec"]
 
 
 # The archives ------------------------------------------------------------------------------------------------------
@@ -255,22 +282,34 @@ ROWS = [
      "asserts": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]},
     {"id": "bad", "fn": "add", "instruction": "Add.", "code": "def add(a, b):\n    return a - b\n",
      "asserts": ["assert add(1, 2) == 3"]},
+    # leaves files behind in a folder it made unreadable, which the worker must still remove
+    {"id": "litter", "fn": "add", "instruction": "Add.",
+     "code": "def add(a, b):\n    return a + b\n\nimport os\nos.makedirs('d/e')\nopen('d/e/x', 'w').write('x')\n"
+             "os.chmod('d/e', 0)\nos.chmod('d', 0)\n",
+     "asserts": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]},
 ]
 
 
 def test_the_sandbox_image_verifies_a_corpus_as_a_verify_pod(tmp_path: Path) -> None:
+    """As the gvisor verify pod runs it: root with the slot users' capabilities only, no_new_privs (gVisor itself
+    aside: tests/e2e runs the same pod under runsc). The tests/e2e run found every candidate crashing here, since
+    such a root may not enter a slot user's folder; and the worker must still remove what candidates leave."""
+    security = job_security("verify")
+    assert security == Security(0, ("CHOWN", "KILL", "SETGID", "SETUID"))
     artifacts = tmp_path / "artifacts"
     (artifacts / "out").mkdir(parents=True)
     (artifacts / "candidates.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS))
-    os.chown(artifacts / "out", UID, UID)
-    done = run("sandbox", ["sigma0", "stage", "verify", "--input", "/artifacts/candidates.jsonl",
-                           "--output", "/artifacts/out/verified.jsonl", "--report", "/artifacts/out/report.json",
-                           "--sandbox", "process"], tmp_path, env=job_env("verify"),
-               volumes={"/artifacts": artifacts})
+    os.chown(artifacts / "out", security.uid, security.uid)
+    verify = ("sigma0 stage verify --input /artifacts/candidates.jsonl --output /artifacts/out/verified.jsonl "
+              "--report /artifacts/out/report.json --sandbox process && echo left: $(ls -A /tmp)")
+    done = run("sandbox", ["sh", "-c", verify], tmp_path, env=job_env("verify"), volumes={"/artifacts": artifacts},
+               security=security)
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(done.termination)["stage"] == "verify"
+    report = json.loads((artifacts / "out" / "report.json").read_text())
     verified = [json.loads(line) for line in (artifacts / "out" / "verified.jsonl").read_text().splitlines()]
-    assert [row["id"] for row in verified] == ["good"]
+    assert [row["id"] for row in verified] == ["good", "litter"], report["verdicts"]
+    assert done.stdout.splitlines()[-1] == "left:", done.stdout  # the candidates' folders are gone from /tmp
 
 
 # The trainer ------------------------------------------------------------------------------------------------------

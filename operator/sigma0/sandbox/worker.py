@@ -254,8 +254,14 @@ def _readable_by_anyone(path: str) -> bool:
         return False
 
 
-def _remove_tree(path: str) -> None:
-    """rm -rf without following symbolic links (shutil would add its compression modules to every fork)."""
+def _remove_tree(path: str, reclaim: bool = False) -> None:
+    """rm -rf without following symbolic links (shutil would add its compression modules to every fork). With
+    `reclaim` (a root worker), each folder is first taken back (chown to root, mode 0700): a root with only CAP_CHOWN,
+    as in a gVisor pod, may neither list nor empty a slot user's folder, whatever mode the candidate left on it."""
+    if reclaim:
+        with contextlib.suppress(OSError):
+            os.chown(path, 0, 0, follow_symlinks=False)
+            os.chmod(path, 0o700)  # a folder (callers check), now root's own: no capability needed
     try:
         entries = list(os.scandir(path))
     except OSError:
@@ -263,7 +269,7 @@ def _remove_tree(path: str) -> None:
     for entry in entries:
         try:
             if entry.is_dir(follow_symlinks=False):
-                _remove_tree(entry.path)
+                _remove_tree(entry.path, reclaim)
             else:
                 os.unlink(entry.path)
         except OSError:
@@ -402,7 +408,7 @@ class Worker:
             reason, detail = self.how_it_ended(child)
         with contextlib.suppress(OSError):
             os.rmdir(workdir)
-        _remove_tree(workdir)
+        _remove_tree(workdir, reclaim=self.root)
         return {"key": job["key"], "reason": reason, "detail": detail[:2000], "seconds": seconds, "calls": child.calls}
 
     def judge(self, job: dict[str, Any], child: Child) -> tuple[str, str]:
@@ -506,7 +512,6 @@ class Worker:
         for target, fd in enumerate(high):
             os.dup2(fd, target)
         os.closerange(len(fds), 1 << 20)  # one close_range call: fds 0-4 are all the child has
-        os.chdir(workdir)
         limits = self.limits  # RLIMIT_FSIZE, NOFILE and CORE (and NPROC under root) come from the worker
         memory = limits["memory_mb"] << 20
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -523,6 +528,9 @@ class Worker:
             os.setuid(self.uid)
             if self.grant_read and libc is not None:
                 libc.call("capset", libc.header, libc.caps)
+        # As the slot user, who owns it: a root without CAP_DAC_OVERRIDE (a gVisor pod keeps CHOWN, KILL, SETGID and
+        # SETUID only) may not enter another user's 0700 folder.
+        os.chdir(workdir)
         if libc is not None and self.pid != 1:
             libc.call("prctl", 1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG (after setuid, which clears it)
             if os.getppid() != self.pid:
@@ -630,7 +638,7 @@ class Worker:
     def close(self) -> None:
         if self.root:
             self.kill_user(self.uid)
-        _remove_tree(self.base)
+        _remove_tree(self.base, reclaim=self.root)
 
 
 def _above(fd: int, floor: int) -> int:
