@@ -144,7 +144,7 @@ def run(name: str, args: list[str] | None, tmp_path: Path, *, env: dict[str, str
     bundle.mkdir()
     termination = bundle / "termination-log"
     termination.touch()
-    os.chown(termination, UID, UID)
+    os.chown(termination, security.uid, security.uid)
     config["mounts"].append({"destination": "/dev/termination-log", "type": "bind", "source": str(termination),
                              "options": ["bind", "rw"]})
     (bundle / "config.json").write_text(json.dumps(config))
