@@ -192,6 +192,29 @@ CASES: list[Case] = [
                 time.sleep(600)
             os._exit(0)
         """, DOUBLE), DOUBLES, verdict=P),
+    # Waits for the cleanup (its pipe's EOF: the candidate's own process was killed), then hops from pid to pid, each
+    # process forking the next and exiting, so that one scan of /proc lists a process that is a zombie when read
+    # and misses its child; out of processes it stays, holding the run's stdout. It hung the worker until the scan
+    # counted zombies as leftovers (test_a_process_hopping_through_the_cleanup_cannot_stall_the_worker).
+    *(case(f"hops_through_cleanup_{i}", "double", src(NAME, f"""
+        import os, time
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            os.close(w)
+            os.read(r, 1)
+            while True:
+                try:
+                    pid = os.fork()
+                except OSError:
+                    _name("hx@NONCE@")
+                    time.sleep(600)
+                    os._exit(0)
+                if pid:
+                    os._exit(0)
+                time.sleep({pause})
+        os.close(r)
+        """, DOUBLE), DOUBLES, verdict=P) for i, pause in enumerate((0.001, 0.0002))),
     case("ignores_sigterm", "double", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
          "signal.signal(signal.SIGHUP, signal.SIG_IGN)\ntime.sleep(600)\n" + DOUBLE, DOUBLES, verdict=T),
     case("child_ignores_sigterm", "double", src(NAME, """

@@ -69,6 +69,7 @@ _exit = os._exit
 
 OUTPUT_TAIL = 2000
 GONE_GRACE = 500
+LEFTOVER_SECONDS = 5.0  # for the kills after a run (Worker.kill_leftovers)
 """How many milliseconds a child that closed its reply pipe gets to exit by itself before it is killed."""
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 FAILURES_FROM_CHILD = ("syntax", "error", "memory", "exit_before_asserts")
@@ -94,6 +95,10 @@ class ChildGone(Exception):
 
 class OutputFlood(Exception):
     """The child wrote more than its output cap."""
+
+
+class LeftoversSurvived(Exception):
+    """A run's processes outlived the kills after it: the worker stops rather than run the next job beside them."""
 
 
 class ForeignModule:
@@ -206,7 +211,10 @@ class Child:
 
 
 def _processes() -> list[tuple[int, int, int]]:
-    """(pid, parent pid, uid) of every live (not zombie) process visible in /proc, from /proc/PID/status."""
+    """(pid, parent pid, uid) of every process visible in /proc, zombies included, from /proc/PID/status.
+
+    Zombies count: one that is read as a zombie may have forked a child after the folder was listed, so only a scan
+    that finds none at all, with orphans reaped only between scans, shows that nothing is left."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -220,9 +228,8 @@ def _processes() -> list[tuple[int, int, int]]:
         except OSError:
             continue
         fields = dict(line.split(b":", 1) for line in status.splitlines() if b":" in line)
-        if fields.get(b"State", b"Z").split()[0] in (b"Z", b"X"):
-            continue
-        found.append((int(name), int(fields[b"PPid"]), int(fields[b"Uid"].split()[0])))
+        if b"PPid" in fields and b"Uid" in fields:
+            found.append((int(name), int(fields[b"PPid"]), int(fields[b"Uid"].split()[0])))
     return found
 
 
@@ -598,10 +605,17 @@ class Worker:
         return "crash", _with_tail(child, f"exited with status {code} after {child.calls} calls")
 
     def kill_leftovers(self, pid: int) -> None:
-        """Kill everything a run left: its process group, its slot user's processes, orphans reparented here."""
+        """Kill everything a run left: its process group, its slot user's processes, orphans reparented here.
+
+        Done when one whole scan of /proc finds none of them, not even a zombie: a process that forks and exits
+        while the scan runs leaves its zombie here (orphans come to this worker, which reaps them only between
+        scans), so a child it forked after /proc was listed cannot be missed. A run whose processes still outlive
+        the kills after LEFTOVER_SECONDS ends this worker (the runner reruns its jobs in a fresh one)."""
         with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
-        for _ in range(20):
+        deadline = time.monotonic() + LEFTOVER_SECONDS
+        while True:
+            self.reap_orphans()
             processes = _processes()
             if self.root:
                 leftovers = [found for found, _, owner in processes if owner == self.uid]
@@ -609,6 +623,8 @@ class Worker:
                 leftovers = [found for found, parent, _ in processes if parent == self.pid and found != pid]
             if not leftovers:
                 return
+            if time.monotonic() > deadline:
+                raise LeftoversSurvived(f"{len(leftovers)} processes of a run outlived {LEFTOVER_SECONDS:g} s of kills")
             if self.root:
                 self.kill_user(self.uid)
             else:
