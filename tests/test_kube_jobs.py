@@ -85,7 +85,7 @@ def test_the_isolation_note_says_what_ran_where() -> None:
 
 
 def test_a_gpu_step_gets_the_trainer_image_and_the_placement() -> None:
-    placement = {"train": {"resources": {"limits": {"nvidia.com/gpu": 2}},
+    placement = {"train": {"resources": {"limits": {"nvidia.com/gpu": 1, "memory": "40Gi"}},
                            "nodeSelector": {"pool": "h100"},
                            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
                            "priorityClassName": "training"},
@@ -93,8 +93,9 @@ def test_a_gpu_step_gets_the_trainer_image_and_the_placement() -> None:
     cycle_spec = spec(placement=placement)
     train = pod_of(build(cycle_spec, "train"))
     assert train["containers"][0]["image"] == "reg/trainer:1"
-    assert train["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": 2, "ephemeral-storage": "2560Mi"},
-                                                   "requests": {"ephemeral-storage": "256Mi"}}
+    assert train["containers"][0]["resources"] == {
+        "limits": {"nvidia.com/gpu": 1, "memory": "40Gi", "ephemeral-storage": "2560Mi"},
+        "requests": {"ephemeral-storage": "256Mi"}}
     assert train["nodeSelector"] == {"pool": "h100"}
     assert train["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert train["priorityClassName"] == "training"

@@ -107,7 +107,7 @@ CYCLES: dict[str, dict[str, Any]] = {
     "claim": {},
     "s3": {"artifacts": {"uri": "s3://models-bucket/sigma0"}},
     "placed": {"placement": {"train": {"resources": {"requests": {"cpu": "4", "memory": "32Gi"},
-                                                     "limits": {"memory": "64Gi", "nvidia.com/gpu": 2}},
+                                                     "limits": {"memory": "64Gi", "nvidia.com/gpu": 1}},
                                        "nodeSelector": {"pool": "h100"}, "priorityClassName": "training"}}},
     "cpu": {"train": {"device": "cpu"}},
 }

@@ -199,9 +199,9 @@ LIST = {"train": {"placements": [
 
 
 def test_the_simple_form_is_one_placement_and_the_list_form_keeps_its_order() -> None:
-    simple = parse_manifest(manifest({"train": {"resources": {"limits": {"nvidia.com/gpu": 2}}}})).spec
+    simple = parse_manifest(manifest({"train": {"resources": {"limits": {"nvidia.com/gpu": 1}}}})).spec
     (only,) = placement.options_for(simple, "train")
-    assert only.name == "default" and only.resources == {"limits": {"nvidia.com/gpu": 2}}
+    assert only.name == "default" and only.resources.as_container_resources() == {"limits": {"nvidia.com/gpu": 1}}
     assert only.weekly_gpu_hours is None and only.unschedulable_seconds == 600
     named = parse_manifest(manifest({"eval": {"name": "pool", "weeklyGPUHours": 3}})).spec
     assert [(o.name, o.weekly_gpu_hours) for o in placement.options_for(named, "generate")] == [("pool", 3)]
@@ -212,6 +212,17 @@ def test_the_simple_form_is_one_placement_and_the_list_form_keeps_its_order() ->
     assert (t4.name, t4.gpus, t4.priority_class_name, t4.weekly_gpu_hours) == ("t4-spot", None, "low", None)
     with pytest.raises(ValueError, match="not a GPU stage"):
         placement.options_for(listed, "verify")
+
+
+@pytest.mark.parametrize("setting", [
+    {"resources": {"limits": {"nvidia.com/gpu": 1, "cpu": "8"}, "requests": {"nvidia.com/gpu": "1"}}},
+    {"resources": {"limits": {"nvidia.com/gpu": 4}}, "gpus": 1},  # gpus overrides what resources ask for
+    {"gpuResource": "amd.com/gpu", "resources": {"limits": {"nvidia.com/gpu": 4, "amd.com/gpu": 0}}},
+])
+def test_one_gpu_or_none_is_accepted_however_it_is_asked_for(setting: dict[str, Any]) -> None:
+    spec = parse_manifest(manifest({"train": setting})).spec
+    (only,) = placement.options_for(spec, "train")
+    assert placement.gpu_count(jobs.gpu_resources(only, spec), only.gpu_resource) <= 1  # what the pod holds
 
 
 @pytest.mark.parametrize(("setting", "expected"), [
@@ -228,6 +239,13 @@ def test_the_simple_form_is_one_placement_and_the_list_form_keeps_its_order() ->
     ({"placements": [{"name": "a"}, {"name": "b", "gpus": 2}]},
      "spec.placement.train.placements[1].gpus: 2 is greater than the maximum of 1"),
     ({"placements": [{"name": "a", "budget": 1}]}, "unknown field(s) budget"),
+    # nor through resources, in either part, of whichever resource is the GPU here, unless gpus overrides it
+    ({"resources": {"limits": {"nvidia.com/gpu": 2}}}, "spec.placement.train: resources.limits asks for more than one"),
+    ({"resources": {"requests": {"nvidia.com/gpu": "2"}}}, "spec.placement.train: resources.requests asks for more"),
+    ({"placements": [{"name": "a"}, {"name": "b", "gpuResource": "amd.com/gpu",
+                                     "resources": {"limits": {"amd.com/gpu": 8}}}]},
+     "spec.placement.train.placements[1]: resources.limits asks for more than one GPU (gpuResource)"),
+    ({"resources": {"limits": {"nvidia.com/gpu": 1}, "extra": {}}}, "unknown field(s) extra"),
 ])
 def test_bad_placements_are_rejected_with_the_field_named(setting: dict[str, Any], expected: str) -> None:
     with pytest.raises(ManifestError) as caught:

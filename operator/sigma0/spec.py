@@ -212,13 +212,27 @@ class ArtifactsSpec(_Model):
     pvc: PvcRef | None = None
 
 
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"  # a placement's gpuResource when unset (the CRD's rules say it too)
+
+
+class Resources(_Model):
+    """A GPU pod's container resources: core/v1 ResourceRequirements, quantities as written."""
+
+    limits: dict[str, int | str] | None = None
+    requests: dict[str, int | str] | None = None
+    claims: tuple[dict[str, Any], ...] | None = None
+
+    def as_container_resources(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 class GpuPlacement(_Model):
     """One place GPU pods can run (a GPU pool), with its optional weekly GPU-hour budget (sigma0.placement)."""
 
     name: str = "default"
     gpus: int | None = None
-    gpu_resource: str = "nvidia.com/gpu"
-    resources: dict[str, Any] | None = None
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    resources: Resources | None = None
     node_selector: dict[str, str] | None = None
     tolerations: tuple[dict[str, Any], ...] | None = None
     priority_class_name: str | None = None
@@ -308,6 +322,16 @@ CANDIDATE_EXCLUDES = ("harvest", "verify", "dataset", "train", "placement.train"
 # What cannot be added to or removed from a cycle once it exists (each one present is immutable itself).
 PRESENCE_FIXED = ("harvest", "verify", "dataset", "train", "candidate", "stopAfter")
 
+# A pod gets at most one GPU (train and generate are one process on one device): `gpus` is capped by the schema, and a
+# GPU count asked for in resources by these rules (one per part), unless `gpus` overrides it.
+GPU_RESOURCE_PARTS = ("limits", "requests")
+_GPU = f"(has(self.gpuResource) ? self.gpuResource : '{DEFAULT_GPU_RESOURCE}')"
+GPU_RESOURCE_RULES = {
+    part: f"has(self.gpus) || !has(self.resources) || !has(self.resources.{part}) "
+    f"|| !({_GPU} in self.resources.{part}) || string(self.resources.{part}[{_GPU}]) in ['0', '1']"
+    for part in GPU_RESOURCE_PARTS
+}
+
 # The CRDs' CEL rules, in Python (tests/test_bad_input.py checks that every rule in crds/ is one of these).
 # Rules that only look at the new object: checked by _cel_equivalents, after the schema holds.
 CEL_RULES = {
@@ -321,6 +345,7 @@ CEL_RULES = {
         "!has(self.candidate) || !has(self.placement) || !has(self.placement.train)",
         "!has(self.candidate) || !has(self.stopAfter)",
         "!has(self.warmupSteps) || !has(self.steps) || self.warmupSteps <= self.steps",
+        *GPU_RESOURCE_RULES.values(),
     ),
     "AdapterRelease": ("!has(self.passed) || !has(self.total) || self.passed <= self.total",
                        "!has(self.shortDigest) || self.shortDigest == self.digest.substring(0, 19)"),
@@ -375,6 +400,13 @@ def _cel_equivalents(kind: str, spec: dict[str, Any]) -> list[str]:
                         f"{train['warmupSteps']}, steps {train['steps']})")
     for stage in ("train", "eval"):
         setting = (spec.get("placement") or {}).get(stage) or {}
+        each = [(f"spec.placement.{stage}", setting)]
+        each += [(f"spec.placement.{stage}.placements[{index}]", item)
+                 for index, item in enumerate(setting.get("placements") or [])]
+        for where, one in each:
+            problems += [f"{where}: resources.{part} asks for more than one GPU (gpuResource): train and generate "
+                         "run as one process on one device, so a second GPU would be held and never used"
+                         for part in GPU_RESOURCE_PARTS if _asks_for_gpus(one, part) not in (None, "0", "1")]
         if "placements" not in setting:
             continue
         inline = sorted(set(setting) - {"placements"})
@@ -386,6 +418,15 @@ def _cel_equivalents(kind: str, spec: dict[str, Any]) -> list[str]:
         if twice:  # x-kubernetes-list-type: map, keyed by name
             problems.append(f"spec.placement.{stage}.placements: duplicate name(s) {', '.join(twice)}")
     return problems
+
+
+def _asks_for_gpus(placement: dict[str, Any], part: str) -> str | None:
+    """The GPU count a placement's resources.<part> asks for, as CEL's string() writes it, where `gpus` does not
+    override it (None: it asks for none)."""
+    if "gpus" in placement:
+        return None
+    value = ((placement.get("resources") or {}).get(part) or {}).get(placement.get("gpuResource", DEFAULT_GPU_RESOURCE))
+    return None if value is None else str(value)
 
 
 def transition_problems(kind: str, old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -270,8 +270,9 @@ def failure_policy(kind: str) -> dict[str, Any]:
 def gpu_resources(placement: GpuPlacement, spec: CycleSpec) -> dict[str, Any]:
     """A GPU pod's container resources on `placement`: its resources (or the defaults), with `gpus` of its
     gpuResource when set; with neither resources nor gpus, one GPU (none for a cycle that trains on the CPU)."""
-    if placement.resources:
-        found = copy.deepcopy(dict(placement.resources))
+    written = placement.resources.as_container_resources() if placement.resources is not None else {}
+    if written:
+        found = written
         count = placement.gpus
     else:
         found = copy.deepcopy(CPU_TRAINER_RESOURCES if spec.train.device == "cpu" else GPU_RESOURCES)
