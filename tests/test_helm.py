@@ -511,12 +511,12 @@ def test_the_charts_commands_parse_with_the_sigma0_cli_and_name_images_that_exis
     from sigma0.kube.operator import settings_from
 
     staged = render({"imagePullSecrets": [{"name": "regcred"}],
-                     "stagePods": {"serviceAccountName": "sigma0-stages", "gpuShmSize": "8Gi",
+                     "stagePods": {"serviceAccountName": "sigma0-stages", "gpuShmSize": "8Gi", "modelCacheSize": "1Ti",
                                    "queueKeys": ["kueue.x-k8s.io/queue-name", "team.example/queue"]}})
     settings = settings_from(cli.build_parser().parse_args(
         ["operator"] + one(staged, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]))
     assert settings.image_pull_secrets == ("regcred",) and settings.service_account == "sigma0-stages"
-    assert settings.gpu_shm_size == "8Gi"
+    assert settings.gpu_shm_size == "8Gi" and settings.model_cache_size == "1Ti"
     assert settings.queue_keys == ("kueue.x-k8s.io/queue-name", "team.example/queue")
     assert settings_from(defaults).queue_keys == ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -196,6 +197,31 @@ def test_gpu_pods_download_hub_models_onto_the_artifacts_volume_not_tmp() -> Non
     # pods that load no model get no HF_HOME
     container = pod_of(build(cycle_spec, "verify"))["containers"][0]
     assert "HF_HOME" not in {e["name"] for e in container["env"]}
+
+
+def test_without_an_artifacts_volume_gpu_pods_keep_hub_models_on_a_disk_of_their_own_and_may_fill_it() -> None:
+    """With an artifacts URI there is no volume to put models on, and /tmp holds 2Gi: a 7B model's weights would get
+    the pod evicted. Train and generate pods get a node-local emptyDir sized by --model-cache-size, and their
+    ephemeral-storage limit grows by it, so that filling it is not an eviction either."""
+    remote = spec(artifacts={"uri": "s3://bucket/sigma0"})
+    for name in ("train", "generate"):
+        pod = pod_of(build(remote, name))
+        container = pod["containers"][0]
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert env["SIGMA0_MODEL_CACHE"] == "/models" and env["HF_HOME"] == "/models/hf", name
+        assert {"name": "models", "mountPath": "/models"} in container["volumeMounts"]
+        assert {"name": "models", "emptyDir": {"sizeLimit": "64Gi"}} in pod["volumes"]
+        limit = _quantity(container["resources"]["limits"]["ephemeral-storage"])
+        assert limit == _quantity("64Gi") + _quantity(jobs.EPHEMERAL_STORAGE["limits"]), name
+    for name in ("verify", "harvest"):  # pods that load no model keep the default disk
+        pod = pod_of(build(remote, name))
+        assert "models" not in {v["name"] for v in pod["volumes"]}, name
+        assert pod["containers"][0]["resources"]["limits"]["ephemeral-storage"] == jobs.EPHEMERAL_STORAGE["limits"]
+    # '' keeps the old place, /tmp
+    small = jobs.build_job(step_named(remote, "train"), cycle=REF, spec=remote, attempt=1,
+                           settings=dataclasses.replace(SETTINGS, model_cache_size=""), active_deadline_seconds=3600)
+    env = {e["name"]: e["value"] for e in pod_of(small)["containers"][0]["env"]}
+    assert env["SIGMA0_MODEL_CACHE"] == "/tmp/models"
 
 
 def test_job_names_are_deterministic_and_fit_63_characters() -> None:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -95,6 +96,7 @@ GPU_RESOURCES = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory":
 # kubelet rotates, 5 files of 10Mi by default) count. The limit covers both, so a stage is evicted only past them
 # (tests/test_kube_jobs.py checks it against the pod's emptyDirs); the request is what a stage needs commonly.
 EPHEMERAL_STORAGE = {"requests": "256Mi", "limits": "2560Mi"}
+MODEL_CACHE_PATH = "/models"  # GPU pods without an artifacts volume (PodSettings.model_cache_size)
 LOG_ALLOWANCE = "512Mi"  # the part of the limit beyond the emptyDirs: the container's log, and some slack
 
 
@@ -122,6 +124,9 @@ class PodSettings:
     # role by IRSA or Workload Identity instead of static keys. Sandbox pods, which run untrusted code, never get it.
     service_account: str = ""
     gpu_shm_size: str = "2Gi"  # /dev/shm of GPU pods (memory-backed): PyTorch's DataLoader workers share through it
+    # The model cache of GPU pods where there is no artifacts volume (an artifacts URI): a node-local emptyDir at
+    # MODEL_CACHE_PATH, sized for a hub model's weights ('' leaves it in /tmp, which holds 2Gi).
+    model_cache_size: str = "64Gi"
 
 
 @dataclass(frozen=True)
@@ -286,19 +291,30 @@ def gpu_resources(placement: GpuPlacement, spec: CycleSpec) -> dict[str, Any]:
     return found
 
 
-def _resources(spec: CycleSpec, placement: GpuPlacement | None) -> dict[str, Any]:
+def _resources(spec: CycleSpec, placement: GpuPlacement | None, disk: int = 0) -> dict[str, Any]:
     if placement is not None:
-        return with_ephemeral_storage(gpu_resources(placement, spec))
-    return with_ephemeral_storage(spec.placement.sandbox.resources or SANDBOX_RESOURCES)
+        return with_ephemeral_storage(gpu_resources(placement, spec), disk)
+    return with_ephemeral_storage(spec.placement.sandbox.resources or SANDBOX_RESOURCES, disk)
 
 
-def with_ephemeral_storage(resources: Mapping[str, Any]) -> dict[str, Any]:
-    """`resources` with EPHEMERAL_STORAGE's request and limit, unless they name ephemeral-storage already (then both
-    are theirs: a request of theirs above our limit would make the pod invalid)."""
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes quantity (2560Mi, 64Gi, 1e9) in bytes, rounded up: the client's own parser, imported when
+    needed (it brings the whole client, half a second)."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    return math.ceil(parse_quantity(quantity))
+
+
+def with_ephemeral_storage(resources: Mapping[str, Any], disk: int = 0) -> dict[str, Any]:
+    """`resources` with EPHEMERAL_STORAGE's request and limit, the limit raised by `disk` bytes (more emptyDirs),
+    unless they name ephemeral-storage already (then both are theirs: a request of theirs above our limit would make
+    the pod invalid)."""
     found = copy.deepcopy(dict(resources))
     if any("ephemeral-storage" in (found.get(part) or {}) for part in ("requests", "limits")):
         return found
     for part, quantity in EPHEMERAL_STORAGE.items():
+        if part == "limits" and disk:
+            quantity = f"{(quantity_bytes(quantity) + disk) // 2**20}Mi"
         found[part] = {**(found.get(part) or {}), "ephemeral-storage": quantity}
     return found
 
@@ -373,9 +389,6 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
     name = job_name(cycle.name, step.name, attempt)
     gpu = step.kind == "gpu"
     placement = (placement or options_for(spec, step.stage)[0]) if gpu else None
-    resources = _resources(spec, placement)
-    gpus = gpu_count(resources, placement.gpu_resource) if placement is not None else 0
-    step_labels = labels(step, cycle, attempt, placement, gpus)
     argv, _ = stage_argv(step, spec.placement.sandbox.runtime_class_name)
     volume, sub_path = artifacts_volume(spec, settings)
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}]
@@ -389,8 +402,14 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
     if resume_key:
         env.append({"name": journal.KEY_ENV, "value": resume_key})
     env_from: list[dict[str, Any]] = []
+    disk = 0  # bytes of on-disk emptyDirs beyond /tmp, which the ephemeral-storage limit must hold too
     if volume is None:
         model_cache = "/tmp/models"
+        if gpu and settings.model_cache_size:
+            model_cache = MODEL_CACHE_PATH
+            volumes.append({"name": "models", "emptyDir": {"sizeLimit": settings.model_cache_size}})
+            mounts.append({"name": "models", "mountPath": MODEL_CACHE_PATH})
+            disk = quantity_bytes(settings.model_cache_size)
         env.append({"name": "SIGMA0_ARTIFACTS_URI", "value": spec.artifacts.uri or ""})
         if settings.artifacts_secret:
             env_from.append({"secretRef": {"name": settings.artifacts_secret}})
@@ -401,8 +420,11 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
     env.append({"name": "SIGMA0_MODEL_CACHE", "value": model_cache})
     if gpu:
         # A hub id as baseModel downloads through huggingface_hub into HF_HOME, ~/.cache/huggingface by default:
-        # the small /tmp emptyDir. Models belong with the model cache, on the artifacts volume.
+        # the small /tmp emptyDir. Models belong with the model cache: on the artifacts volume, or in its own emptyDir.
         env.append({"name": "HF_HOME", "value": f"{model_cache}/hf"})
+    resources = _resources(spec, placement, disk)
+    gpus = gpu_count(resources, placement.gpu_resource) if placement is not None else 0
+    step_labels = labels(step, cycle, attempt, placement, gpus)
     pod_security, container_security = _security(settings, root_in_gvisor(step, spec, settings))
     container = {
         "name": CONTAINER,

@@ -91,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "code), e.g. one IRSA or Workload Identity binds to a cloud role (default: the namespace's)")
     parser.add_argument("--gpu-shm-size", default=defaults.gpu_shm_size, metavar="QUANTITY",
                         help="size of the memory-backed /dev/shm of train and generate pods ('' for none)")
+    parser.add_argument("--model-cache-size", default=defaults.model_cache_size, metavar="QUANTITY",
+                        help="with an artifacts URI (no artifacts volume), the node-local emptyDir of train and "
+                        "generate pods that holds the base model's weights ('' keeps them in the 2Gi /tmp)")
     parser.add_argument("--allow-host-path", action="store_true", default=env_flag(ENV["allow_host_path"]),
                         help="run cycles whose spec.artifacts.path mounts a node folder (hostPath) into stage pods; "
                         f"refused by default: single-tenant clusters only (env {ENV['allow_host_path']}=true)")
@@ -162,7 +165,8 @@ def settings_from(args: argparse.Namespace) -> jobs.PodSettings:
                             allow_host_path=args.allow_host_path, allow_process_sandbox=args.allow_process_sandbox,
                             queue_keys=listed(args, "queue_key", jobs.PodSettings().queue_keys),
                             image_pull_secrets=listed(args, "image_pull_secret", ()),
-                            service_account=args.stage_service_account, gpu_shm_size=args.gpu_shm_size)
+                            service_account=args.stage_service_account, gpu_shm_size=args.gpu_shm_size,
+                            model_cache_size=args.model_cache_size)
 
 
 def identity_priority(identity: str) -> int:
