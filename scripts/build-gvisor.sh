@@ -39,6 +39,8 @@ record="$cache_root/runsc.json"
 binaries=(runsc containerd-shim-runsc-v1)
 
 log() { printf 'scripts/build-gvisor.sh: %s\n' "$*" >&2; }
+# shellcheck source=lib/build-cache.sh
+source "$here/lib/build-cache.sh"
 
 if [[ -z "$GVISOR_VERSION" ]]; then
   log "no 'require gvisor.dev/gvisor VERSION' line in $moddir/go.mod"
@@ -100,27 +102,8 @@ EOF
   log "runsc $GVISOR_VERSION runs systrap sandboxes here: recorded in $record"
 }
 
-if complete; then
-  if [[ "${1:-}" != "--check" ]]; then smoke; fi
-  echo "$bin"
-  exit 0
-fi
-if [[ "${1:-}" == "--check" ]]; then # report only, never build
-  log "no complete build in $bin: run bash scripts/build-gvisor.sh"
-  exit 1
-fi
-
-mkdir -p "$cache"
-exec 9>"$cache/.lock"
-if ! flock -n 9; then
-  log "another build holds $cache/.lock; waiting for it"
-  flock 9
-fi
-if complete; then # built by whoever held the lock
-  smoke
-  echo "$bin"
-  exit 0
-fi
+on_hit() { smoke; } # a cached runsc is checked to still run here
+use_cache_or_lock "$cache" "$bin" scripts/build-gvisor.sh "${1:-}"
 
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
 if [[ ! -x "$GO" ]]; then

@@ -146,6 +146,11 @@ class FakeApi:
 
 @pytest.fixture
 def api() -> FakeApi:
+    return api_with_one_cycle()
+
+
+def api_with_one_cycle() -> FakeApi:
+    """A fake API server holding one new TrainingCycle, c1 (also tests/test_metrics.py's)."""
     fake = FakeApi()
     fake.cycles["c1"] = fake._bump({
         "apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
-from test_kube_executor import NOW, NS, FakeApi
+from test_kube_executor import NOW, NS, api_with_one_cycle
 
 from sigma0.kube import executor, handlers, jobs
 from sigma0.kube.metrics import KINDS, OperatorMetrics, phase_ages, phase_change
@@ -133,19 +133,8 @@ def test_a_phase_change_is_measured_between_the_two_statuses_transition_times() 
     assert phase_change({"phase": "Queued"}, {"phase": "Pending", "phaseTransitionTime": "x"}) is None
 
 
-def fake_api() -> FakeApi:
-    fake = FakeApi()
-    fake.cycles["c1"] = fake._bump({
-        "apiVersion": "sigma0.dev/v1alpha1", "kind": "TrainingCycle",
-        "metadata": {"name": "c1", "namespace": NS, "uid": "cycle-uid-1", "generation": 1,
-                     "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {"release": "coder", "baseModel": {"name": "tiny://llama"},
-                 "harvest": {"sources": [{"path": "corpus/tasks.jsonl"}]}, "deadlineSeconds": 3600}})
-    return fake
-
-
 def test_each_phase_a_cycle_leaves_is_observed_once_whoever_looks_again() -> None:
-    api, registry = fake_api(), CollectorRegistry()
+    api, registry = api_with_one_cycle(), CollectorRegistry()
     clients = executor.Clients(api, api, api)
 
     def operator(seconds: float) -> executor.JobExecutor:  # a fresh one each time: a restart, or another replica
@@ -169,7 +158,7 @@ def test_each_phase_a_cycle_leaves_is_observed_once_whoever_looks_again() -> Non
 
 
 def test_a_phase_change_whose_write_loses_is_not_observed() -> None:
-    api, registry = fake_api(), CollectorRegistry()
+    api, registry = api_with_one_cycle(), CollectorRegistry()
     clients = executor.Clients(api, api, api)
     metrics = OperatorMetrics(registry)
     executor.JobExecutor(clients, jobs.PodSettings(), metrics=metrics, clock=lambda: NOW).reconcile(NS, "c1")

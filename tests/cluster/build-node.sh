@@ -40,6 +40,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 gvisor_mod="$repo/scripts/gvisor"
 log() { printf 'tests/cluster/build-node.sh: %s\n' "$*" >&2; }
+# shellcheck source=../../scripts/lib/build-cache.sh
+source "$repo/scripts/lib/build-cache.sh"
 
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || true)"
@@ -69,25 +71,7 @@ complete() {
   for f in "${outputs[@]}"; do [[ -s "$cache/$f" ]] || return 1; done
 }
 
-if complete; then
-  echo "$cache"
-  exit 0
-fi
-if [[ "${1:-}" == "--check" ]]; then # report only, never build
-  log "no complete build in $cache: run bash tests/cluster/build-node.sh"
-  exit 1
-fi
-
-mkdir -p "$cache"
-exec 9>"$cache/.lock"
-if ! flock -n 9; then
-  log "another build holds $cache/.lock; waiting for it"
-  flock 9
-fi
-if complete; then # built by whoever held the lock
-  echo "$cache"
-  exit 0
-fi
+use_cache_or_lock "$cache" "$cache" tests/cluster/build-node.sh "${1:-}"
 
 start=$SECONDS
 tmp="$cache/partial"

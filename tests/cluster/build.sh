@@ -35,6 +35,8 @@ marker="$cache/.built"
 binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 
 log() { printf 'tests/cluster/build.sh: %s\n' "$*" >&2; }
+# shellcheck source=../../scripts/lib/build-cache.sh
+source "$here/../../scripts/lib/build-cache.sh"
 
 major_minor="${K8S_VERSION#v}"
 k8s_major="${major_minor%%.*}"
@@ -60,25 +62,7 @@ complete() {
   for b in "${binaries[@]}"; do [[ -x "$bin/$b" ]] || return 1; done
 }
 
-if complete; then
-  echo "$bin"
-  exit 0
-fi
-if [[ "${1:-}" == "--check" ]]; then # report only, never build
-  log "no complete build in $bin: run bash tests/cluster/build.sh"
-  exit 1
-fi
-
-mkdir -p "$cache"
-exec 9>"$cache/.lock"
-if ! flock -n 9; then
-  log "another build holds $cache/.lock; waiting for it"
-  flock 9
-fi
-if complete; then # built by whoever held the lock
-  echo "$bin"
-  exit 0
-fi
+use_cache_or_lock "$cache" "$bin" tests/cluster/build.sh "${1:-}"
 
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
 if [[ ! -x "$GO" ]]; then

@@ -14,15 +14,19 @@ termination message. Nothing in the product changes: the operator sees real pods
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sigma0.kube import jobs
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 STAGEFAULT = Path(__file__).resolve().parent / "stagefault.py"
 GATES = ".faults"  # the gates' folder under the artifacts root
@@ -60,6 +64,19 @@ class Rule:
     times: int | None  # the first `times` pods of the step; None: every one
     real: bool  # run the stage's own command after the options' gate
     used: int = 0
+
+
+@contextlib.contextmanager
+def hooked(cluster: Cluster) -> Iterator[StageFaults]:
+    """StageFaults installed as the cluster's pod executor's command_hook, and taken out afterwards (a module's
+    `faults` fixture)."""
+    found = StageFaults()
+    assert cluster.executor is not None
+    cluster.executor.command_hook = found
+    try:
+        yield found
+    finally:
+        cluster.executor.command_hook = None
 
 
 class StageFaults:

@@ -12,6 +12,7 @@ use it by naming it once in the top-level tests/conftest.py:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -21,23 +22,37 @@ from .cluster import Cluster
 from .controlplane import ClusterError
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster(die_with_parent=True)
+@contextlib.contextmanager
+def running(c: Cluster, what: str) -> Iterator[Cluster]:
+    """`c` started, failing (never skipping) the tests that need it if it cannot start; stopped afterwards, its
+    workdir kept when SIGMA0_KEEP_CLUSTER is set."""
     try:
         c.start()
     except ClusterError as e:
-        pytest.fail(f"test cluster did not start: {e}", pytrace=False)
+        pytest.fail(f"{what} did not start: {e}", pytrace=False)
     try:
         yield c
     finally:
         c.stop(keep_workdir=bool(os.environ.get("SIGMA0_KEEP_CLUSTER")))
 
 
-@pytest.fixture
-def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = cluster.create_namespace(request.node.name)
+@contextlib.contextmanager
+def fresh_namespace(c: Cluster, test: str) -> Iterator[str]:
+    """A namespace of its own for `test`, deleted afterwards."""
+    name = c.create_namespace(test)
     try:
         yield name
     finally:
-        cluster.delete_namespace(name)
+        c.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    with running(Cluster(die_with_parent=True), "test cluster") as c:
+        yield c
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    with fresh_namespace(cluster, request.node.name) as name:
+        yield name

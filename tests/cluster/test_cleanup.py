@@ -22,7 +22,7 @@ from kubernetes import client
 
 from . import test_operator
 from .cluster import Cluster
-from .faults import FAKE_SUMMARIES, StageFaults
+from .faults import FAKE_SUMMARIES, StageFaults, hooked
 from .test_operator import GROUP, NOWHERE, VERSION, Platform, apply, example, jobs_of, phase_is, status, wait_for
 
 platform = test_operator.platform
@@ -35,13 +35,8 @@ FILES = ("harvest/candidates.jsonl", "verify/verified.jsonl", "train/adapter/ada
 
 @pytest.fixture(scope="module")
 def faults(cluster: Cluster) -> Iterator[StageFaults]:
-    found = StageFaults()
-    assert cluster.executor is not None
-    cluster.executor.command_hook = found
-    try:
+    with hooked(cluster) as found:
         yield found
-    finally:
-        cluster.executor.command_hook = None
 
 
 def dry_run(faults: StageFaults, name: str, release: str, **spec: Any) -> dict[str, Any]:

