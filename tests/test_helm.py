@@ -30,7 +30,6 @@ import yaml
 
 from helm import tools
 from sigma0 import cli
-from sigma0.kube.ledger import NAME as LEDGER_NAME
 from sigma0.spec import openapi_schema, parse_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,13 +365,21 @@ def test_the_operator_rbac_is_the_same_cluster_wide_namespaced_and_in_the_plain_
         assert not {"secrets", "pods/exec", "pods/attach", "nodes"} & set(rule["resources"])
     writable = {r for rule in cluster_rules if set(rule["verbs"]) - {"get", "list", "watch"} for r in rule["resources"]}
     assert writable == {"trainingcycles", "trainingcycles/status", "trainingcycles/finalizers", "adapterreleases",
-                        "jobs", "events", "configmaps"}
+                        "jobs", "events"}
     # cycles themselves: only deleted (the janitor, sigma0.kube.janitor), never created or changed
     (cycles,) = [r for r in cluster_rules if r["resources"] == ["trainingcycles"]]
     assert set(cycles["verbs"]) - {"get", "list", "watch"} == {"delete"}
-    # the one ConfigMap it reads and replaces is the GPU ledger (sigma0.kube.ledger), named
-    (ledger,) = [r for r in cluster_rules if "configmaps" in r["resources"] and "update" in r["verbs"]]
-    assert ledger["resourceNames"] == [LEDGER_NAME] and set(ledger["verbs"]) == {"get", "update"}
+    # the GPU ledgers (sigma0.kube.ledger) are ConfigMaps in the operator's own namespace, out of the tenants' reach:
+    # no ConfigMap anywhere else, in the chart as in manifests/
+    for documents, namespace in ((render(), "sigma0-system"),
+                                 (list(yaml.safe_load_all((MANIFESTS / "10-rbac.yaml").read_text())), "sigma0-system")):
+        (ledger_role,) = [d for d in documents if d["kind"] == "Role" and d["metadata"]["name"].endswith("-gpu-ledger")]
+        assert ledger_role["metadata"]["namespace"] == namespace
+        assert ledger_role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                                         "verbs": ["get", "create", "update"]}]
+        (binding,) = [d for d in documents
+                      if d["kind"] == "RoleBinding" and d["roleRef"]["name"].endswith("-gpu-ledger")]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sigma0-operator", "namespace": namespace}]
 
     namespaced = render(VALUE_SETS["namespaced"])
     # nothing cluster-wide but what secure metrics need: TokenReview and SubjectAccessReview are cluster-scoped
@@ -604,6 +611,20 @@ def test_helm_test_checks_the_operators_rendered_rules_where_it_acts_and_its_own
                          and d["metadata"]["name"] == args.operator_service_account)
     assert json.loads(args.rules) == operator_role["rules"]
     assert args.watch_namespace == list(values.get("watchNamespaces") or [])
+    # and the rules it holds in its own namespace (the GPU ledgers), asked there
+    ledger_role = next(d for d in render(values)
+                       if d["kind"] == "Role" and d["metadata"]["name"].endswith("-gpu-ledger"))
+    assert json.loads(args.namespace_rules) == ledger_role["rules"]
+    assert args.namespace == ledger_role["metadata"]["namespace"]
+    # the operator keeps its ledgers there, and gets the administrator's budgets as flags
+    budgeted = render({**values, "gpuBudgets": [{"placement": "a100", "weeklyGPUHours": 40},
+                                                {"namespace": "team-a", "placement": "a100", "weeklyGPUHours": 2.5}]})
+    _, operator_args = _operator(budgeted)
+    assert operator_args.ledger_namespace == args.namespace
+    from sigma0.kube.operator import gpu_budgets
+
+    budgets = gpu_budgets(operator_args)
+    assert (budgets.of("team-a", "a100"), budgets.of("team-b", "a100"), budgets.of("team-a", "t4")) == (2.5, 40, None)
     deployment = one(render(values), "Deployment")
     selector = dict(pair.split("=") for pair in args.operator_selector.split(","))
     assert selector == deployment["spec"]["selector"]["matchLabels"]

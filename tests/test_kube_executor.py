@@ -444,6 +444,27 @@ def test_a_cycle_the_operator_refuses_fails_at_once_and_touches_nothing(api: Fak
     assert list(api.jobs) == ["c1-harvest-1"]
 
 
+def test_a_spec_field_from_newer_crds_fails_the_cycle_naming_it_instead_of_running_without_it(api: FakeApi) -> None:
+    """CRDs upgraded before the operator: a stored cycle may carry a field this operator does not know (a stricter
+    gate, say). Running without it could promote what the field was meant to stop; the cycle fails before any Job,
+    naming the field and what to do (docs/install.md, "Upgrade")."""
+    api.cycles["c1"]["spec"]["promote"] = {"margin": 0.02, "minGateProblems": 400}
+    api.cycles["c1"]["spec"]["newSpecField"] = True
+    result = run(api)
+    assert result is not None and result.phase == "Failed" and result.finished_now
+    failure = api.cycles["c1"]["status"]["failure"]
+    assert failure["reason"] == "UnknownSpecFields"
+    assert "spec.promote.minGateProblems" in failure["message"] and "spec.newSpecField" in failure["message"]
+    assert "finish the upgrade" in failure["message"] and api.jobs == {}
+    # a spec that is wrong in another way (a skew the other way round) says so as it is
+    api.cycles["c1"] = api._bump({**api.cycles["c1"], "spec": {**api.cycles["c1"]["spec"], "newSpecField": None,
+                                                               "promote": {"margin": "lots"}}})
+    api.cycles["c1"]["spec"].pop("newSpecField")
+    api.cycles["c1"].pop("status")
+    run(api)
+    assert api.cycles["c1"]["status"]["failure"]["reason"] == "InvalidSpec"
+
+
 def test_a_stage_pod_that_cannot_start_fails_the_cycle_at_once_and_its_job_goes(api: FakeApi) -> None:
     run(api)
     job = api.jobs["c1-harvest-1"]

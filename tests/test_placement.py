@@ -79,10 +79,31 @@ def test_when_every_placement_is_exhausted_the_reason_names_each_and_the_earlies
     assert choice.frees_at == NOW - timedelta(days=5) + timedelta(days=7, seconds=1)  # b's hour goes first
     reason = choice.reason("train")
     assert reason.startswith("every placement of train is exhausted (a: used 2 of 1 GPU-hours")
-    assert "z: weeklyGPUHours is 0: never used" in reason
+    assert "z: its weekly budget is 0 GPU-hours: never used" in reason
     assert reason.endswith(f"waiting until {placement.format_time(choice.frees_at)}, when the first budget frees")
     never = placement.choose([option("z", 0)], [], NOW)
     assert never.frees_at is None and "no budget will free" in never.reason("generate")
+
+
+def test_the_administrators_budgets_parse_from_flags_and_a_namespace_entry_wins_over_the_default() -> None:
+    budgets = placement.Budgets.parse(["a100=40", "team-a/a100=100", "t4=0", "team-b/h100=2.5"])
+    assert (budgets.of("team-a", "a100"), budgets.of("team-z", "a100")) == (100, 40)
+    assert (budgets.of("team-b", "h100"), budgets.of("team-a", "h100"), budgets.of("x", "t4")) == (2.5, None, 0)
+    for bad in ("a100", "a100=", "a100=-1", "a100=lots", "=4", "/a100=4", "team-a/=4", "a100=inf"):
+        with pytest.raises(ValueError, match="expected PLACEMENT=HOURS or NAMESPACE/PLACEMENT=HOURS"):
+            placement.Budgets.parse([bad])
+
+
+def test_a_tenant_can_lower_its_budget_in_its_own_spec_but_never_raise_the_administrators() -> None:
+    budgets = placement.Budgets.parse(["a100=10", "team/t4=1"])
+    options = [option("a100", 1000), option("t4", None), option("h100", 3), option("free", None),
+               option("a100-own", 0)]
+    found = {o.name: o.weekly_gpu_hours for o in placement.with_budgets(options, budgets, "team")}
+    assert found == {"a100": 10, "t4": 1, "h100": 3, "free": None, "a100-own": 0}
+    lower = placement.with_budgets([option("a100", 2)], budgets, "team")
+    assert lower[0].weekly_gpu_hours == 2
+    # another namespace gets the default entry, not team's own
+    assert placement.with_budgets([option("t4", None)], budgets, "other")[0].weekly_gpu_hours is None
 
 
 def test_a_running_pod_keeps_its_budget_spent() -> None:
@@ -383,31 +404,39 @@ class LedgerApi(FakeApi):
 
     def __init__(self) -> None:
         super().__init__()
-        self.configmaps: dict[str, dict[str, Any]] = {}
+        self.configmaps: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) →
         self.forbidden = False
         self.writes = 0
 
     def read_namespaced_config_map(self, name, ns, **kwargs):
         if self.forbidden:
             raise ApiException(status=403, reason="Forbidden")
-        if name not in self.configmaps:
+        if (ns, name) not in self.configmaps:
             raise ApiException(status=404)
-        return Response(self.configmaps[name])
+        return Response(self.configmaps[ns, name])
 
     def create_namespaced_config_map(self, ns, body, **kwargs):
-        if body["metadata"]["name"] in self.configmaps:
+        if (ns, body["metadata"]["name"]) in self.configmaps:
             raise ApiException(status=409)
         self.writes += 1
-        self.configmaps[body["metadata"]["name"]] = self._bump(copy.deepcopy(body))
+        self.configmaps[ns, body["metadata"]["name"]] = self._bump(copy.deepcopy(body))
 
     def replace_namespaced_config_map(self, name, ns, body, **kwargs):
-        if body["metadata"]["resourceVersion"] != self.configmaps[name]["metadata"]["resourceVersion"]:
+        if body["metadata"]["resourceVersion"] != self.configmaps[ns, name]["metadata"]["resourceVersion"]:
             raise ApiException(status=409)
         self.writes += 1
-        self.configmaps[name] = self._bump(copy.deepcopy(body))
+        self.configmaps[ns, name] = self._bump(copy.deepcopy(body))
 
-    def rows(self) -> list[Usage]:
-        return ledger.parse(self.configmaps[ledger.NAME]["data"][ledger.KEY], "test")
+    def put_ledger(self, rows: list[Usage], tenant: str = "team") -> None:
+        name = ledger.name_for(tenant)
+        self.configmaps[ledger.DEFAULT_NAMESPACE, name] = self._bump({"metadata": {"name": name},
+                                                                     "data": {ledger.KEY: ledger.render(rows)}})
+
+    def rows(self, tenant: str = "team") -> list[Usage]:
+        # the team's hours are kept in the operator's namespace, in a ConfigMap named after the team
+        assert set(self.configmaps) <= {(ledger.DEFAULT_NAMESPACE, ledger.name_for(t)) for t in ("team", "other")}
+        return ledger.parse(self.configmaps[ledger.DEFAULT_NAMESPACE, ledger.name_for(tenant)]["data"][ledger.KEY],
+                            "test")
 
     def schedule(self, job_name: str, state: dict[str, Any] | None, created: str = "2026-03-02T11:59:00Z",
                  **pod_status: Any) -> None:
@@ -441,9 +470,11 @@ def api() -> LedgerApi:
     return fake
 
 
-def reconcile(api: LedgerApi, now: datetime, metrics: Any = None) -> executor.Result | None:
+def reconcile(api: LedgerApi, now: datetime, metrics: Any = None,
+              budgets: placement.Budgets = placement.NO_BUDGETS) -> executor.Result | None:
     clients = executor.Clients(api, api, api)
-    return executor.JobExecutor(clients, jobs.PodSettings(), metrics=metrics, clock=lambda: now).reconcile("team", "c1")
+    return executor.JobExecutor(clients, jobs.PodSettings(), metrics=metrics, clock=lambda: now,
+                                budgets=budgets).reconcile("team", "c1")
 
 
 def to_train(api: LedgerApi, now: datetime = NOW) -> None:
@@ -504,7 +535,7 @@ def test_the_last_usable_placement_keeps_waiting_instead_of_falling_back(api: Le
     api.unschedulable("c1-train-1", created="2026-03-02T11:00:00Z")
     reconcile(api, NOW)
     assert list(j for j in api.jobs if "train" in j) == ["c1-train-1"]
-    assert "no other placement to fall back to: never: weeklyGPUHours is 0" in status_of(api)["message"]
+    assert "no other placement to fall back to: never: its weekly budget is 0 GPU-hours" in status_of(api)["message"]
 
 
 def test_a_cycle_stored_before_gpus_was_capped_at_one_runs_as_made_and_counts_every_gpu_it_held(
@@ -574,14 +605,14 @@ def test_with_every_budget_spent_the_cycle_waits_until_the_earliest_frees_then_r
         {"name": "metered", "weeklyGPUHours": 1}, {"name": "never", "weeklyGPUHours": 0}]
     api.cycles["c1"]["spec"]["deadlineSeconds"] = 30 * 86400
     used = [row("metered", NOW - timedelta(days=1), NOW - timedelta(days=1) + 2 * HOUR, key="old-pod")]
-    api.configmaps[ledger.NAME] = api._bump({"metadata": {"name": ledger.NAME},
-                                            "data": {ledger.KEY: ledger.render(used)}})
+    api.put_ledger(used)
     to_train(api)
     found = status_of(api)
     assert found["phase"] == "Waiting" and not [j for j in api.jobs if "train" in j]
     until = NOW - timedelta(days=1) + timedelta(days=7, hours=1, seconds=1)
     assert found["placementWait"]["until"] == placement.format_time(until)
-    assert "metered: used 2 of 1 GPU-hours" in found["message"] and "never: weeklyGPUHours is 0" in found["message"]
+    assert "metered: used 2 of 1 GPU-hours" in found["message"]
+    assert "never: its weekly budget is 0 GPU-hours" in found["message"]
     assert {c["type"]: c for c in found["conditions"]}["Trained"]["reason"] == "GPUBudgetExhausted"
     assert "PhaseWaiting" in reasons(api)
     reconcile(api, until - timedelta(seconds=1))
@@ -591,10 +622,27 @@ def test_with_every_budget_spent_the_cycle_waits_until_the_earliest_frees_then_r
     assert status_of(api)["phase"] == "Training" and "placementWait" not in status_of(api)
 
 
+def test_a_cycle_that_gives_itself_a_bigger_budget_still_waits_when_the_administrators_is_spent(
+        api: LedgerApi) -> None:
+    # The attack: the tenant writes weeklyGPUHours: 1000 into its own cycle; the budget is the operator's flag.
+    api.cycles["c1"]["spec"]["placement"]["train"]["placements"] = [{"name": "metered", "weeklyGPUHours": 1000}]
+    api.put_ledger([row("metered", NOW - timedelta(days=1), NOW - timedelta(days=1) + 2 * HOUR, key="old-pod")])
+    budgets = placement.Budgets.parse(["metered=1"])
+    for step, summary in DONE.items():
+        reconcile(api, NOW, budgets=budgets)
+        api.finish(f"c1-{step}-1", summary)
+    reconcile(api, NOW, budgets=budgets)
+    found = status_of(api)
+    assert found["phase"] == "Waiting" and not [j for j in api.jobs if "train" in j]
+    assert "metered: used 2 of 1 GPU-hours" in found["message"]
+    # without the administrator's budget the same cycle trains: its own 1000 hours are far from spent
+    reconcile(api, NOW)
+    assert api.jobs["c1-train-1"]["metadata"]["labels"][jobs.LABEL_PLACEMENT] == "metered"
+
+
 def test_a_gpu_pod_that_vanished_is_closed_when_noticed_and_a_ledger_that_cannot_be_used_stops_gpu_steps(
         api: LedgerApi) -> None:
-    api.configmaps[ledger.NAME] = api._bump({"metadata": {"name": ledger.NAME}, "data": {ledger.KEY: ledger.render(
-        [row("metered", NOW - HOUR, None, key="gone-pod")])}})
+    api.put_ledger([row("metered", NOW - HOUR, None, key="gone-pod")])
     api.forbidden = True
     to_train(api)
     found = status_of(api)

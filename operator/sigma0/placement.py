@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +68,58 @@ def options_for(spec: CycleSpec, stage: str) -> tuple[GpuPlacement, ...]:
         raise ValueError(f"stage {stage!r} is not a GPU stage (those are {', '.join(GPU_STAGES)})")
     setting = getattr(spec.placement, field)
     return setting.ordered() if setting is not None else (GpuPlacement(),)
+
+
+# Budgets ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The weekly GPU-hour budgets the operator's administrator sets (`sigma0 operator --gpu-budget`, the chart's
+    gpuBudgets), per placement name: for one namespace, or for every namespace that has no entry of its own. A
+    tenant cannot change them: they are the operator's flags, not the cycle's spec."""
+
+    per_placement: Mapping[str, float] = field(default_factory=dict)
+    per_namespace: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (namespace, placement)
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> Budgets:
+        """From `PLACEMENT=HOURS` and `NAMESPACE/PLACEMENT=HOURS` entries (ValueError names a bad one)."""
+        per_placement: dict[str, float] = {}
+        per_namespace: dict[tuple[str, str], float] = {}
+        for entry in entries:
+            where, sep, amount = entry.partition("=")
+            namespace, slash, name = where.rpartition("/")
+            try:
+                hours = float(amount)
+            except ValueError:
+                hours = -1.0
+            if not sep or not name or (slash and not namespace) or not 0 <= hours < float("inf"):
+                raise ValueError(f"--gpu-budget {entry!r}: expected PLACEMENT=HOURS or NAMESPACE/PLACEMENT=HOURS, "
+                                 "HOURS a number from 0 up")
+            if slash:
+                per_namespace[(namespace, name)] = hours
+            else:
+                per_placement[name] = hours
+        return cls(per_placement, per_namespace)
+
+    def of(self, namespace: str, name: str) -> float | None:
+        """The administrator's budget of placement `name` in `namespace` (None: none set)."""
+        found = self.per_namespace.get((namespace, name))
+        return found if found is not None else self.per_placement.get(name)
+
+
+NO_BUDGETS = Budgets()
+
+
+def with_budgets(options: Iterable[GpuPlacement], budgets: Budgets, namespace: str) -> tuple[GpuPlacement, ...]:
+    """`options` with the budget each really has: the administrator's, lowered but never raised by the cycle's own
+    weeklyGPUHours (a tenant may hold itself to less, never give itself more); none where neither is set."""
+    found = []
+    for option in options:
+        limits = [b for b in (budgets.of(namespace, option.name), option.weekly_gpu_hours) if b is not None]
+        found.append(option.model_copy(update={"weekly_gpu_hours": min(limits) if limits else None}))
+    return tuple(found)
 
 
 # The ledger ---------------------------------------------------------------------------------------------------------
@@ -230,7 +282,7 @@ def budget_skip(option: GpuPlacement, ledger: Sequence[Usage], now: datetime) ->
     if budget is None:
         return None
     if budget <= 0:
-        return Skip(option.name, "NoBudget", "weeklyGPUHours is 0: never used")
+        return Skip(option.name, "NoBudget", "its weekly budget is 0 GPU-hours: never used")
     used = gpu_hours(ledger, option.name, now)
     if used < budget:
         return None

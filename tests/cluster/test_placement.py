@@ -1,6 +1,7 @@
 """GPU placements and weekly budgets on the real control plane (tests/cluster): `sigma0 operator` under its
-ServiceAccount (manifests/10-rbac.yaml, which now lets it keep the GPU ledger ConfigMap), real Jobs on the one
-Node, which has `nvidia.com/gpu: 1`, and the tiny CPU model.
+ServiceAccount (manifests/10-rbac.yaml, which lets it keep the GPU ledgers in its own namespace), with the
+administrator's budgets as its flags (BUDGETS), real Jobs on the one Node, which has `nvidia.com/gpu: 1`, and the
+tiny CPU model.
 
 The operator's clock is the real one plus an offset read from a file (`--clock-file`, test only, through
 SIGMA0_CLOCK_FILE), so a test can move it a week ahead to let a budget free; stage pods' times stay real.
@@ -44,6 +45,10 @@ platform = test_operator.platform
 ns = test_operator.ns
 
 ENDED = ("Succeeded", "Failed")
+# The administrator's budgets (--gpu-budget, through SIGMA0_GPU_BUDGETS): 0.36 GPU-seconds on metered, which one
+# train step spends, and none at all on closed. The tenants' cycles ask for far more themselves (TENANT_ASKS).
+BUDGETS = "metered=0.0001,closed=0"
+TENANT_ASKS = 1000.0
 
 
 def cycle(name: str, train: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
@@ -62,6 +67,20 @@ def process_sandbox(cluster: Cluster) -> Iterator[str]:
     """The operator of this module allows sandbox steps in plain pods (set before `platform` starts it)."""
     with test_operator.process_sandbox_allowed(cluster) as runtime_class:
         yield runtime_class
+
+
+@pytest.fixture(scope="module", autouse=True)
+def budgets() -> Iterator[str]:
+    """The administrator's budgets of the operator of this module (set before the `platform` fixture starts it)."""
+    before = os.environ.get("SIGMA0_GPU_BUDGETS")
+    os.environ["SIGMA0_GPU_BUDGETS"] = BUDGETS
+    try:
+        yield BUDGETS
+    finally:
+        if before is None:
+            os.environ.pop("SIGMA0_GPU_BUDGETS", None)
+        else:
+            os.environ["SIGMA0_GPU_BUDGETS"] = before
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,7 +110,8 @@ def stage_done(platform: Platform, namespace: str, name: str, step: str) -> Any:
 
 
 def ledger_rows(platform: Platform, namespace: str) -> list[Usage]:
-    found = platform.core.read_namespaced_config_map(kube_ledger.NAME, namespace)
+    """The namespace's ledger, where the operator keeps it: in its own namespace."""
+    found = platform.core.read_namespaced_config_map(kube_ledger.name_for(namespace), kube_ledger.DEFAULT_NAMESPACE)
     return kube_ledger.parse(found.data[kube_ledger.KEY], "test")
 
 
@@ -172,7 +192,9 @@ def test_a_pod_asking_for_a_gpu_the_node_lacks_falls_back_to_the_next_placement(
 
 def test_budgets_survive_a_restart_a_spent_one_is_skipped_and_with_none_left_the_cycle_waits_until_one_frees(
         platform: Platform, ns: str, clock: Path) -> None:
-    metered = {"name": "metered", "weeklyGPUHours": 0.0001}  # 0.36 GPU-seconds: one train step spends it
+    # the tenant gives itself 1000 GPU-hours on metered: the administrator's 0.36 GPU-seconds hold all the same
+    metered = {"name": "metered", "weeklyGPUHours": TENANT_ASKS}
+    budget = 0.0001
     placements = [metered, {"name": "spare"}]
 
     # 1. the first cycle trains on metered, whose budget it spends
@@ -181,7 +203,7 @@ def test_budgets_survive_a_restart_a_spent_one_is_skipped_and_with_none_left_the
     assert spent["phase"] == "Succeeded", spent.get("message")
     assert spent["stages"]["train"]["placement"] == "metered" and "skipped" not in spent["stages"]["train"]
     (row,) = [r for r in ledger_rows(platform, ns) if r.placement == "metered"]
-    assert row.end is not None and gpu_hours([row], "metered", row.end) > metered["weeklyGPUHours"]
+    assert row.end is not None and gpu_hours([row], "metered", row.end) > budget
 
     # 2. its pods go (the cycle is deleted) and the operator restarts: only the ledger remembers the hours
     platform.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", "spend")
@@ -191,7 +213,7 @@ def test_budgets_survive_a_restart_a_spent_one_is_skipped_and_with_none_left_the
     platform.operator.start()
 
     # 3. a cycle with the same placements skips metered and trains on spare; one with no other usable placement waits
-    starving = [metered, {"name": "closed", "weeklyGPUHours": 0}]
+    starving = [metered, {"name": "closed", "weeklyGPUHours": TENANT_ASKS}]
     assert apply(platform, ns, cycle("after", placements)).returncode == 0
     assert apply(platform, ns, cycle("starved", starving, deadlineSeconds=30 * 86400)).returncode == 0
     after = wait_for(platform, ns, "the second cycle to end", phase_is(platform, ns, "after", *ENDED), timeout=400)
@@ -204,12 +226,12 @@ def test_budgets_survive_a_restart_a_spent_one_is_skipped_and_with_none_left_the
 
     waiting = wait_for(platform, ns, "the third cycle to wait for a budget",
                        phase_is(platform, ns, "starved", "Waiting"))
-    expected = frees_at([row], "metered", metered["weeklyGPUHours"], datetime.now(UTC))
+    expected = frees_at([row], "metered", budget, datetime.now(UTC))
     assert expected is not None and row.start.timestamp() + 7 * 86400 < expected.timestamp() <= \
         row.end.timestamp() + 7 * 86400 + 1
     assert waiting["placementWait"] == {"step": "train", "reason": "GPUBudgetExhausted",
                                         "message": waiting["message"], "until": format_time(expected)}
-    assert "metered: used" in waiting["message"] and "closed: weeklyGPUHours is 0" in waiting["message"]
+    assert "metered: used" in waiting["message"] and "closed: its weekly budget is 0 GPU-hours" in waiting["message"]
     trained = condition(waiting, "Trained")
     assert (trained["status"], trained["reason"]) == ("Unknown", "GPUBudgetExhausted")
     assert not [j for j in jobs_of(platform, ns, "starved") if "-train-" in j.metadata.name]
@@ -228,3 +250,32 @@ def test_budgets_survive_a_restart_a_spent_one_is_skipped_and_with_none_left_the
     assert "placementWait" not in trained_now
     assert "PhaseWaiting" in events(platform, ns, "starved")
     platform.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "trainingcycles", "starved")
+
+
+def test_a_tenant_with_admin_rights_in_its_namespace_cannot_touch_its_gpu_ledger(platform: Platform, ns: str,
+                                                                                 tmp_path: Path) -> None:
+    """The ledger holds the hours the administrator's budgets count: a tenant who could edit or delete it would
+    give itself a fresh week. Kept in the operator's namespace, it is out of reach of the tenant's own admin role
+    (the built-in `admin` ClusterRole bound in its namespace, which may write any ConfigMap there)."""
+    from kubernetes import client, config
+
+    from .test_operator import _kubeconfig
+
+    cluster = platform.cluster
+    platform.core.create_namespaced_service_account(ns, {"metadata": {"name": "tenant"}})
+    client.RbacAuthorizationV1Api(cluster.api_client()).create_namespaced_role_binding(ns, {
+        "metadata": {"name": "tenant-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}]})
+    kubeconfig = _kubeconfig(cluster, cluster.service_account_token(ns, "tenant"), tmp_path / "tenant.kubeconfig")
+    tenant = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    name = kube_ledger.name_for(ns)
+    body = {"metadata": {"name": name}, "data": {kube_ledger.KEY: ""}}
+    # the tenant is an admin at home (the check could fail): it may write ConfigMaps in its own namespace
+    tenant.create_namespaced_config_map(ns, {"metadata": {"name": "mine"}})
+    for attempt in (lambda: tenant.read_namespaced_config_map(name, kube_ledger.DEFAULT_NAMESPACE),
+                    lambda: tenant.create_namespaced_config_map(kube_ledger.DEFAULT_NAMESPACE, body),
+                    lambda: tenant.delete_namespaced_config_map(name, kube_ledger.DEFAULT_NAMESPACE)):
+        with pytest.raises(client.ApiException) as refused:
+            attempt()
+        assert refused.value.status == 403

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from sigma0 import placement
 from sigma0.dashboard.board import Board, CycleInput, GpuInput, ReleaseInput, build
 from sigma0.dashboard.evidence import Evidence, evidence_of
-from sigma0.spec import CycleSpec
+from sigma0.kube.ledger import DEFAULT_NAMESPACE as LEDGER_NAMESPACE
+from sigma0.spec import CycleSpec, GpuPlacement
 
 log = logging.getLogger("sigma0.dashboard")
 
@@ -30,22 +31,26 @@ class Source(Protocol):
     def evidence(self, namespace: str, name: str) -> Evidence | None: ...
 
 
-def _budgets(specs: Sequence[CycleSpec]) -> dict[str, float]:
+def _budgets(options: Sequence[GpuPlacement]) -> dict[str, float]:
     found: dict[str, float] = {}
-    for spec in specs:
-        for stage in placement.GPU_STAGES:
-            for option in placement.options_for(spec, stage):
-                if option.weekly_gpu_hours is not None:
-                    found.setdefault(option.name, option.weekly_gpu_hours)
+    for option in options:
+        if option.weekly_gpu_hours is not None:
+            found.setdefault(option.name, option.weekly_gpu_hours)
     return found
 
 
 def gpu_rows(
-    namespace: str, ledger: Sequence[placement.Usage], specs: Sequence[CycleSpec], now: datetime
+    namespace: str,
+    ledger: Sequence[placement.Usage],
+    specs: Sequence[CycleSpec],
+    now: datetime,
+    admin: placement.Budgets = placement.NO_BUDGETS,
 ) -> list[GpuInput]:
-    """GPU-hours per placement in the trailing 7 days (sigma0.placement.usage_report) with each one's budget."""
-    budgets = _budgets(specs)
+    """GPU-hours per placement in the trailing 7 days (sigma0.placement.usage_report) with each one's budget (the
+    administrator's `admin`, lowered by a cycle's own)."""
     options = [o for spec in specs for stage in placement.GPU_STAGES for o in placement.options_for(spec, stage)]
+    options = list(placement.with_budgets(options, admin, namespace))
+    budgets = _budgets(options)
     report = placement.usage_report(ledger, options, now)
     return [GpuInput(namespace, name, figures["used"], budgets.get(name)) for name, figures in report.items()]
 
@@ -141,8 +146,9 @@ class LocalSource:
 
 class ClusterSource:
     """TrainingCycles and AdapterReleases through the operator's clients (sigma0.kube.executor.Clients), the GPU
-    ledger ConfigMap of each namespace with cycles (sigma0.kube.ledger). `artifacts`: where this process sees the
-    artifacts volume that stage pods mount at `mount_path` (None: the evidence page shows digests, not rows)."""
+    ledger of each namespace with cycles (sigma0.kube.ledger, kept in `ledger_namespace`) with the administrator's
+    `budgets`. `artifacts`: where this process sees the artifacts volume that stage pods mount at `mount_path`
+    (None: the evidence page shows digests, not rows)."""
 
     def __init__(
         self,
@@ -150,8 +156,12 @@ class ClusterSource:
         namespaces: Sequence[str] = (),
         artifacts: Path | None = None,
         mount_path: str = "/artifacts",
+        budgets: placement.Budgets = placement.NO_BUDGETS,
+        ledger_namespace: str = LEDGER_NAMESPACE,
     ) -> None:
         self.clients = clients
+        self.budgets = budgets
+        self.ledger_namespace = ledger_namespace
         self.namespaces = tuple(namespaces)
         self.artifacts = artifacts.resolve() if artifacts else None
         self.mount_path = mount_path.rstrip("/")
@@ -218,11 +228,11 @@ class ClusterSource:
         now = datetime.now(UTC)
         for namespace, namespace_specs in sorted(specs.items()):
             try:
-                ledger = ClusterLedger(self.clients.core, namespace, self.clients.timeout).read()
+                ledger = ClusterLedger(self.clients.core, namespace, self.ledger_namespace, self.clients.timeout).read()
             except (ApiException, LedgerError, OSError) as error:
                 errors.append(f"GPU ledger of {namespace}: {_short(error)}")
                 continue
-            gpu += gpu_rows(namespace, ledger, namespace_specs, now)
+            gpu += gpu_rows(namespace, ledger, namespace_specs, now, self.budgets)
         return build("cluster", cycles, releases, gpu, errors)
 
     def evidence(self, namespace: str, name: str) -> Evidence | None:

@@ -36,9 +36,9 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from sigma0 import evidence, placement, plan
+from sigma0 import __version__, evidence, placement, plan
 from sigma0.kube import CYCLES, GROUP, VERSION, jobs, queue
-from sigma0.kube.ledger import NAME as LEDGER_NAME
+from sigma0.kube.ledger import DEFAULT_NAMESPACE as LEDGER_NAMESPACE
 from sigma0.kube.ledger import ClusterLedger, LedgerError
 from sigma0.kube.metrics import phase_change
 from sigma0.kube.releases import ClusterReleases, now_rfc3339
@@ -150,11 +150,27 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     return (_parse_time(end) - _parse_time(start)).total_seconds()
 
 
+def unreadable_spec(error: ValidationError) -> tuple[str, str]:
+    """The failure of a cycle whose stored spec this operator cannot read. Fields it does not know come from CRDs
+    newer than the operator: the cycle is not run without them (one may be a stricter gate), and the message says
+    to finish the upgrade (docs/install.md, "Upgrade")."""
+    unknown = [".".join(str(part) for part in item["loc"])
+               for item in error.errors() if item["type"] == "extra_forbidden"]
+    if unknown and len(unknown) == error.error_count():
+        return ("UnknownSpecFields", f"this operator (sigma0 {__version__}) does not know spec field(s) "
+                f"{', '.join('spec.' + name for name in unknown)}: the CRDs are newer than the operator. The cycle "
+                "is not run without them; finish the upgrade (helm upgrade, docs/install.md) and apply it again")
+    return ("InvalidSpec", f"the operator cannot read this spec: {error}")
+
+
 class JobExecutor:
     def __init__(self, clients: Clients, settings: jobs.PodSettings, *, metrics: Metrics | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), component: str = "sigma0-operator") -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), component: str = "sigma0-operator",
+                 budgets: placement.Budgets = placement.NO_BUDGETS, ledger_namespace: str = LEDGER_NAMESPACE) -> None:
         self.clients = clients
         self.settings = settings
+        self.budgets = budgets  # the administrator's GPU-hour budgets (--gpu-budget)
+        self.ledger_namespace = ledger_namespace  # where the ledgers live: the operator's namespace
         self.metrics = metrics or NoMetrics()
         self.clock = clock
         self.component = component
@@ -200,7 +216,7 @@ class JobExecutor:
         try:
             spec = CycleSpec.model_validate(cycle["spec"])
         except ValidationError as error:  # the API server validated it: only a CRD/operator version skew gets here
-            failed = replace(record, failure=("InvalidSpec", f"the operator cannot read this spec: {error}"))
+            failed = replace(record, failure=unreadable_spec(error))
             return self._finish_pass(cycle, ref, None, _Pass(failed, {}), suspended=False)
         layout = jobs.layout(ref, spec, self.settings)
         refused = jobs.refusal(spec, self.settings)
@@ -535,12 +551,14 @@ class JobExecutor:
             rows = self._sync(ref.namespace, now)
         except (ApiException, LedgerError) as error:
             detail = f"{error.status} {error.reason}" if isinstance(error, ApiException) else str(error)
-            message = (f"{step.name} waits: the GPU ledger (ConfigMap {ref.namespace}/{LEDGER_NAME}) cannot be "
-                       f"used: {detail}; the operator needs get, create and update on configmaps")
+            where = self._ledger(ref.namespace).where
+            message = (f"{step.name} waits: the GPU ledger ({where}) cannot be used: {detail}; the operator needs "
+                       f"get, create and update on configmaps in {self.ledger_namespace}")
             work.waiting = ("GPULedgerUnavailable", message[:1000])
             return None
         self._report(ref.namespace, rows, [spec], now)
-        return placement.choose(placement.options_for(spec, step.stage), rows, now, exclude or ())
+        options = placement.with_budgets(placement.options_for(spec, step.stage), self.budgets, ref.namespace)
+        return placement.choose(options, rows, now, exclude or ())
 
     def _sync(self, namespace: str, now: datetime) -> list[placement.Usage]:
         """Record every GPU pod of the namespace in its ledger and close the rows of pods that are gone."""
@@ -609,15 +627,19 @@ class JobExecutor:
 
     def _update(self, namespace: str, change: Callable[[list[placement.Usage]], list[placement.Usage]],
                 now: datetime) -> list[placement.Usage]:
-        rows = ClusterLedger(self.clients.core, namespace, self.clients.timeout).update(change, now)
+        rows = self._ledger(namespace).update(change, now)
         with self._ledger_lock:
             for key in [k for k in self._recorded if k[0] == namespace]:
                 del self._recorded[key]
             self._recorded.update({(namespace, row.key): row for row in rows})
         return rows
 
+    def _ledger(self, namespace: str) -> ClusterLedger:
+        return ClusterLedger(self.clients.core, namespace, self.ledger_namespace, self.clients.timeout)
+
     def _report(self, namespace: str, rows: list[placement.Usage], specs: list[CycleSpec], now: datetime) -> None:
         options = [o for spec in specs for stage in placement.GPU_STAGES for o in placement.options_for(spec, stage)]
+        options = list(placement.with_budgets(options, self.budgets, namespace))
         self.metrics.gpu_hours(namespace, placement.usage_report(rows, options, now))
 
     def _stop_jobs(self, ref: jobs.CycleRef, work: _Pass) -> None:

@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="a namespace the operator acts in through a Role (repeat); none: cluster-wide",
     )
+    parser.add_argument(
+        "--namespace-rules",
+        default="[]",
+        help="the operator's RBAC rules in its own namespace as JSON (the GPU ledgers' Role), same form as --rules",
+    )
     parser.add_argument("--kubeconfig", help="a kubeconfig file (default: in-cluster, then $KUBECONFIG)")
 
 
@@ -201,7 +206,9 @@ def check(args: argparse.Namespace, api: Any) -> list[tuple[bool, str]]:
             )
 
     authorization = client.AuthorizationV1Api(api)
-    for access in access_requests(json.loads(args.rules), args.watch_namespace):
+    own = json.loads(args.namespace_rules)
+    wanted = access_requests(json.loads(args.rules), args.watch_namespace)
+    for access in wanted + (access_requests(own, [args.namespace]) if own else []):
         body = review(access, args.namespace, args.operator_service_account)
         answer = api.sanitize_for_serialization(authorization.create_subject_access_review(body))
         allowed = bool((answer.get("status") or {}).get("allowed"))
@@ -217,11 +224,15 @@ def check(args: argparse.Namespace, api: Any) -> list[tuple[bool, str]]:
 def run(args: argparse.Namespace) -> int:
     from sigma0.kube.operator import api_client
 
-    try:
-        access_requests(json.loads(args.rules), args.watch_namespace)
-    except (json.JSONDecodeError, ValueError, KeyError, TypeError) as error:
-        print(f"--rules: not a JSON list of RBAC rules ({error})")
-        return EXIT_BAD_INPUT
+    for flag, text, namespaces in (("--rules", args.rules, args.watch_namespace),
+                                   ("--namespace-rules", args.namespace_rules, [args.namespace])):
+        try:
+            rules = json.loads(text)
+            if rules or flag == "--rules":
+                access_requests(rules, namespaces)
+        except (json.JSONDecodeError, ValueError, KeyError, TypeError) as error:
+            print(f"{flag}: not a JSON list of RBAC rules ({error})")
+            return EXIT_BAD_INPUT
     findings = check(args, api_client(args.kubeconfig))
     for passed, line in findings:
         print(f"{'ok  ' if passed else 'FAIL'}  {line}", flush=True)

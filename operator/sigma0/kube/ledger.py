@@ -1,4 +1,7 @@
-"""The GPU ledger of a namespace, kept where it survives operator restarts: the ConfigMap `sigma0-gpu-ledger`.
+"""The GPU ledger of a namespace, kept where it survives operator restarts and where its tenants cannot write it:
+the ConfigMap `sigma0-gpu-ledger.<namespace>` in the operator's own namespace (`--ledger-namespace`, the chart's
+release namespace). A ledger in the tenant's namespace could be edited or deleted by the tenant, wiping the hours
+its budgets count.
 
 One JSON line per GPU stage pod (sigma0.placement.Usage: placement, step, cycle, real start and end, GPUs), under
 the key `ledger.jsonl`. Every write is a replace guarded by the resourceVersion that was read (or a create): on
@@ -19,7 +22,9 @@ from sigma0.placement import Usage, merge, prune
 
 log = logging.getLogger("sigma0.operator")
 
-NAME = "sigma0-gpu-ledger"
+PREFIX = "sigma0-gpu-ledger."  # + the tenant namespace: a DNS subdomain, as ConfigMap names are
+DEFAULT_NAMESPACE = "sigma0-system"  # the operator's namespace in manifests/; the chart passes its own
+LABEL_TENANT = "sigma0.dev/ledger-of"  # the namespace whose GPU hours a ledger holds
 KEY = "ledger.jsonl"
 LABELS = {"app.kubernetes.io/name": "sigma0", "app.kubernetes.io/component": "gpu-ledger",
           "app.kubernetes.io/managed-by": "sigma0-operator"}
@@ -47,23 +52,29 @@ def render(rows: list[Usage]) -> str:
     return "".join(json.dumps(row.to_json(), sort_keys=True) + "\n" for row in rows)
 
 
-class ClusterLedger:
-    """The ledger of one namespace, read and written through the core/v1 API."""
+def name_for(tenant: str) -> str:
+    return PREFIX + tenant
 
-    def __init__(self, core: Any, namespace: str, timeout: tuple[float, float] = (5.0, 30.0)) -> None:
+
+class ClusterLedger:
+    """The ledger of the tenant namespace `tenant`, kept in `namespace` (the operator's), through the core/v1 API."""
+
+    def __init__(self, core: Any, tenant: str, namespace: str, timeout: tuple[float, float] = (5.0, 30.0)) -> None:
         self.core = core
+        self.tenant = tenant
         self.namespace = namespace
+        self.name = name_for(tenant)
         self.timeout = timeout
 
     @property
     def where(self) -> str:
-        return f"ConfigMap {self.namespace}/{NAME}"
+        return f"ConfigMap {self.namespace}/{self.name}"
 
     def _get(self) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            response = self.core.read_namespaced_config_map(NAME, self.namespace, _preload_content=False,
+            response = self.core.read_namespaced_config_map(self.name, self.namespace, _preload_content=False,
                                                             _request_timeout=self.timeout)
         except ApiException as error:
             if error.status == 404:
@@ -87,14 +98,15 @@ class ClusterLedger:
             if new == rows:
                 return rows
             body = {"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": NAME, "namespace": self.namespace, "labels": LABELS},
+                    "metadata": {"name": self.name, "namespace": self.namespace,
+                                 "labels": {**LABELS, LABEL_TENANT: self.tenant}},
                     "data": {KEY: render(new)}}
             try:
                 if found is None:
                     self.core.create_namespaced_config_map(self.namespace, body, _request_timeout=self.timeout)
                 else:
                     body["metadata"]["resourceVersion"] = found["metadata"]["resourceVersion"]
-                    self.core.replace_namespaced_config_map(NAME, self.namespace, body,
+                    self.core.replace_namespaced_config_map(self.name, self.namespace, body,
                                                             _request_timeout=self.timeout)
                 return new
             except ApiException as error:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sigma0.kube import jobs
+from sigma0.kube.ledger import DEFAULT_NAMESPACE as LEDGER_NAMESPACE
+from sigma0.placement import Budgets
 
 ENV = {  # flag → environment variable that sets its default (the Deployment sets these)
     "sandbox_image": "SIGMA0_SANDBOX_IMAGE",
@@ -34,6 +36,8 @@ ENV = {  # flag → environment variable that sets its default (the Deployment s
     "stage_service_account": "SIGMA0_STAGE_SERVICE_ACCOUNT",
     "allow_host_path": "SIGMA0_ALLOW_HOST_PATH",  # true / false
     "allow_process_sandbox": "SIGMA0_ALLOW_PROCESS_SANDBOX",  # true / false
+    "gpu_budget": "SIGMA0_GPU_BUDGETS",  # comma-separated
+    "ledger_namespace": "SIGMA0_LEDGER_NAMESPACE",
 }
 
 
@@ -94,6 +98,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-cache-size", default=defaults.model_cache_size, metavar="QUANTITY",
                         help="with an artifacts URI (no artifacts volume), the node-local emptyDir of train and "
                         "generate pods that holds the base model's weights ('' keeps them in the 2Gi /tmp)")
+    parser.add_argument("--gpu-budget", action="append", default=None, metavar="[NAMESPACE/]PLACEMENT=HOURS",
+                        help="a weekly GPU-hour budget of a placement, in one namespace or in every namespace without "
+                        "an entry of its own (repeatable; env " + ENV["gpu_budget"] + ", comma-separated). A cycle's "
+                        "own weeklyGPUHours can only lower it")
+    parser.add_argument("--ledger-namespace", metavar="NS",
+                        default=os.environ.get(ENV["ledger_namespace"], LEDGER_NAMESPACE),
+                        help="the operator's own namespace, where the GPU ledgers of every tenant namespace are kept "
+                        f"out of the tenants' reach (default {LEDGER_NAMESPACE})")
     parser.add_argument("--allow-host-path", action="store_true", default=env_flag(ENV["allow_host_path"]),
                         help="run cycles whose spec.artifacts.path mounts a node folder (hostPath) into stage pods; "
                         f"refused by default: single-tenant clusters only (env {ENV['allow_host_path']}=true)")
@@ -142,6 +154,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TEST ONLY: a file holding seconds to add to the operator's clock, read on every use "
                         "(GPU budget windows, Unschedulable patience, deadlines); lets a test move a week ahead")
     parser.add_argument("--verbose", action="store_true")
+
+
+def gpu_budgets(args: argparse.Namespace) -> Budgets:
+    """--gpu-budget, else its environment variable; a bad entry stops the operator at start, naming it."""
+    try:
+        return Budgets.parse(listed(args, "gpu_budget", ()))
+    except ValueError as error:
+        raise SystemExit(f"sigma0 operator: {error}") from error
 
 
 def listed(args: argparse.Namespace, flag: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -226,7 +246,9 @@ def run(args: argparse.Namespace) -> int:
                            "without gVisor")):
         if allowed:
             logging.getLogger("sigma0.operator").warning("%s", what)
-    executor = JobExecutor(clients, settings, metrics=metrics, clock=operator_clock(args.clock_file))
+    budgets = gpu_budgets(args)
+    executor = JobExecutor(clients, settings, metrics=metrics, clock=operator_clock(args.clock_file),
+                           budgets=budgets, ledger_namespace=args.ledger_namespace)
     identity = f"sigma0@{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
     peering = None
     priority = args.priority if args.priority is not None else identity_priority(identity)
@@ -244,8 +266,8 @@ def run(args: argparse.Namespace) -> int:
         from sigma0.dashboard.sources import ClusterSource
 
         artifacts = Path(args.dashboard_artifacts) if args.dashboard_artifacts else None
-        serve_in_thread(ClusterSource(clients, tuple(args.namespace), artifacts, settings.mount_path), "0.0.0.0",
-                        args.dashboard_port)
+        serve_in_thread(ClusterSource(clients, tuple(args.namespace), artifacts, settings.mount_path, budgets,
+                                      args.ledger_namespace), "0.0.0.0", args.dashboard_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace, namespaces=args.namespace, liveness_endpoint=liveness, identity=identity,
