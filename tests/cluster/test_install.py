@@ -251,7 +251,8 @@ def test_kubectl_apply_k_installs_the_manifests_and_the_samples_pass_a_server_si
     assert {"deployment.apps/sigma0-operator", "serviceaccount/sigma0-operator", "service/sigma0-operator-metrics",
             "cronjob.batch/sigma0-cycle", "configmap/sigma0-cycle-template",
             "networkpolicy.networking.k8s.io/sigma0-stage-deny-all", "networkpolicy.networking.k8s.io/sigma0-operator",
-            "persistentvolumeclaim/sigma0-artifacts", "role.rbac.authorization.k8s.io/sigma0-cycle"} <= present
+            "persistentvolumeclaim/sigma0-artifacts", "role.rbac.authorization.k8s.io/sigma0-cycle",
+            "role.rbac.authorization.k8s.io/sigma0-operator-gpu-ledger"} <= present
     assert _names(cluster, "clusterrole/sigma0-operator", "clusterrolebinding/sigma0-operator", "runtimeclass/gvisor")
     suspended = cluster.kubectl("get", "cronjob", "-n", "sigma0-system", "sigma0-cycle", "-o",
                                 "jsonpath={.spec.suspend}").stdout
