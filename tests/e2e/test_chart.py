@@ -10,7 +10,8 @@ where the images come from (`image.registry`, and `image.pullPolicy: IfNotPresen
    `kubectl cp`), and `kubectl apply -f examples/cycle.yaml` runs the whole cycle: verify and score pods from the
    sandbox image under RuntimeClass gvisor (containerd runs them with the runsc shim), harvest, dataset and decide
    from the sandbox image under runc, train and generate from the trainer image (on the CPU, a tiny model); the
-   cycle Succeeds and the AdapterRelease is written;
+   cycle Succeeds and the AdapterRelease is written; `helm upgrade` in the middle of it (from training on) replaces
+   the operator pod, and the new one finishes the cycle without running any step twice;
 3. `helm test` passes, and fails, naming the rule, once the operator's ClusterRole loses one;
 4. `helm uninstall` removes every object the chart created (the CRDs, cycles, releases and the artifacts claim stay,
    as docs/install.md says).
@@ -45,6 +46,7 @@ IMAGES = ROOT / "build" / "images" / "images.json"
 RELEASE, NAMESPACE = "sigma0", "sigma0-system"
 MOUNT = jobs.PodSettings().mount_path  # where stage pods mount the artifacts volume
 INSTANCE = f"app.kubernetes.io/instance={RELEASE}"
+OPERATOR_PODS = f"{INSTANCE},app.kubernetes.io/component=operator"
 CYCLE = yaml.safe_load((ROOT / "examples" / "cycle.yaml").read_text())
 T = TypeVar("T")
 
@@ -162,7 +164,7 @@ def pods_of_job(env: Env, job: str) -> list[dict[str, Any]]:
 
 def test_the_operator_pod_runs_from_the_operator_image_and_becomes_ready(installed: Env,
                                                                          built: dict[str, dict[str, Any]]) -> None:
-    (pod,) = installed.get("pods", "-n", NAMESPACE, "-l", f"{INSTANCE},app.kubernetes.io/component=operator")["items"]
+    (pod,) = installed.get("pods", "-n", NAMESPACE, "-l", OPERATOR_PODS)["items"]
     (container,) = pod["status"]["containerStatuses"]
     assert container["ready"], installed.diagnostics()
     assert container["image"].endswith(built["operator"]["ref"].split("/", 1)[1])
@@ -188,12 +190,34 @@ def test_a_cycle_applied_with_kubectl_runs_every_stage_from_its_image_and_is_wri
     env.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples" / "cycle.yaml"))
     name = CYCLE["metadata"]["name"]
 
+    def trained_or_over() -> dict[str, Any] | None:
+        status = env.get("tc", "-n", NAMESPACE, name).get("status") or {}
+        train = ((status.get("stages") or {}).get("train") or {}).get("state")
+        return status if train in ("running", "succeeded") or status.get("phase") in ("Succeeded", "Failed") else None
+
     def finished() -> dict[str, Any] | None:
         status = env.get("tc", "-n", NAMESPACE, name).get("status") or {}
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
+    # helm upgrade with the cycle in flight (training, or generating and scoring after it): a changed value replaces
+    # the operator pod (Recreate); the new operator takes the cycle up where it is, adopting its running Job instead
+    # of starting another
+    in_flight = env.wait_for(f"cycle {name} to train", trained_or_over, timeout=900)
+    assert in_flight.get("phase") not in ("Succeeded", "Failed"), f"over before the upgrade: {in_flight}"
+    before = {p["metadata"]["uid"] for p in env.get("pods", "-n", NAMESPACE, "-l", OPERATOR_PODS)["items"]}
+    env.helm("upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, "--reuse-values",
+             "--set", "operator.resyncSeconds=20", "--wait", "--timeout", "5m")
+    after = env.get("pods", "-n", NAMESPACE, "-l", OPERATOR_PODS)["items"]
+    assert {p["metadata"]["uid"] for p in after}.isdisjoint(before), "helm upgrade did not replace the operator pod"
+    (operator_pod,) = [p for p in after if not p["metadata"].get("deletionTimestamp")]
+    assert "--resync-seconds=20" in operator_pod["spec"]["containers"][0]["args"]
+
     status = env.wait_for(f"cycle {name} to finish", finished, timeout=1500)
     assert status["phase"] == "Succeeded", f"{json.dumps(status, indent=1)}\n{env.diagnostics()}"
+    steps = [job["metadata"]["labels"]["sigma0.dev/step"]
+             for job in env.get("jobs", "-n", NAMESPACE, "-l", f"sigma0.dev/cycle={name}")["items"]]
+    assert len(steps) == len(set(steps)), f"a step ran twice across the upgrade: {sorted(steps)}"
+    assert status["stages"]["train"]["attempt"] == 1
 
     # The gate in a gVisor pod kept exactly what the same gate keeps on this host (root, every capability, the
     # process sandbox): the same rows, byte for byte, and some of them (the corpus has good and broken rows).
