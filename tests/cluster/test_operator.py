@@ -140,15 +140,9 @@ def process_sandbox_allowed(cluster: Cluster) -> Iterator[str]:
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump({
         "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": PLAIN_RUNTIME_CLASS},
         "handler": PLAIN_RUNTIME_CLASS}))
-    before = os.environ.get("SIGMA0_ALLOW_PROCESS_SANDBOX")
-    os.environ["SIGMA0_ALLOW_PROCESS_SANDBOX"] = "true"
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SIGMA0_ALLOW_PROCESS_SANDBOX", "true")
         yield PLAIN_RUNTIME_CLASS
-    finally:
-        if before is None:
-            os.environ.pop("SIGMA0_ALLOW_PROCESS_SANDBOX", None)
-        else:
-            os.environ["SIGMA0_ALLOW_PROCESS_SANDBOX"] = before
 
 
 @pytest.fixture(scope="module")

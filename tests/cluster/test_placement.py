@@ -9,7 +9,6 @@ SIGMA0_CLOCK_FILE), so a test can move it a week ahead to let a budget free; sta
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -72,15 +71,9 @@ def process_sandbox(cluster: Cluster) -> Iterator[str]:
 @pytest.fixture(scope="module", autouse=True)
 def budgets() -> Iterator[str]:
     """The administrator's budgets of the operator of this module (set before the `platform` fixture starts it)."""
-    before = os.environ.get("SIGMA0_GPU_BUDGETS")
-    os.environ["SIGMA0_GPU_BUDGETS"] = BUDGETS
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SIGMA0_GPU_BUDGETS", BUDGETS)
         yield BUDGETS
-    finally:
-        if before is None:
-            os.environ.pop("SIGMA0_GPU_BUDGETS", None)
-        else:
-            os.environ["SIGMA0_GPU_BUDGETS"] = before
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,15 +81,9 @@ def clock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The offset file the operator of this module reads (set before the `platform` fixture starts it)."""
     path = tmp_path_factory.mktemp("clock") / "offset-seconds"
     path.write_text("0")
-    before = os.environ.get("SIGMA0_CLOCK_FILE")
-    os.environ["SIGMA0_CLOCK_FILE"] = str(path)
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SIGMA0_CLOCK_FILE", str(path))
         yield path
-    finally:
-        if before is None:
-            os.environ.pop("SIGMA0_CLOCK_FILE", None)
-        else:
-            os.environ["SIGMA0_CLOCK_FILE"] = before
 
 
 def stage_done(platform: Platform, namespace: str, name: str, step: str) -> Any:
