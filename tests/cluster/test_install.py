@@ -170,9 +170,10 @@ def test_helm_install_runs_the_cronjobs_cycle_and_uninstall_leaves_nothing(clust
         # the operator, with the chart's ServiceAccount and nothing else
         token = cluster.service_account_token(namespace, f"{RELEASE}-operator", seconds=3600)
         kubeconfig = _kubeconfig(cluster, token, tmp_path / "operator.kubeconfig")
-        # started as the chart's Deployment starts it: the chart's RuntimeClass is the gVisor one
+        # started as the chart's Deployment starts it: the chart's RuntimeClass is the gVisor one, and the GPU ledgers
+        # are kept in the release namespace, where the chart's Role lets it write them
         operator = Operator(kubeconfig, tmp_path / "operator.log", user,
-                            extra=("--gvisor-runtime-class", runtime_class))
+                            extra=("--gvisor-runtime-class", runtime_class, "--ledger-namespace", namespace))
         operator.start()
         admin = cluster.api_client()
         platform = Platform(cluster, operator, tmp_path / "artifacts", kubeconfig, client.CustomObjectsApi(admin),
