@@ -122,6 +122,13 @@ def with_budgets(options: Iterable[GpuPlacement], budgets: Budgets, namespace: s
     return tuple(found)
 
 
+def every_option(specs: Iterable[CycleSpec], budgets: Budgets, namespace: str) -> list[GpuPlacement]:
+    """Every placement of every GPU stage of `specs`, with the budget each really has in `namespace` (with_budgets):
+    what the GPU-hour reports (metrics, dashboard) show against the ledger."""
+    options = [o for spec in specs for stage in GPU_STAGES for o in options_for(spec, stage)]
+    return list(with_budgets(options, budgets, namespace))
+
+
 # The ledger ---------------------------------------------------------------------------------------------------------
 
 

@@ -48,8 +48,7 @@ def gpu_rows(
 ) -> list[GpuInput]:
     """GPU-hours per placement in the trailing 7 days (sigma0.placement.usage_report) with each one's budget (the
     administrator's `admin`, lowered by a cycle's own)."""
-    options = [o for spec in specs for stage in placement.GPU_STAGES for o in placement.options_for(spec, stage)]
-    options = list(placement.with_budgets(options, admin, namespace))
+    options = placement.every_option(specs, admin, namespace)
     budgets = _budgets(options)
     report = placement.usage_report(ledger, options, now)
     return [GpuInput(namespace, name, figures["used"], budgets.get(name)) for name, figures in report.items()]

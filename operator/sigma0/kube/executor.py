@@ -638,8 +638,7 @@ class JobExecutor:
         return ClusterLedger(self.clients.core, namespace, self.ledger_namespace, self.clients.timeout)
 
     def _report(self, namespace: str, rows: list[placement.Usage], specs: list[CycleSpec], now: datetime) -> None:
-        options = [o for spec in specs for stage in placement.GPU_STAGES for o in placement.options_for(spec, stage)]
-        options = list(placement.with_budgets(options, self.budgets, namespace))
+        options = placement.every_option(specs, self.budgets, namespace)
         self.metrics.gpu_hours(namespace, placement.usage_report(rows, options, now))
 
     def _stop_jobs(self, ref: jobs.CycleRef, work: _Pass) -> None:
