@@ -256,14 +256,47 @@ def test_artifacts_locations() -> None:
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     assert env["SIGMA0_ARTIFACTS_URI"] == "s3://bucket/sigma0/"
     assert "envFrom" not in pod["containers"][0], "no Secret configured: none referenced"
-    with_secret = jobs.PodSettings(artifacts_secret="s3-credentials")
-    for step in ("harvest", "verify", "train"):
+    with_secret = jobs.PodSettings(artifacts_secret="s3-credentials", service_account="irsa")
+    for step in ("harvest", "presign-verify", "train", "presign-score-candidate", "decide"):
         job = jobs.build_job(step_named(remote, step), cycle=REF, spec=remote, settings=with_secret, attempt=1,
                              active_deadline_seconds=60)
         assert pod_of(job)["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+        assert pod_of(job)["serviceAccountName"] == "irsa"
     on_volume = jobs.build_job(step_named(default, "verify"), cycle=REF, spec=default, settings=with_secret,
                                attempt=1, active_deadline_seconds=60)
     assert "envFrom" not in pod_of(on_volume)["containers"][0], "a volume cycle never gets the store's credentials"
+
+
+def test_pods_that_run_untrusted_code_get_no_store_credentials_only_presigned_urls_from_a_trusted_step() -> None:
+    """The attack: a candidate that gets past the child's limits in a verify or score pod of an S3 cycle reads the
+    pod's environment, its files, or its ServiceAccount's cloud identity, for the store's keys. None of them has
+    any: the Secret and the ServiceAccount go to the trusted pods only, among them the presign step that runs just
+    before each sandbox step and passes it presigned URLs."""
+    remote = spec(artifacts={"uri": "s3://bucket/sigma0/"})
+    settings = jobs.PodSettings(artifacts_secret="s3-credentials", service_account="irsa")
+    layout = jobs.layout(REF, remote, settings)
+    assert layout.presigned and layout.leaderboard == "", "no shared leaderboard: each score step writes its own"
+    steps = plan.steps(remote, plan.CycleState(True, None, {}), layout)
+    names = [s.name for s in steps]
+    sandboxed = [s for s in steps if s.kind == "sandbox"]
+    assert {s.name for s in sandboxed} == {"verify", "score-candidate"}
+    for step in sandboxed:
+        assert names[names.index(step.name) - 1] == f"presign-{step.name}", "the trusted step comes right before"
+        pod = pod_of(jobs.build_job(step, cycle=REF, spec=remote, settings=settings, attempt=1,
+                                    active_deadline_seconds=60))
+        text = json.dumps(pod)
+        assert "s3-credentials" not in text and "secretRef" not in text and "secretKeyRef" not in text
+        assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+        assert all(not v.get("secret") and not v.get("projected") for v in pod["volumes"])
+        assert step.argv[-2] == "--presigned", "the map's URL, from the presign step's summary"
+        presign = next(s for s in steps if s.name == f"presign-{step.name}")
+        assert presign.kind == "plain" and "--writes" in presign.argv
+        assert presign.argv[presign.argv.index("--writes") + 1] == step.writes
+        assert list(presign.argv[presign.argv.index("--") + 1:]) == list(step.argv[2:-2]), \
+            "the presign step signs exactly the sandbox step's command line"
+    on_volume = jobs.layout(REF, spec(), settings)
+    assert not on_volume.presigned
+    assert not any(s.name.startswith("presign") for s in plan.steps(spec(), plan.CycleState(True, None, {}), on_volume))
 
 
 def test_root_only_when_the_operator_is_told_so() -> None:
@@ -377,17 +410,26 @@ def test_plain_and_gpu_pods_mount_the_artifacts_read_write_as_before() -> None:
             {"name": "artifacts", "mountPath": "/artifacts"}], name
 
 
-def test_on_a_volume_there_is_no_shared_leaderboard_file() -> None:
+def test_on_a_volume_or_in_a_store_there_is_no_shared_leaderboard_file() -> None:
     layout = jobs.layout(REF, spec(), SETTINGS)
     assert layout.leaderboard == ""
     argv = step_named(spec(), "score-candidate").argv
     at = argv[argv.index("--leaderboard") + 1]
     assert at == "/artifacts/cycles/team/c1-01234567/eval/results/candidate-gate/leaderboard.jsonl"
     remote = jobs.layout(REF, spec(artifacts={"uri": "s3://bucket/sigma0"}), SETTINGS)
-    assert remote.leaderboard == "s3://bucket/sigma0/leaderboard.jsonl"
+    assert remote.leaderboard == "", "a score pod in a store may write its own folder alone (presigned URLs)"
 
 
 # What the operator refuses to run ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uri", ["gs://bucket/sigma0", "az://container/sigma0", "memory://sigma0"])
+def test_a_store_that_cannot_sign_urls_is_refused_instead_of_giving_sandbox_pods_credentials(uri: str) -> None:
+    reason, message = jobs.refusal(spec(artifacts={"uri": uri}), jobs.PodSettings()) or ("", "")
+    assert reason == "ArtifactsStoreCannotPresign"
+    assert uri in message and "s3://" in message and "spec.artifacts.pvc" in message
+    for fine in ("s3://bucket/sigma0", "s3a://bucket/sigma0"):
+        assert jobs.refusal(spec(artifacts={"uri": fine}), jobs.PodSettings()) is None
 
 
 def test_a_host_path_is_refused_unless_the_operator_allows_it() -> None:

@@ -179,3 +179,109 @@ def test_an_unreachable_store_is_a_clear_failure(tmp_path: Path) -> None:
     assert done.returncode == 1
     summary = json.loads((tmp_path / "harvest.termination").read_text())
     assert summary["error"].startswith("RemoteError: cannot read s3://sigma0-artifacts/corpus/tasks.jsonl")
+
+
+# Sandbox steps on a cluster: no credentials, presigned URLs from a trusted step (sigma0.stages.presign) ----------
+
+
+def _presign(s3: S3Server, writes: str, command: list[str], map_uri: str, tmp_path: Path,
+             expires: int = 600) -> subprocess.CompletedProcess[str]:
+    return _stage("presign", ["--map", map_uri, "--writes", writes, "--expires-in", str(expires), "--", *command],
+                  s3.environment(), tmp_path)
+
+
+def _no_credentials(s3: S3Server) -> dict[str, str]:
+    """What a sandbox pod has: the region (s3fs would need it too), nothing to sign with."""
+    return {"AWS_DEFAULT_REGION": s3.environment()["AWS_DEFAULT_REGION"]}
+
+
+@pytest.mark.slow
+def test_a_sandbox_step_with_no_credentials_reads_its_inputs_and_writes_its_outputs_through_presigned_urls(
+        s3: S3Server, tmp_path: Path) -> None:
+    store = s3.filesystem()
+    cycle = f"s3://{BUCKET}/cycles/presigned"
+    store.pipe(f"{BUCKET}/cycles/presigned/harvest/candidates.jsonl",
+               "".join(json.dumps({**r, "source": "t"}) + "\n" for r in (GOOD, SNOOP)).encode())
+    command = ["verify", *_verify_args(f"{cycle}/harvest/candidates.jsonl", f"{cycle}/verify")]
+    presign = _presign(s3, f"{cycle}/verify", command, f"{cycle}/presign/verify.json", tmp_path)
+    assert presign.returncode == 0, presign.stderr
+    summary = json.loads((tmp_path / "presign.termination").read_text())
+    assert summary["writable"] == [f"{cycle}/verify/report.json", f"{cycle}/verify/verified.jsonl"]
+    presigned = json.loads(store.cat(f"{BUCKET}/cycles/presigned/presign/verify.json"))
+    entry = presigned["copies"][f"{cycle}/harvest/candidates.jsonl"]
+    assert entry["put"] is None and entry["journal_put"] is None, "an input gets no upload URL"
+    assert set(entry["get"]) == {"."}
+    assert SECRET_KEY not in json.dumps(presigned) + presign.stdout + json.dumps(summary)
+
+    verify = _stage("verify", [*command[1:], "--presigned", summary["url"]], _no_credentials(s3), tmp_path)
+    assert verify.returncode == 0, verify.stderr
+    written = store.cat(f"{BUCKET}/cycles/presigned/verify/verified.jsonl")
+    verified = [json.loads(line)["fn"] for line in written.splitlines()]
+    assert sorted(verified) == ["add", "snoop"], (written, verify.stderr)
+    assert json.loads(store.cat(f"{BUCKET}/cycles/presigned/verify/report.json"))["passed"] == 2
+
+
+@pytest.mark.slow
+def test_a_sandbox_step_cannot_write_anything_but_its_own_outputs(s3: S3Server, tmp_path: Path) -> None:
+    """The attacks of a judge taken over by a candidate, with the URLs in hand: run another command line (here
+    with its report aimed at the decision file), or change one of its inputs. Neither has an upload URL; the
+    stage fails and the store is unchanged."""
+    store = s3.filesystem()
+    cycle = f"s3://{BUCKET}/cycles/attacked"
+    candidates = f"{BUCKET}/cycles/attacked/harvest/candidates.jsonl"
+    store.pipe(candidates, (json.dumps({**GOOD, "source": "t"}) + "\n").encode())
+    store.pipe(f"{BUCKET}/cycles/attacked/decide/decision.json", b'{"promote": false}')
+    command = ["verify", *_verify_args(f"{cycle}/harvest/candidates.jsonl", f"{cycle}/verify")]
+    presign = _presign(s3, f"{cycle}/verify", command, f"{cycle}/presign/verify.json", tmp_path)
+    assert presign.returncode == 0, presign.stderr
+    url = json.loads((tmp_path / "presign.termination").read_text())["url"]
+
+    elsewhere = [*command[1:]]
+    elsewhere[elsewhere.index("--report") + 1] = f"{cycle}/decide/decision.json"
+    done = _stage("verify", [*elsewhere, "--presigned", url], _no_credentials(s3), tmp_path)
+    assert done.returncode == 1
+    assert "has no URLs for s3://sigma0-artifacts/cycles/attacked/decide/decision.json" in done.stderr
+    assert store.cat(f"{BUCKET}/cycles/attacked/decide/decision.json") == b'{"promote": false}'
+
+    # The same command line, but the judge also rewrites its input (a hook standing in for a judge taken over)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sigma0.stages.verify as stage\n"
+        "honest = stage.run\n"
+        "def run(args):\n"
+        "    summary = honest(args)\n"
+        "    with open(args.input, 'a') as f:\n"
+        "        f.write('{}\\n')\n"
+        "    return summary\n"
+        "stage.run = run\n")
+    before = store.cat(candidates)
+    done = _stage("verify", [*command[1:], "--presigned", url], {**_no_credentials(s3), "PYTHONPATH": str(hook)},
+                  tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert f"cannot write {cycle}/harvest/candidates.jsonl: this step may write only its own outputs" in done.stderr
+    assert store.cat(candidates) == before
+
+
+def test_presign_refuses_a_store_it_cannot_sign_for_instead_of_handing_out_credentials(tmp_path: Path) -> None:
+    done = _stage("presign", ["--map", "memory://m/presign.json", "--writes", "memory://m/verify", "--expires-in",
+                              "60", "--", "verify", "--input", "memory://m/c.jsonl"], {}, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "only an s3:// store can hand a stage presigned URLs" in json.loads(
+        (tmp_path / "presign.termination").read_text())["error"]
+    too_long = _stage("presign", ["--map", "s3://b/m.json", "--writes", "", "--expires-in", str(8 * 24 * 3600),
+                                  "--", "verify"], {}, tmp_path)
+    assert too_long.returncode == 2 and "presigned URLs last 1 to 604800 s" in too_long.stderr
+
+
+def test_a_sandbox_step_without_its_map_or_with_an_expired_one_fails_clearly(tmp_path: Path) -> None:
+    done = _stage("verify", ["--input", "s3://b/c.jsonl", "--output", "s3://b/v/verified.jsonl", "--report",
+                             "s3://b/v/report.json", "--presigned"], {}, tmp_path)
+    assert done.returncode == 2 and "--presigned needs the URL" in done.stderr
+    done = _stage("verify", ["--input", "s3://b/c.jsonl", "--output", "s3://b/v/verified.jsonl", "--report",
+                             "s3://b/v/report.json", "--presigned", "http://127.0.0.1:9/map?X-Amz-Signature=s"],
+                  {}, tmp_path)
+    assert done.returncode == 1
+    error = json.loads((tmp_path / "verify.termination").read_text())["error"]
+    assert error.startswith("RemoteError: cannot read the presigned-URL map")
+    assert "X-Amz-Signature" not in error, "a URL is a capability: errors never print it"

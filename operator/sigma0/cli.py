@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -45,6 +46,19 @@ def stage_parser(name: str, module: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _presigned_url(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """The command line without `--presigned URL` (a sandbox step's map of presigned URLs: sigma0.remote), and the
+    URL. Taken out before anything else reads the command line, so that the URL is never taken for an input."""
+    rest, url = list(argv), None
+    while "--presigned" in rest:
+        index = rest.index("--presigned")
+        if index + 1 >= len(rest) or not rest[index + 1]:
+            raise StageInputError("--presigned needs the URL of a map of presigned URLs (sigma0 stage presign)")
+        url = rest[index + 1]
+        del rest[index:index + 2]
+    return rest, url
+
+
 def _stage_command(name: str, argv: Sequence[str]) -> int:
     """Run one stage: its summary goes to stdout and to the termination-message file. Remote arguments (fsspec
     URIs, sigma0.remote) are run on local copies: downloaded first, uploaded after."""
@@ -54,11 +68,22 @@ def _stage_command(name: str, argv: Sequence[str]) -> int:
         print(f"sigma0 stage: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     parser = stage_parser(name, module)
+    try:
+        argv, presigned = _presigned_url(argv)
+    except StageInputError as error:
+        print(f"sigma0 stage: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     given = parser.parse_args(argv)  # usage errors before any download
     with tempfile.TemporaryDirectory(prefix="sigma0-remote-") as scratch:
         try:
             names = module.outputs(given)  # as the plan named them: the cycle's record holds these
-            with remote.staged(argv, Path(scratch)) as local_argv:
+            if getattr(module, "HANDLES_STORE", False):
+                copies = contextlib.nullcontext(tuple(argv))
+            elif presigned is not None:
+                copies = remote.presigned_staged(argv, Path(scratch), presigned)
+            else:
+                copies = remote.staged(argv, Path(scratch))
+            with copies as local_argv:
                 args = parser.parse_args(local_argv)
                 evidence.check(args.expect)
                 summary = module.run(args)

@@ -22,7 +22,7 @@ Three ways through, chosen by the spec alone (the executors never ask which):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
@@ -37,6 +37,8 @@ PHASE_SUCCEEDED = "Succeeded"
 PHASE_FAILED = "Failed"
 TERMINAL_PHASES = (PHASE_SUCCEEDED, PHASE_FAILED)
 DRY_RUN = "DryRun"  # the outcome of a cycle that stopped after spec.stopAfter
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # the longest a presigned URL (SigV4) lasts
+PRESIGNED_PROTOCOLS = frozenset({"s3", "s3a"})  # stores whose URLs sigma0.remote.presign can sign (botocore)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ class Layout:
     cycle_dir: str
     input_dir: str
     leaderboard: str  # "": each score step appends its row to leaderboard.jsonl in its own output folder
+    # In an object store whose credentials sandbox steps must not hold: a trusted presign step before each one
+    # hands it presigned URLs for its own inputs and outputs (sigma0.remote.presign), and nothing else.
+    presigned: bool = False
 
     def at(self, *parts: str) -> str:
         return join(self.cycle_dir, *parts)
@@ -260,7 +265,7 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
             step("train", "train", "gpu", "Training", train, [layout.at("dataset", "train.jsonl")]),
         ]
         if spec.stop_after is not None:  # a dry run: nothing after the stage it stops after
-            return plan[: [s.name for s in plan].index(spec.stop_after) + 1]
+            return _presigned(plan[: [s.name for s in plan].index(spec.stop_after) + 1], spec, state, layout)
     plan += [
         step("generate", "generate", "gpu", "Evaluating", generate, [adapter_dir], incumbent_expect),
         step("score-candidate", "score", "sandbox", "Evaluating",
@@ -277,7 +282,32 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
                          score("candidate", label, suite, candidate_digest), score_input("candidate", label),
                          writes=results("candidate", label)))
     plan.append(step("decide", "decide", "plain", "Deciding", decide, decide_reads))
-    return plan
+    return _presigned(plan, spec, state, layout)
+
+
+def presign_step_name(step: str) -> str:
+    return f"presign-{step}"
+
+
+def _presigned(plan: list[Step], spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
+    """With `layout.presigned`, a trusted `presign` step (plain: it holds the store's credentials) before each
+    sandbox step, and the sandbox step with `--presigned URL`, the URL of the map its presign step wrote. The URLs
+    last as long as the cycle may (spec.deadlineSeconds, at most SigV4's 7 days)."""
+    if not layout.presigned:
+        return plan
+    expires = min(MAX_PRESIGN_SECONDS, spec.deadline_seconds)
+    found: list[Step] = []
+    for step in plan:
+        if step.kind != "sandbox":
+            found.append(step)
+            continue
+        name = presign_step_name(step.name)
+        command = ["presign", "--map", layout.at("presign", f"{step.name}.json"), "--writes", step.writes or "",
+                   "--expires-in", str(expires), "--", *step.argv[2:]]
+        url = str(state.steps.get(name, StepResult("running")).summary.get("url", ""))
+        found += [Step(name, step.stage, "plain", step.phase, _cmd(command)),
+                  replace(step, argv=(*step.argv, "--presigned", url))]
+    return found
 
 
 def excluded_suites(spec: CycleSpec) -> list[str]:

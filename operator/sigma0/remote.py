@@ -15,7 +15,18 @@ carry paths (sigma0.kube.jobs.layout). `sigma0 stage` runs the stage on local co
 Credentials come from the environment as the filesystem's library reads them (for s3fs: AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...; the operator passes a Secret's keys to the pod). `hold_credentials`
 then takes them out of the process environment and makes the process non-dumpable, so the untrusted code a
-sandbox stage runs as the same user can read them neither from /proc/<pid>/environ nor from memory.
+stage runs as the same user can read them neither from /proc/<pid>/environ nor from memory.
+
+Stages that run untrusted code (verify, score) get no credentials at all on a cluster. A trusted step before each
+(`sigma0 stage presign`, in a pod of its own with the credentials) writes a map of presigned URLs into the store:
+a GET URL for every file the stage's command line names that exists (inputs, the journal beside each, what an
+earlier attempt left), and a PUT URL for each of its own outputs and their journals alone (the copies under the
+step's one output folder, plan.Step.writes), all expiring together. Its summary carries one presigned GET URL of
+that map, which the plan gives the sandbox step (`--presigned URL`); `presigned_staged` then does what `staged`
+does with plain HTTP: the same local paths, the same snapshot, and an upload only where the map has a PUT URL for
+exactly that key. A stage that changed any other file fails, as does one whose URLs expired. S3 checks every
+signature: a PUT URL writes its one key, a GET URL reads its one key; neither lists, deletes or reaches anything
+else in the bucket.
 
 An argument is remote when its scheme names an fsspec filesystem other than the local one; `tiny://llama` (a
 built-in test model) and plain paths are left alone. `label=URI` arguments (`--adapter candidate=s3://...`) are
@@ -25,17 +36,24 @@ rewritten after the `=`.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import posixpath
+import shutil
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.registry import known_implementations
+
+from sigma0.plan import MAX_PRESIGN_SECONDS, PRESIGNED_PROTOCOLS
 
 LOCAL_PROTOCOLS = {"file", "local"}
 # What s3fs (botocore) reads from the environment; removed once the filesystem holds them.
@@ -44,6 +62,8 @@ CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSI
                         "AZURE_STORAGE_SAS_TOKEN")
 PR_SET_DUMPABLE = 4
 JOURNAL = ".journal"  # sigma0.journal's suffix
+PRESIGNED_MAP_VERSION = 1
+HTTP_TIMEOUT_SECONDS = 60
 
 
 class RemoteError(RuntimeError):
@@ -76,8 +96,13 @@ class Copies:
 def local_path(uri: str, scratch: Path) -> Path:
     """`s3://bucket/a/b` → `<scratch>/s3/bucket/a/b`: deterministic, and never outside `scratch`."""
     protocol, _, rest = uri.partition("://")
-    parts = [part for part in posixpath.normpath("/" + rest).split("/") if part not in ("", ".", "..")]
-    return scratch.joinpath(protocol.lower(), *parts)
+    return _inside(scratch / protocol.lower(), rest)
+
+
+def _inside(folder: Path, relative: str) -> Path:
+    """`folder`/`relative`, never outside `folder` (`..` and leading slashes are dropped)."""
+    parts = [part for part in posixpath.normpath("/" + relative).split("/") if part not in ("", ".", "..")]
+    return folder.joinpath(*parts)
 
 
 def plan_copies(argv: Sequence[str], scratch: Path) -> Copies:
@@ -208,3 +233,154 @@ def staged(argv: Sequence[str], scratch: Path) -> Iterator[tuple[str, ...]]:
             print(f"sigma0: {error}", file=sys.stderr)
         raise
     push(copies.copies, before)
+
+
+# Presigned URLs: stages that run untrusted code hold no credentials ------------------------------------------------
+
+
+def _is_under(uri: str, folder: str) -> bool:
+    folder = folder.rstrip("/")
+    return uri == folder or uri.startswith(folder + "/")
+
+
+def presign(argv: Sequence[str], writes: str, expires_in: int, scratch: Path) -> dict[str, Any]:
+    """The presigned-URL map for a stage command line (`argv`, as the plan wrote it, remote URIs and all): a GET
+    URL for every file of each remote argument that exists now (a folder's files by relative path, "." for a file)
+    and for the journal beside it; a PUT URL, for the argument and its journal, only where the argument is under
+    `writes` (the step's one output folder). Runs where the credentials are (`sigma0 stage presign`)."""
+    if not 0 < expires_in <= MAX_PRESIGN_SECONDS:
+        raise RemoteError(f"presigned URLs can last 1 to {MAX_PRESIGN_SECONDS} s, not {expires_in}")
+    copies = plan_copies(argv, scratch).copies
+    entries: dict[str, dict[str, Any]] = {}
+    for copy in copies:
+        protocol = protocol_of(copy.uri)
+        if protocol not in PRESIGNED_PROTOCOLS:
+            raise RemoteError(f"cannot presign {copy.uri}: only s3:// stores can hand a stage presigned URLs, and a "
+                              "stage that runs untrusted code gets no credentials")
+        try:
+            filesystem, path = _open(copy.uri)
+
+            def url(key: str, method: str = "get_object", _filesystem: Any = filesystem) -> str:
+                return str(_filesystem.url(key, expires=expires_in, client_method=method))
+
+            get: dict[str, str] = {}
+            if filesystem.isdir(path):
+                for remote_file in filesystem.find(path):
+                    get[posixpath.relpath(remote_file, path)] = url(remote_file)
+            elif filesystem.exists(path):
+                get["."] = url(path)
+            writable = _is_under(copy.uri, writes)
+            entries[copy.uri] = {
+                "get": get,
+                "journal_get": url(path + JOURNAL) if filesystem.isfile(path + JOURNAL) else None,
+                "put": url(path, "put_object") if writable else None,
+                "journal_put": url(path + JOURNAL, "put_object") if writable else None,
+            }
+        except RemoteError:
+            raise
+        except Exception as error:
+            raise RemoteError(f"cannot presign {copy.uri}: {error}") from error
+    expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
+    return {"version": PRESIGNED_MAP_VERSION, "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "writes": writes, "copies": entries}
+
+
+def presign_map_url(uri: str, expires_in: int) -> str:
+    """A presigned GET URL for the map `presign` wrote at `uri`: what the sandbox step is given."""
+    filesystem, path = _open(uri)
+    return str(filesystem.url(path, expires=expires_in, client_method="get_object"))
+
+
+def _http(url: str, what: str, data: Path | None = None, target: Path | None = None) -> bytes:
+    """GET (into `target`, or returned) or PUT (`data`'s bytes) one presigned URL; any failure is a RemoteError
+    naming `what`, never the URL (it is a capability)."""
+    try:
+        if data is not None:  # a sandbox step's outputs are reports and results: small enough to send at once
+            request = urllib.request.Request(url, data=data.read_bytes(), method="PUT",  # not urllib's form type
+                                             headers={"Content-Type": "application/octet-stream"})
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS):
+                return b""
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_SECONDS) as response:
+            if target is None:
+                return bytes(response.read())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                shutil.copyfileobj(response, out)
+            return b""
+    except urllib.error.HTTPError as error:
+        detail = "the URL expired or was refused" if error.code == 403 else error.reason
+        raise RemoteError(f"cannot {'write' if data is not None else 'read'} {what}: HTTP {error.code} "
+                          f"({detail})") from None
+    except OSError as error:
+        raise RemoteError(f"cannot {'write' if data is not None else 'read'} {what}: {error}") from None
+
+
+def fetch_presigned_map(url: str) -> dict[str, Any]:
+    found = json.loads(_http(url, "the presigned-URL map"))
+    if not isinstance(found, dict) or found.get("version") != PRESIGNED_MAP_VERSION:
+        raise RemoteError("the presigned-URL map is not one this version of sigma0 reads")
+    return found
+
+
+def _entry(entries: Mapping[str, Any], copy: Copy) -> Mapping[str, Any]:
+    entry = entries.get(copy.uri)
+    if entry is None:
+        raise RemoteError(f"the presigned-URL map has no URLs for {copy.uri}: it was made for another command line")
+    return entry
+
+
+def pull_presigned(copies: Iterable[Copy], entries: Mapping[str, Any]) -> Snapshot:
+    """`pull` through the map's GET URLs: the same local files, and their snapshot."""
+    for copy in copies:
+        entry = _entry(entries, copy)
+        copy.local.parent.mkdir(parents=True, exist_ok=True)
+        for relative, url in entry["get"].items():
+            target = copy.local if relative == "." else _inside(copy.local, relative)
+            _http(url, copy.uri if relative == "." else f"{copy.uri}/{relative}", target=target)
+        if entry.get("journal_get"):
+            _http(entry["journal_get"], copy.uri + JOURNAL, target=_journal(copy)[1])
+    return snapshot(copies)
+
+
+def push_presigned(copies: Iterable[Copy], before: Snapshot, presigned: Mapping[str, Any]) -> list[str]:
+    """`push` through the map's PUT URLs: every new or changed file must have one (the step's own outputs and
+    their journals), else the stage fails naming the file it may not write."""
+    uploaded: list[str] = []
+    entries = presigned.get("copies") or {}
+    for copy in copies:
+        entry = _entry(entries, copy)
+        for file in _files(copy):
+            stat = file.stat()
+            if before.get(file) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            if file == _journal(copy)[1]:
+                uri, url = copy.uri + JOURNAL, entry.get("journal_put")
+            elif file == copy.local:
+                uri, url = copy.uri, entry.get("put")
+            else:
+                uri, url = f"{copy.uri}/{file.relative_to(copy.local).as_posix()}", None
+            if not url:
+                raise RemoteError(f"cannot write {uri}: this step may write only its own outputs, under "
+                                  f"{presigned.get('writes') or 'its output folder'}")
+            _http(url, uri, data=file)
+            uploaded.append(uri)
+    return uploaded
+
+
+@contextmanager
+def presigned_staged(argv: Sequence[str], scratch: Path, map_url: str) -> Iterator[tuple[str, ...]]:
+    """`staged` for a stage that holds no credentials: its copies come and go through the presigned URLs of the
+    map at `map_url` (made by `presign` for this very command line)."""
+    copies = plan_copies(argv, scratch)
+    presigned = fetch_presigned_map(map_url)
+    before = pull_presigned(copies.copies, presigned.get("copies") or {})
+    hold_credentials()  # nothing to hold but the URLs in this process's memory: non-dumpable keeps them there
+    try:
+        yield copies.argv
+    except BaseException:
+        try:
+            push_presigned(copies.copies, before, presigned)
+        except RemoteError as error:
+            print(f"sigma0: {error}", file=sys.stderr)
+        raise
+    push_presigned(copies.copies, before, presigned)

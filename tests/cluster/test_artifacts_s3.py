@@ -1,7 +1,8 @@
 """Artifacts in an S3 bucket instead of a volume, end to end on the real control plane: `spec.artifacts.uri`, the
-operator's `--artifacts-secret` (from SIGMA0_ARTIFACTS_SECRET, as the chart's Deployment sets it), stage pods that get
-the Secret's keys through envFrom and run every stage on local copies (sigma0.remote), and an AdapterRelease whose
-adapter URI is in the bucket.
+operator's `--artifacts-secret` (from SIGMA0_ARTIFACTS_SECRET, as the chart's Deployment sets it), trusted stage pods
+that get the Secret's keys through envFrom, sandbox pods (verify, score) that get none and use the presigned URLs of
+the presign step before them, every stage on local copies (sigma0.remote), and an AdapterRelease whose adapter URI is
+in the bucket.
 
 The bucket is a real S3 REST endpoint (moto's server, tests/s3server.py) on 127.0.0.1. The test's stage pods run as
 host processes, which share the host's network, so they reach it; gVisor pods of the test node have no network at
@@ -102,7 +103,9 @@ def test_a_cycle_on_s3_artifacts_bootstraps_then_a_second_is_judged_against_the_
     for output in ("harvest/candidates.jsonl", "verify/verified.jsonl", "dataset/train.jsonl",
                    "eval/results/candidate-gate/results.jsonl", "decide/decision.json"):
         assert store.exists(f"{cycle_prefix}/{output}"), output
-    assert store.exists(f"{BUCKET}/sigma0/leaderboard.jsonl")
+    assert store.exists(f"{cycle_prefix}/eval/results/candidate-gate/leaderboard.jsonl"), "each score step its own"
+    assert store.exists(f"{cycle_prefix}/presign/verify.json") and store.exists(
+        f"{cycle_prefix}/presign/score-candidate.json"), "the maps the trusted presign steps handed the sandbox steps"
 
     # the second cycle generates with the incumbent adapter downloaded from the bucket
     assert apply(platform, ns, s3_cycle("s3-two", train={**example()["spec"]["train"], "seed": 1})).returncode == 0
@@ -112,12 +115,18 @@ def test_a_cycle_on_s3_artifacts_bootstraps_then_a_second_is_judged_against_the_
     assert second["resolvedIncumbent"]["uri"] == current["uri"]
     assert second["incumbent"]["total"] == 3 and second["decision"]["outcome"] in ("Promoted", "Rejected")
 
-    # every stage pod got the credentials from the Secret, and the secret shows up nowhere it could be read back
+    # every trusted stage pod got the credentials from the Secret, no sandbox pod got any (they had presigned URLs
+    # from the presign step just before), and the secret shows up nowhere it could be read back
     pods = platform.core.list_namespaced_pod(ns).items
     assert len(pods) >= 15
+    kinds = {pod.metadata.name: pod.metadata.labels["sigma0.dev/kind"] for pod in pods}
+    assert list(kinds.values()).count("sandbox") >= 5, kinds  # verify and score-candidate twice, score-incumbent
     for pod in pods:
         (container,) = pod.spec.containers
-        assert [source.secret_ref.name for source in container.env_from or []] == [SECRET], pod.metadata.name
+        given = [source.secret_ref.name for source in container.env_from or []]
+        assert given == ([] if kinds[pod.metadata.name] == "sandbox" else [SECRET]), pod.metadata.name
+        if kinds[pod.metadata.name] == "sandbox":  # the namespace's default account, and no token of it
+            assert pod.spec.service_account_name in (None, "default") and not pod.spec.automount_service_account_token
         assert SECRET_KEY not in platform.cluster.pod_log(ns, pod.metadata.name)
         for state in pod.status.container_statuses or []:
             assert SECRET_KEY not in json.dumps(state.to_dict(), default=str)

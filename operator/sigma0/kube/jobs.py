@@ -45,10 +45,13 @@ cycle fails at once with the reason in its status; nothing is created for it.
 
 Every pod mounts the artifacts volume at /artifacts (a PersistentVolumeClaim, or a node folder for
 `artifacts.path`), or, with an fsspec URI (`artifacts.uri`, e.g. s3://), gets URIs in its command line, which
-`sigma0 stage` runs on local copies in /tmp (sigma0.remote), and the store's credentials from the operator's
-`--artifacts-secret` as environment variables (envFrom; s3fs reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
-AWS_ENDPOINT_URL). A sandbox stage takes them out of its environment, and makes itself non-dumpable, before it
-runs any candidate. Every pod reports its summary through its termination message, which `observe` reads from
+`sigma0 stage` runs on local copies in /tmp (sigma0.remote). The trusted pods get the store's credentials from the
+operator's `--artifacts-secret` as environment variables (envFrom; s3fs reads AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL). Sandbox pods get none, nor a ServiceAccount: the plan puts a trusted
+`presign` step before each sandbox step, which hands it presigned URLs for its own inputs and outputs alone
+(plan.Layout.presigned, sigma0.stages.presign).
+
+Every pod reports its summary through its termination message, which `observe` reads from
 the pod status: the operator never reads the shared disk.
 """
 
@@ -160,7 +163,8 @@ def layout(cycle: CycleRef, spec: CycleSpec, settings: PodSettings) -> plan.Layo
     """The plan's Layout as the stage pods see it: under the mount path, or under the artifacts URI."""
     if spec.artifacts.uri:
         root = spec.artifacts.uri.rstrip("/")
-        return plan.Layout(cycle_dir=f"{root}/{cycle.folder}", input_dir=root, leaderboard=f"{root}/leaderboard.jsonl")
+        # Sandbox steps get presigned URLs, never the credentials, so each writes its own folder and nothing else
+        return plan.Layout(cycle_dir=f"{root}/{cycle.folder}", input_dir=root, leaderboard="", presigned=True)
     # On a volume, score pods mount it read-only but for their own folder: no shared leaderboard file
     root = settings.mount_path
     return plan.Layout(cycle_dir=f"{root}/{cycle.folder}", input_dir=root, leaderboard="")
@@ -174,6 +178,13 @@ def refusal(spec: CycleSpec, settings: PodSettings) -> tuple[str, str] | None:
             "pod, including those that run untrusted code; this operator refuses it. Use spec.artifacts.pvc or "
             "spec.artifacts.uri, or start the operator with --allow-host-path (SIGMA0_ALLOW_HOST_PATH=true, "
             "chart value stagePods.allowHostPath) on a single-tenant cluster")
+    scheme = (spec.artifacts.uri or "").partition("://")[0].lower()
+    if spec.artifacts.uri and scheme not in plan.PRESIGNED_PROTOCOLS:
+        signable = ", ".join(f"{protocol}://" for protocol in sorted(plan.PRESIGNED_PROTOCOLS))
+        return "ArtifactsStoreCannotPresign", (
+            f"spec.artifacts.uri ({spec.artifacts.uri}): verify and score pods get no credentials, only presigned "
+            f"URLs for their own files, which only an S3 store can sign ({signable}); use an S3 or S3-compatible "
+            "bucket, or spec.artifacts.pvc")
     runtime_class = spec.placement.sandbox.runtime_class_name
     process = [f"spec.{part}.sandbox is process" for part in ("verify", "eval")
                if getattr(spec, part).sandbox == "process"]
@@ -411,7 +422,7 @@ def build_job(step: plan.Step, *, cycle: CycleRef, spec: CycleSpec, settings: Po
             mounts.append({"name": "models", "mountPath": MODEL_CACHE_PATH})
             disk = quantity_bytes(settings.model_cache_size)
         env.append({"name": "SIGMA0_ARTIFACTS_URI", "value": spec.artifacts.uri or ""})
-        if settings.artifacts_secret:
+        if settings.artifacts_secret and step.kind != "sandbox":  # sandbox steps: presigned URLs (sigma0.remote)
             env_from.append({"secretRef": {"name": settings.artifacts_secret}})
     else:
         model_cache = f"{settings.mount_path}/models"

@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "generate": "sigma0.stages.generate",
     "score": "sigma0.stages.score",
     "decide": "sigma0.stages.decide",
+    "presign": "sigma0.stages.presign",
 }
 
 
