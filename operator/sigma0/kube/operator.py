@@ -75,8 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the PersistentVolumeClaim of cycles that name no artifacts location")
     parser.add_argument("--artifacts-secret", default=os.environ.get(ENV["artifacts_secret"], ""), metavar="SECRET",
                         help="for cycles with an artifacts URI (s3://...): a Secret in the cycle's namespace whose "
-                        "keys stage pods get as environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                        "AWS_ENDPOINT_URL, ...)")
+                        "keys the trusted stage pods get as environment variables (AWS_ACCESS_KEY_ID, "
+                        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...); verify and score pods get presigned URLs")
     parser.add_argument("--gvisor-runtime-class", action="append", default=None, metavar="NAME",
                         help="a RuntimeClass whose handler is gVisor (runsc), repeatable; sandbox steps run only "
                         "under one of these unless --allow-process-sandbox, and as root inside gVisor so that each "
