@@ -11,12 +11,14 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
 import pytest
-from s3server import SECRET_KEY, S3Server
+from s3server import SECRET_KEY, S3Server, SignedS3Server
 
 from sigma0 import remote
 
@@ -93,6 +95,17 @@ def test_a_copys_journal_travels_with_it(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    try:
+        server.create_bucket(BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedS3Server]:
+    """An S3 endpoint that checks every signature, presigned URLs' included, as S3 does (moto checks none)."""
+    server = SignedS3Server(tmp_path_factory.mktemp("signed") / "versitygw.log").start()
     try:
         server.create_bucket(BUCKET)
         yield server
@@ -197,7 +210,8 @@ def _no_credentials(s3: S3Server) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_sandbox_step_with_no_credentials_reads_its_inputs_and_writes_its_outputs_through_presigned_urls(
-        s3: S3Server, tmp_path: Path) -> None:
+        signed: SignedS3Server, tmp_path: Path) -> None:
+    s3 = signed
     store = s3.filesystem()
     cycle = f"s3://{BUCKET}/cycles/presigned"
     store.pipe(f"{BUCKET}/cycles/presigned/harvest/candidates.jsonl",
@@ -222,10 +236,11 @@ def test_a_sandbox_step_with_no_credentials_reads_its_inputs_and_writes_its_outp
 
 
 @pytest.mark.slow
-def test_a_sandbox_step_cannot_write_anything_but_its_own_outputs(s3: S3Server, tmp_path: Path) -> None:
-    """The attacks of a judge taken over by a candidate, with the URLs in hand: run another command line (here
-    with its report aimed at the decision file), or change one of its inputs. Neither has an upload URL; the
-    stage fails and the store is unchanged."""
+def test_a_sandbox_step_cannot_write_anything_but_its_own_outputs(signed: SignedS3Server, tmp_path: Path) -> None:
+    """The attacks of a judge taken over by a candidate, with the map in hand: run another command line (here
+    with its report aimed at the decision file), change one of its inputs, or edit its URLs (another key, another
+    method, no signature). None of them writes anything: the stage fails, S3 answers 403, the store is unchanged."""
+    s3 = signed
     store = s3.filesystem()
     cycle = f"s3://{BUCKET}/cycles/attacked"
     candidates = f"{BUCKET}/cycles/attacked/harvest/candidates.jsonl"
@@ -260,6 +275,30 @@ def test_a_sandbox_step_cannot_write_anything_but_its_own_outputs(s3: S3Server, 
                   tmp_path)
     assert done.returncode == 1, done.stderr
     assert f"cannot write {cycle}/harvest/candidates.jsonl: this step may write only its own outputs" in done.stderr
+    assert store.cat(candidates) == before
+
+    # The URLs themselves, edited: the store checks each signature against the key and the method it was made for
+    with urllib.request.urlopen(url, timeout=30) as response:
+        copies = json.loads(response.read())["copies"]
+    put = copies[f"{cycle}/verify/verified.jsonl"]["put"]
+    get = copies[f"{cycle}/harvest/candidates.jsonl"]["get"]["."]
+    attempts = {
+        "the decision instead of its output": (put.replace("/verify/verified.jsonl?", "/decide/decision.json?"), "PUT"),
+        "its input instead of its output": (put.replace("/verify/verified.jsonl?", "/harvest/candidates.jsonl?"),
+                                            "PUT"),
+        "its input's GET URL, to PUT": (get, "PUT"),
+        "its input's GET URL, to DELETE": (get, "DELETE"),
+        "its output's PUT URL, to DELETE": (put, "DELETE"),
+        "the decision without a signature": (f"{s3.endpoint}/{BUCKET}/cycles/attacked/decide/decision.json", "PUT"),
+        "the bucket's listing": (f"{s3.endpoint}/{BUCKET}?list-type=2", "GET"),
+    }
+    for what, (target, method) in attempts.items():
+        request = urllib.request.Request(target, data=b'{"promote": true}' if method == "PUT" else None,
+                                         method=method, headers={"Content-Type": "application/octet-stream"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code in (400, 403), what
+    assert store.cat(f"{BUCKET}/cycles/attacked/decide/decision.json") == b'{"promote": false}'
     assert store.cat(candidates) == before
 
 

@@ -258,7 +258,7 @@ def presign(argv: Sequence[str], writes: str, expires_in: int, scratch: Path) ->
             raise RemoteError(f"cannot presign {copy.uri}: only s3:// stores can hand a stage presigned URLs, and a "
                               "stage that runs untrusted code gets no credentials")
         try:
-            filesystem, path = _open(copy.uri)
+            filesystem, path = _signer(copy.uri)
 
             def url(key: str, method: str = "get_object", _filesystem: Any = filesystem) -> str:
                 return str(_filesystem.url(key, expires=expires_in, client_method=method))
@@ -287,8 +287,17 @@ def presign(argv: Sequence[str], writes: str, expires_in: int, scratch: Path) ->
 
 def presign_map_url(uri: str, expires_in: int) -> str:
     """A presigned GET URL for the map `presign` wrote at `uri`: what the sandbox step is given."""
-    filesystem, path = _open(uri)
+    filesystem, path = _signer(uri)
     return str(filesystem.url(path, expires=expires_in, client_method="get_object"))
+
+
+def _signer(uri: str) -> tuple[Any, str]:
+    """The filesystem that signs `uri`'s URLs, and the path in it: s3fs with SigV4 (botocore presigns with the
+    legacy SigV2 by default, which S3 refuses in every region opened since 2014 and S3-compatible stores often do
+    too), the credentials, endpoint and region from the environment as for any stage."""
+    protocol = uri.partition("://")[0].lower()
+    filesystem = fsspec.filesystem(protocol, config_kwargs={"signature_version": "s3v4"})
+    return filesystem, filesystem._strip_protocol(uri)
 
 
 def _http(url: str, what: str, data: Path | None = None, target: Path | None = None) -> bytes:

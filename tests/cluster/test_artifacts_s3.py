@@ -4,7 +4,8 @@ that get the Secret's keys through envFrom, sandbox pods (verify, score) that ge
 the presign step before them, every stage on local copies (sigma0.remote), and an AdapterRelease whose adapter URI is
 in the bucket.
 
-The bucket is a real S3 REST endpoint (moto's server, tests/s3server.py) on 127.0.0.1. The test's stage pods run as
+The bucket is a real S3 REST endpoint that checks every signature, presigned URLs' included (versitygw,
+tests/s3server.py's SignedS3Server), on 127.0.0.1. The test's stage pods run as
 host processes, which share the host's network, so they reach it; gVisor pods of the test node have no network at
 all, so this module runs the sandbox steps with the stage's own process sandbox in plain pods (the sandbox itself
 is tested in test_operator.py and tests/test_remote.py).
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3server import SECRET_KEY, S3Server
+from s3server import SECRET_KEY, S3Server, SignedS3Server
 
 from sigma0.io import tree_digest
 
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
+    server = SignedS3Server(tmp_path_factory.mktemp("s3") / "versitygw.log").start()  # checks every signature
     try:
         server.create_bucket(BUCKET)
         store = server.filesystem()
