@@ -10,6 +10,7 @@ demo: setup
 test: setup
 	bash tests/cluster/build.sh
 	bash tests/cluster/build-node.sh
+	bash scripts/build-s3-server.sh
 	bash scripts/build-images.sh
 	.venv/bin/python -m tests.helm.tools
 	.venv/bin/ruff check operator tests bench examples
