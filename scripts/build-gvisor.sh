@@ -105,17 +105,11 @@ EOF
 on_hit() { smoke; } # a cached runsc is checked to still run here
 use_cache_or_lock "$cache" "$bin" scripts/build-gvisor.sh "${1:-}"
 
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-if [[ ! -x "$GO" ]]; then
-  log "no go command at '$GO' (GO, else PATH, else /usr/local/go/bin/go); install Go >= 1.26"
-  exit 1
-fi
+require_go 1.26
 log "cold build of gVisor $GVISOR_VERSION (runsc, containerd-shim-runsc-v1) with $("$GO" version) into $bin"
 log "(minutes: one go build of both commands; later calls hit the cache)"
 
-tmp="$cache/bin.partial"
-rm -rf "$tmp" "$marker"
-mkdir -p "$tmp"
+begin_partial "$cache" "$marker"
 start=$SECONDS
 (
   cd "$moddir"

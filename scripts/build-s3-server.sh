@@ -48,17 +48,11 @@ complete() {
 
 use_cache_or_lock "$cache" "$binary" scripts/build-s3-server.sh "${1:-}"
 
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-if [[ ! -x "$GO" ]]; then
-  log "no go command at '$GO' (GO, else PATH, else /usr/local/go/bin/go); install Go >= 1.25"
-  exit 1
-fi
+require_go 1.25
 log "cold build of versitygw $VERSITYGW_VERSION with $("$GO" version) into $bin"
 log "(about 1.5 minutes on 2 cores: one go install from the module proxy; later calls hit the cache)"
 
-tmp="$cache/bin.partial"
-rm -rf "$tmp" "$marker"
-mkdir -p "$tmp"
+begin_partial "$cache" "$marker"
 start=$SECONDS
 (
   # Outside any module of ours: `go install X@VERSION` builds X's own module graph whatever the current folder is,

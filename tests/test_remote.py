@@ -1,8 +1,8 @@
 """Stages on an fsspec artifacts URI (sigma0.remote): remote arguments run on local copies, outputs go back, and the
 store's credentials stay out of reach of the code a sandbox stage executes.
 
-The S3 tests talk to a real S3 REST endpoint (moto's server, tests/s3server.py) through s3fs, with the endpoint and
-credentials in the environment, as a stage pod gets them from the chart's Secret.
+The S3 tests talk to a real S3 REST endpoint that checks signatures as S3 does (versitygw, tests/s3server.py) through
+s3fs, with the endpoint and credentials in the environment, as a stage pod gets them from the chart's Secret.
 """
 
 from __future__ import annotations
@@ -94,18 +94,8 @@ def test_a_copys_journal_travels_with_it(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log").start()
-    try:
-        server.create_bucket(BUCKET)
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def signed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedS3Server]:
     """An S3 endpoint that checks every signature, presigned URLs' included, as S3 does (moto checks none)."""
-    server = SignedS3Server(tmp_path_factory.mktemp("signed") / "versitygw.log").start()
+    server = SignedS3Server(tmp_path_factory.mktemp("s3") / "versitygw.log").start()
     try:
         server.create_bucket(BUCKET)
         yield server
@@ -210,8 +200,7 @@ def _no_credentials(s3: S3Server) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_a_sandbox_step_with_no_credentials_reads_its_inputs_and_writes_its_outputs_through_presigned_urls(
-        signed: SignedS3Server, tmp_path: Path) -> None:
-    s3 = signed
+        s3: S3Server, tmp_path: Path) -> None:
     store = s3.filesystem()
     cycle = f"s3://{BUCKET}/cycles/presigned"
     store.pipe(f"{BUCKET}/cycles/presigned/harvest/candidates.jsonl",
@@ -236,11 +225,10 @@ def test_a_sandbox_step_with_no_credentials_reads_its_inputs_and_writes_its_outp
 
 
 @pytest.mark.slow
-def test_a_sandbox_step_cannot_write_anything_but_its_own_outputs(signed: SignedS3Server, tmp_path: Path) -> None:
+def test_a_sandbox_step_cannot_write_anything_but_its_own_outputs(s3: S3Server, tmp_path: Path) -> None:
     """The attacks of a judge taken over by a candidate, with the map in hand: run another command line (here
     with its report aimed at the decision file), change one of its inputs, or edit its URLs (another key, another
     method, no signature). None of them writes anything: the stage fails, S3 answers 403, the store is unchanged."""
-    s3 = signed
     store = s3.filesystem()
     cycle = f"s3://{BUCKET}/cycles/attacked"
     candidates = f"{BUCKET}/cycles/attacked/harvest/candidates.jsonl"

@@ -31,3 +31,23 @@ use_cache_or_lock() {
     exit 0
   fi
 }
+
+# require_go MIN_VERSION
+#   Sets GO to the go command (GO if set, else go on PATH, else /usr/local/go/bin/go), or says to install Go and
+#   exits 1.
+require_go() {
+  GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
+  if [[ ! -x "$GO" ]]; then
+    log "no go command at '$GO' (GO, else PATH, else /usr/local/go/bin/go); install Go >= $1"
+    exit 1
+  fi
+}
+
+# begin_partial CACHE MARKER
+#   A build starts: sets tmp to an empty CACHE/bin.partial and removes MARKER, so that nothing half-built is ever
+#   taken for a complete build.
+begin_partial() {
+  tmp="$1/bin.partial"
+  rm -rf "$tmp" "$2"
+  mkdir -p "$tmp"
+}

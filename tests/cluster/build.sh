@@ -64,17 +64,11 @@ complete() {
 
 use_cache_or_lock "$cache" "$bin" tests/cluster/build.sh "${1:-}"
 
-GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-if [[ ! -x "$GO" ]]; then
-  log "no go command (looked on PATH and at /usr/local/go/bin/go); install Go >= 1.26"
-  exit 1
-fi
+require_go 1.26
 log "cold build of Kubernetes $K8S_VERSION and etcd $ETCD_VERSION with $("$GO" version) into $bin"
 log "(minutes: one go build of all six commands; later calls hit the cache)"
 
-tmp="$cache/bin.partial"
-rm -rf "$tmp" "$marker"
-mkdir -p "$tmp"
+begin_partial "$cache" "$marker"
 start=$SECONDS
 (
   cd "$moddir"
