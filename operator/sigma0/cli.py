@@ -22,15 +22,20 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from rich.console import Console
-
-from sigma0 import __version__, evidence, remote
-from sigma0.spec import ManifestError, TrainingCycle, load_manifest, validate_file
+from sigma0 import __version__, evidence
 from sigma0.stages import STAGES, StageInputError, load_stage
 from sigma0.termination import write_summary
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from sigma0.spec import TrainingCycle
+
+# `sigma0 stage` (every step of every cycle, and the score stage's fixed cost in BENCHMARKS 2a) imports only what a
+# stage needs: the schema (pydantic, jsonschema), rich, yaml and the object store's client (fsspec) are imported by
+# the commands that use them.
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -77,12 +82,13 @@ def _stage_command(name: str, argv: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="sigma0-remote-") as scratch:
         try:
             names = module.outputs(given)  # as the plan named them: the cycle's record holds these
-            if getattr(module, "HANDLES_STORE", False):
-                copies = contextlib.nullcontext(tuple(argv))
-            elif presigned is not None:
-                copies = remote.presigned_staged(argv, Path(scratch), presigned)
+            if getattr(module, "HANDLES_STORE", False) or (presigned is None and not any("://" in a for a in argv)):
+                copies: contextlib.AbstractContextManager[Sequence[str]] = contextlib.nullcontext(tuple(argv))
             else:
-                copies = remote.staged(argv, Path(scratch))
+                from sigma0 import remote
+
+                copies = (remote.staged(argv, Path(scratch)) if presigned is None
+                          else remote.presigned_staged(argv, Path(scratch), presigned))
             with copies as local_argv:
                 args = parser.parse_args(local_argv)
                 evidence.check(args.expect)
@@ -107,6 +113,8 @@ def _stage_command(name: str, argv: Sequence[str]) -> int:
 
 def _load(manifest: str, console: Console) -> TrainingCycle | None:
     """The validated manifest, or None after printing every problem with its field."""
+    from sigma0.spec import ManifestError, load_manifest
+
     try:
         return load_manifest(manifest)
     except ManifestError as error:
@@ -115,6 +123,8 @@ def _load(manifest: str, console: Console) -> TrainingCycle | None:
 
 
 def _validate(args: argparse.Namespace, console: Console) -> int:
+    from sigma0.spec import ManifestError, validate_file
+
     try:
         checked = validate_file(args.manifest)
     except ManifestError as error:
@@ -201,6 +211,8 @@ def _release(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]{error}[/]", highlight=False)
         return EXIT_BAD_INPUT
     if args.output != "text":
+        import yaml
+
         # kubectl style: `show` is the current pointer (null when there is none), `history` the list, newest first.
         data: Any = [_pointer_fields(pointer) for pointer in pointers]
         if args.action == "show":
@@ -375,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) >= 2 and argv[0] == "stage":
         return _stage_command(argv[1], argv[2:])
+    from rich.console import Console
+
     args = build_parser().parse_args(argv)
     console = Console(stderr=False)
     handlers = {"validate": _validate, "run": _run, "release": _release, "operator": _operator, "cycle": _cycle,

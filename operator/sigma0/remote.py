@@ -53,8 +53,6 @@ from typing import Any
 import fsspec
 from fsspec.registry import known_implementations
 
-from sigma0.plan import MAX_PRESIGN_SECONDS, PRESIGNED_PROTOCOLS
-
 LOCAL_PROTOCOLS = {"file", "local"}
 # What s3fs (botocore) reads from the environment; removed once the filesystem holds them.
 CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
@@ -248,6 +246,8 @@ def presign(argv: Sequence[str], writes: str, expires_in: int, scratch: Path) ->
     URL for every file of each remote argument that exists now (a folder's files by relative path, "." for a file)
     and for the journal beside it; a PUT URL, for the argument and its journal, only where the argument is under
     `writes` (the step's one output folder). Runs where the credentials are (`sigma0 stage presign`)."""
+    from sigma0.plan import MAX_PRESIGN_SECONDS, PRESIGNED_PROTOCOLS  # the rules (plan imports the schema: not here)
+
     if not 0 < expires_in <= MAX_PRESIGN_SECONDS:
         raise RemoteError(f"presigned URLs can last 1 to {MAX_PRESIGN_SECONDS} s, not {expires_in}")
     copies = plan_copies(argv, scratch).copies

@@ -21,7 +21,7 @@ from typing import Any
 
 import fsspec
 
-from sigma0 import remote
+from sigma0 import plan, remote
 from sigma0.stages import StageInputError
 
 HANDLES_STORE = True  # sigma0.cli: run it on its arguments as they are, not on local copies
@@ -46,12 +46,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         command = command[1:]
     if not command:
         raise StageInputError("no command to presign: give the sandbox step's stage and arguments after --")
-    if not 0 < args.expires_in <= remote.MAX_PRESIGN_SECONDS:
+    if not 0 < args.expires_in <= plan.MAX_PRESIGN_SECONDS:
         raise StageInputError(f"--expires-in {args.expires_in}: presigned URLs last 1 to "
-                              f"{remote.MAX_PRESIGN_SECONDS} s")
+                              f"{plan.MAX_PRESIGN_SECONDS} s")
     with tempfile.TemporaryDirectory(prefix="sigma0-presign-") as scratch:
         unsignable = [copy.uri for copy in remote.plan_copies([*command, args.map], Path(scratch)).copies
-                      if remote.protocol_of(copy.uri) not in remote.PRESIGNED_PROTOCOLS]
+                      if remote.protocol_of(copy.uri) not in plan.PRESIGNED_PROTOCOLS]
         if unsignable:
             raise StageInputError(f"cannot presign {', '.join(unsignable)}: only an s3:// store can hand a stage "
                                   "presigned URLs, and a stage that runs untrusted code gets no credentials")
