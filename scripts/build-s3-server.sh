@@ -3,10 +3,10 @@
 # (https://github.com/versity/versitygw), from the Go module proxy at the exact release pinned below, statically
 # linked. Print the path of the versitygw binary (the only thing written to stdout).
 #
-# Why: moto's server (tests/s3server.py, S3Server) does not check presigned URLs at all (a presigned GET URL with
+# Why: moto's server, which the tests used before, does not check presigned URLs at all (a presigned GET URL with
 # its key edited is accepted). versitygw checks AWS SigV4 as S3 does, presigned (query-string) URLs included: the
 # key, the method and the expiry are all signed, and an unsigned request is refused (tests/test_s3server_signed.py
-# proves it). tests/s3server.py's SignedS3Server runs it on its POSIX backend (a folder).
+# proves it). tests/s3server.py's S3Server runs it on its POSIX backend (a folder).
 #
 # The pin: `go install MODULE/cmd/versitygw@VERSION` builds that release with exactly the dependency versions of its
 # own go.mod, each checked against its go.sum (and the release itself against the Go checksum database): the Go

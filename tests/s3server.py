@@ -1,13 +1,9 @@
-"""S3 endpoints for tests, each a subprocess on a free port.
-
-`S3Server`: moto's server (the `moto[server]` dev dependency). moto implements the S3 REST API over HTTP; s3fs
-(botocore) talks to it exactly as to AWS or MinIO, with the endpoint and credentials taken from the environment
-(`S3Server.environment`), which is how stage pods get them from the chart's Secret. moto does not check presigned URLs
-(one with its key edited is accepted), so it cannot show that a presigned URL grants only what it names.
-
-`SignedS3Server`: versitygw (scripts/build-s3-server.sh builds it, pinned, cached) over a temporary folder, which
-checks AWS SigV4 as S3 does, presigned (query-string) URLs included: a URL with its key or method changed, an expired
-one and an unsigned request are refused with 403 (tests/test_s3server_signed.py). The same interface and credentials.
+"""The S3 endpoint of the tests: versitygw (scripts/build-s3-server.sh builds it, pinned, cached) over a temporary
+folder, on a free port. It checks AWS SigV4 as S3 does, presigned (query-string) URLs included: a URL with its key or
+method changed, an expired one and an unsigned request are refused (tests/test_s3server_signed.py). moto's server,
+which the tests used before, checks no signature at all, so it could not show that a presigned URL grants only what
+it names. s3fs (botocore) talks to it exactly as to AWS or MinIO, with the endpoint and credentials taken from the
+environment (`S3Server.environment`), which is how stage pods get them from the chart's Secret.
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -30,57 +25,6 @@ SECRET_KEY = "sigma0-test-secret-d41d8cd98f00b204"  # the tests look for it in e
 REGION = "eu-west-1"
 REPO = Path(__file__).resolve().parent.parent
 BUILD_S3_SERVER = REPO / "scripts" / "build-s3-server.sh"
-
-
-class S3Server:
-    def __init__(self, log: Path, host: str = "127.0.0.1") -> None:
-        self.host, self.log = host, log
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def environment(self) -> dict[str, str]:
-        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "eu-west-1"}
-
-    def start(self) -> S3Server:
-        env = {**os.environ, **self.environment()}
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.endpoint + "/", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"moto server did not answer on {self.endpoint} in 60 s")
-
-    def filesystem(self) -> Any:
-        """An s3fs filesystem on this server, configured explicitly (the test process's environment is left alone)."""
-        import s3fs
-
-        return s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY, endpoint_url=self.endpoint,
-                                 client_kwargs={"region_name": "eu-west-1"}, skip_instance_cache=True)
-
-    def create_bucket(self, name: str) -> None:
-        self.filesystem().mkdir(name)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 class S3ServerUnavailable(RuntimeError):
@@ -109,7 +53,7 @@ def signed_server_binary() -> Path:
     return path
 
 
-class SignedS3Server(S3Server):
+class S3Server:
     """versitygw on a free port over a temporary folder (its POSIX backend; object metadata in a sidecar folder, so
     the folder's file system needs no extended attributes), with ACCESS_KEY/SECRET_KEY as its root account and REGION.
 
@@ -119,11 +63,25 @@ class SignedS3Server(S3Server):
     """
 
     def __init__(self, log: Path, host: str = "127.0.0.1", root: Path | None = None) -> None:
-        super().__init__(log, host)
+        self.host, self.log = host, log
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
         self.root, self._own_root = root, root is None
         self.binary: Path | None = None
 
-    def start(self) -> SignedS3Server:
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """What a stage pod gets from the chart's Secret: the keys s3fs (botocore) reads."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": REGION}
+
+    def create_bucket(self, name: str) -> None:
+        self.filesystem().mkdir(name)
+
+    def start(self) -> S3Server:
         self.binary = signed_server_binary()
         if self.root is None:
             self.root = Path(tempfile.mkdtemp(prefix="sigma0-s3-"))
@@ -175,7 +133,13 @@ class SignedS3Server(S3Server):
             config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
 
     def stop(self) -> None:
-        super().stop()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
         if self._own_root and self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from s3server import SECRET_KEY, S3Server, SignedS3Server
+from s3server import SECRET_KEY, S3Server
 
 from sigma0 import remote
 
@@ -94,8 +94,8 @@ def test_a_copys_journal_travels_with_it(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """An S3 endpoint that checks every signature, presigned URLs' included, as S3 does (moto checks none)."""
-    server = SignedS3Server(tmp_path_factory.mktemp("s3") / "versitygw.log").start()
+    """An S3 endpoint that checks every signature, presigned URLs' included, as S3 does."""
+    server = S3Server(tmp_path_factory.mktemp("s3") / "versitygw.log").start()
     try:
         server.create_bucket(BUCKET)
         yield server

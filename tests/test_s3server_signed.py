@@ -1,9 +1,9 @@
-"""The signature-checking S3 server of the tests (tests/s3server.py's SignedS3Server: versitygw, built by
+"""The signature-checking S3 server of the tests (tests/s3server.py's S3Server: versitygw, built by
 scripts/build-s3-server.sh) enforces SigV4 presigned URLs as S3 does, so that a test of presigned-URL access proves
 something: a presigned URL grants exactly its method on exactly its key until it expires, and nothing else does.
 
-With moto's server (S3Server) in its place these tests fail (checked), all but the s3fs one: moto accepts a presigned
-URL with its key, its method or its expiry changed.
+With moto's server, which the tests used before, in its place these tests fail (checked), all but the s3fs one: moto
+accepts a presigned URL with its key, its method or its expiry changed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import botocore.session
 import pytest
 from botocore.config import Config
-from s3server import ACCESS_KEY, REGION, SignedS3Server
+from s3server import ACCESS_KEY, REGION, S3Server
 
 BUCKET = "sigma0-artifacts"
 INPUT_KEY = "cycles/c1/verify/input/candidates.jsonl"
@@ -42,8 +42,8 @@ def refused(result: tuple[int, bytes], code: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedS3Server]:
-    s = SignedS3Server(tmp_path_factory.mktemp("s3") / "versitygw.log").start()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    s = S3Server(tmp_path_factory.mktemp("s3") / "versitygw.log").start()
     try:
         s.create_bucket(BUCKET)
         s.client().put_object(Bucket=BUCKET, Key=INPUT_KEY, Body=INPUT)
@@ -53,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SignedS3Server]
 
 
 @pytest.fixture
-def s3(server: SignedS3Server) -> Any:
+def s3(server: S3Server) -> Any:
     return server.client()
 
 
@@ -112,7 +112,7 @@ def test_an_expired_url_is_refused_and_its_expiry_cannot_be_extended(s3: Any) ->
     assert not exists(s3, OUTPUT_KEY + ".late")
 
 
-def test_unsigned_and_wrongly_signed_requests_are_refused(server: SignedS3Server, s3: Any) -> None:
+def test_unsigned_and_wrongly_signed_requests_are_refused(server: S3Server, s3: Any) -> None:
     base = f"{server.endpoint}/{BUCKET}"
     assert refused(call(f"{base}/{INPUT_KEY}"), "AccessDenied")
     assert refused(call(f"{base}/anonymous.txt", "PUT", b"anonymous\n"), "AccessDenied")
@@ -132,7 +132,7 @@ def test_unsigned_and_wrongly_signed_requests_are_refused(server: SignedS3Server
     assert read(s3, INPUT_KEY) == INPUT
 
 
-def test_s3fs_works_against_it(server: SignedS3Server, tmp_path: Path) -> None:
+def test_s3fs_works_against_it(server: S3Server, tmp_path: Path) -> None:
     fs = server.filesystem()
     fs.mkdir("sigma0-s3fs")
     source = tmp_path / "in.txt"

@@ -5,7 +5,7 @@ the presign step before them, every stage on local copies (sigma0.remote), and a
 in the bucket.
 
 The bucket is a real S3 REST endpoint that checks every signature, presigned URLs' included (versitygw,
-tests/s3server.py's SignedS3Server), on 127.0.0.1. The test's stage pods run as
+tests/s3server.py's S3Server), on 127.0.0.1. The test's stage pods run as
 host processes, which share the host's network, so they reach it; gVisor pods of the test node have no network at
 all, so this module runs the sandbox steps with the stage's own process sandbox in plain pods (the sandbox itself
 is tested in test_operator.py and tests/test_remote.py).
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from s3server import SECRET_KEY, S3Server, SignedS3Server
+from s3server import SECRET_KEY, S3Server
 
 from sigma0.io import tree_digest
 
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    server = SignedS3Server(tmp_path_factory.mktemp("s3") / "versitygw.log").start()  # checks every signature
+    server = S3Server(tmp_path_factory.mktemp("s3") / "versitygw.log").start()  # checks every signature
     try:
         server.create_bucket(BUCKET)
         store = server.filesystem()
