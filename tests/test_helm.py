@@ -507,7 +507,7 @@ def test_the_charts_commands_parse_with_the_sigma0_cli_and_name_images_that_exis
     defaults = cli.build_parser().parse_args(["operator"] + one(render(), "Deployment")["spec"]["template"]["spec"][
         "containers"][0]["args"])
     assert defaults.artifacts_claim == one(render(), "PersistentVolumeClaim")["metadata"]["name"]
-    assert defaults.sandbox_image == "ghcr.io/sigma0/sandbox:0.1.0"  # the operator's own default (jobs.PodSettings)
+    assert defaults.sandbox_image == "ghcr.io/sigma0/sandbox:0.2.0"  # the operator's own default (jobs.PodSettings)
     # by default: no hostPath, no sandbox without gVisor, and the chart's RuntimeClass is the gVisor one
     assert not defaults.allow_host_path and not defaults.allow_process_sandbox
     assert defaults.gvisor_runtime_class == [one(render(), "RuntimeClass")["metadata"]["name"]]

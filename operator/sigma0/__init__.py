@@ -2,7 +2,7 @@
 
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Set before anything imports torch (its OpenMP runtime reads it once, when it loads): a thread that finishes its
 # share of a parallel region sleeps instead of spinning. On a CPU shared with other work (the demo's 2 cores, a CI

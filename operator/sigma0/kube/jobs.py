@@ -107,8 +107,8 @@ LOG_ALLOWANCE = "512Mi"  # the part of the limit beyond the emptyDirs: the conta
 class PodSettings:
     """Operator-wide settings for stage pods (`sigma0 operator` flags)."""
 
-    sandbox_image: str = "ghcr.io/sigma0/sandbox:0.1.0"
-    trainer_image: str = "ghcr.io/sigma0/trainer:0.1.0"
+    sandbox_image: str = "ghcr.io/sigma0/sandbox:0.2.0"
+    trainer_image: str = "ghcr.io/sigma0/trainer:0.2.0"
     image_pull_policy: str = "IfNotPresent"
     mount_path: str = "/artifacts"
     default_claim: str = "sigma0-artifacts"  # when a cycle names no artifacts location
