@@ -12,6 +12,7 @@ test: setup
 	bash tests/cluster/build-node.sh
 	bash scripts/build-s3-server.sh
 	bash scripts/build-images.sh
+	bash scripts/build-previous-images.sh
 	.venv/bin/python -m tests.helm.tools
 	.venv/bin/ruff check operator tests bench examples
 	.venv/bin/python -m pytest -q

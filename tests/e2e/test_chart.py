@@ -43,6 +43,8 @@ from sigma0.kube import jobs
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "sigma0"
 IMAGES = ROOT / "build" / "images" / "images.json"
+PREVIOUS = json.loads((ROOT / "helm" / "previous-release.json").read_text())  # the release before this chart's
+UPGRADED = "sigma0-upgrade"  # the namespace of the install that is upgraded from the previous release
 RELEASE, NAMESPACE = "sigma0", "sigma0-system"
 MOUNT = jobs.PodSettings().mount_path  # where stage pods mount the artifacts volume
 INSTANCE = f"app.kubernetes.io/instance={RELEASE}"
@@ -51,16 +53,18 @@ CYCLE = yaml.safe_load((ROOT / "examples" / "cycle.yaml").read_text())
 T = TypeVar("T")
 
 
-def images() -> dict[str, dict[str, Any]]:
-    if not IMAGES.is_file():
-        pytest.fail(f"{IMAGES.relative_to(ROOT)} is missing: run `make images` (make test does)", pytrace=False)
-    return {image["name"]: image for image in json.loads(IMAGES.read_text())}
+def images(listing: Path = IMAGES) -> dict[str, dict[str, Any]]:
+    if not listing.is_file():
+        pytest.fail(f"{listing} is missing: run `make images` (make test does)", pytrace=False)
+    return {image["name"]: image for image in json.loads(listing.read_text())}
 
 
-def config_digest(image: dict[str, Any]) -> str:
+
+
+def config_digest(image: dict[str, Any], tree: Path = ROOT) -> str:
     """The image's ID as the CRI reports it (a pod's imageID, for an image with no registry digest): the digest of its
-    config, read from the OCI archive through the manifest make images recorded."""
-    with tarfile.open(ROOT / image["archive"]) as archive:
+    config, read from the OCI archive (under `tree`) through the manifest make images recorded."""
+    with tarfile.open(tree / image["archive"]) as archive:
         def blob(digest: str) -> dict[str, Any]:
             member = archive.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
             assert member is not None, digest
@@ -130,6 +134,18 @@ def built() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
+def previous() -> tuple[Path, dict[str, dict[str, Any]]]:
+    """The previous release's source tree and its images, as scripts/build-previous-images.sh built them (make test
+    runs it first)."""
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "build-previous-images.sh"), "--check"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"the previous release's images are not built: {done.stderr.strip()}", pytrace=False)
+    tree = Path(done.stdout.strip())
+    return tree, images(tree / "build" / "images" / "images.json")
+
+
+@pytest.fixture(scope="module")
 def env(built: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with Cluster(runtime="kubelet") as cluster:
         for image in built.values():
@@ -140,26 +156,75 @@ def env(built: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFacto
         yield env
 
 
-@pytest.fixture(scope="module")
-def installed(env: Env, built: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Env:
-    """The chart installed, with a volume for its artifacts claim (no dynamic provisioner: a pre-bound hostPath PV,
+def upgrade_commands() -> list[list[str]]:
+    """The commands of docs/install.md's "Upgrade" section (its first code block), each split into words."""
+    text = (ROOT / "docs" / "install.md").read_text()
+    section = text[text.index("\n## Upgrade\n"):]
+    block = section.split("```\n", 2)[1]
+    return [line.split("#")[0].split() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def bind_volume(env: Env, namespace: str, folder: Path) -> None:
+    """A volume for the chart's artifacts claim in `namespace` (no dynamic provisioner: a pre-bound hostPath PV,
     open to the images' uid 65532, since fsGroup does not apply to hostPath)."""
-    folder = tmp_path_factory.mktemp("artifacts")
     folder.chmod(0o777)
-    env.artifacts_dir = folder
     env.kubectl("apply", "-f", "-", stdin=json.dumps({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "e2e-artifacts"},
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"e2e-artifacts-{namespace}"},
         "spec": {"capacity": {"storage": "50Gi"}, "accessModes": ["ReadWriteMany"],
                  "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(folder)},
-                 "claimRef": {"namespace": NAMESPACE, "name": "sigma0-artifacts"}}}))
+                 "claimRef": {"namespace": namespace, "name": "sigma0-artifacts"}}}))
+
+
+def load_corpus(env: Env, namespace: str, corpus: Path) -> None:
+    """docs/install.md, "Run a cycle": the corpus onto the artifacts volume through a short-lived pod."""
+    overrides = {"spec": {"securityContext": {"runAsUser": 65532, "fsGroup": 65532},
+                          "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"],
+                                          "volumeMounts": [{"name": "a", "mountPath": "/artifacts"}]}],
+                          "volumes": [{"name": "a", "persistentVolumeClaim": {"claimName": "sigma0-artifacts"}}]}}
+    env.kubectl("run", "-n", namespace, "corpus-loader", "--image=busybox:1.36", "--restart=Never",
+                f"--overrides={json.dumps(overrides)}")
+    env.kubectl("wait", "-n", namespace, "--for=condition=Ready", "pod/corpus-loader", "--timeout=120s")
+    env.kubectl("cp", str(corpus), f"{namespace}/corpus-loader:/artifacts/corpus")
+    env.kubectl("delete", "pod", "-n", namespace, "corpus-loader", "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def installed(env: Env, built: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Env:
+    """The chart installed, with a volume for its artifacts claim."""
+    env.artifacts_dir = tmp_path_factory.mktemp("artifacts")
+    bind_volume(env, NAMESPACE, env.artifacts_dir)
     env.helm("install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
              "--set", f"image.registry={registry(built)}", "--set", "image.pullPolicy=IfNotPresent",
              "--wait", "--timeout", "5m")
     return env
 
 
-def pods_of_job(env: Env, job: str) -> list[dict[str, Any]]:
-    return env.get("pods", "-n", NAMESPACE, "-l", f"job-name={job}")["items"]
+def pods_of_job(env: Env, job: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    return env.get("pods", "-n", namespace, "-l", f"job-name={job}")["items"]
+
+
+def trained_or_over(env: Env, namespace: str, name: str) -> Callable[[], dict[str, Any] | None]:
+    """The cycle's status once it trains (the step that takes longest, so an upgrade then finds it in flight)."""
+    def check() -> dict[str, Any] | None:
+        status = env.get("tc", "-n", namespace, name).get("status") or {}
+        train = ((status.get("stages") or {}).get("train") or {}).get("state")
+        return status if train in ("running", "succeeded") or status.get("phase") in ("Succeeded", "Failed") else None
+    return check
+
+
+def finished_once_each(env: Env, namespace: str, name: str) -> dict[str, Any]:
+    """The cycle's status once it ended; it must have Succeeded, with one Job per step and train on its first."""
+    def finished() -> dict[str, Any] | None:
+        status = env.get("tc", "-n", namespace, name).get("status") or {}
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    status = env.wait_for(f"cycle {name} to finish", finished, timeout=1500)
+    assert status["phase"] == "Succeeded", f"{json.dumps(status, indent=1)}\n{env.diagnostics()}"
+    steps = [job["metadata"]["labels"]["sigma0.dev/step"]
+             for job in env.get("jobs", "-n", namespace, "-l", f"sigma0.dev/cycle={name}")["items"]]
+    assert len(steps) == len(set(steps)), f"a step ran twice across the upgrade: {sorted(steps)}"
+    assert status["stages"]["train"]["attempt"] == 1
+    return status
 
 
 def test_the_operator_pod_runs_from_the_operator_image_and_becomes_ready(installed: Env,
@@ -176,33 +241,14 @@ def test_the_operator_pod_runs_from_the_operator_image_and_becomes_ready(install
 def test_a_cycle_applied_with_kubectl_runs_every_stage_from_its_image_and_is_written_to_the_release(
         installed: Env, built: dict[str, dict[str, Any]]) -> None:
     env = installed
-    # docs/install.md, "Run a cycle": the corpus onto the artifacts volume through a short-lived pod
-    overrides = {"spec": {"securityContext": {"runAsUser": 65532, "fsGroup": 65532},
-                          "containers": [{"name": "c", "image": "busybox:1.36", "command": ["sleep", "600"],
-                                          "volumeMounts": [{"name": "a", "mountPath": "/artifacts"}]}],
-                          "volumes": [{"name": "a", "persistentVolumeClaim": {"claimName": "sigma0-artifacts"}}]}}
-    env.kubectl("run", "-n", NAMESPACE, "corpus-loader", "--image=busybox:1.36", "--restart=Never",
-                f"--overrides={json.dumps(overrides)}")
-    env.kubectl("wait", "-n", NAMESPACE, "--for=condition=Ready", "pod/corpus-loader", "--timeout=120s")
-    env.kubectl("cp", str(ROOT / "examples" / "corpus"), f"{NAMESPACE}/corpus-loader:/artifacts/corpus")
-    env.kubectl("delete", "pod", "-n", NAMESPACE, "corpus-loader", "--wait=false")
-
+    load_corpus(env, NAMESPACE, ROOT / "examples" / "corpus")
     env.kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples" / "cycle.yaml"))
     name = CYCLE["metadata"]["name"]
-
-    def trained_or_over() -> dict[str, Any] | None:
-        status = env.get("tc", "-n", NAMESPACE, name).get("status") or {}
-        train = ((status.get("stages") or {}).get("train") or {}).get("state")
-        return status if train in ("running", "succeeded") or status.get("phase") in ("Succeeded", "Failed") else None
-
-    def finished() -> dict[str, Any] | None:
-        status = env.get("tc", "-n", NAMESPACE, name).get("status") or {}
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
 
     # helm upgrade with the cycle in flight (training, or generating and scoring after it): a changed value replaces
     # the operator pod (Recreate); the new operator takes the cycle up where it is, adopting its running Job instead
     # of starting another
-    in_flight = env.wait_for(f"cycle {name} to train", trained_or_over, timeout=900)
+    in_flight = env.wait_for(f"cycle {name} to train", trained_or_over(env, NAMESPACE, name), timeout=900)
     assert in_flight.get("phase") not in ("Succeeded", "Failed"), f"over before the upgrade: {in_flight}"
     before = {p["metadata"]["uid"] for p in env.get("pods", "-n", NAMESPACE, "-l", OPERATOR_PODS)["items"]}
     env.helm("upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, "--reuse-values",
@@ -212,12 +258,7 @@ def test_a_cycle_applied_with_kubectl_runs_every_stage_from_its_image_and_is_wri
     (operator_pod,) = [p for p in after if not p["metadata"].get("deletionTimestamp")]
     assert "--resync-seconds=20" in operator_pod["spec"]["containers"][0]["args"]
 
-    status = env.wait_for(f"cycle {name} to finish", finished, timeout=1500)
-    assert status["phase"] == "Succeeded", f"{json.dumps(status, indent=1)}\n{env.diagnostics()}"
-    steps = [job["metadata"]["labels"]["sigma0.dev/step"]
-             for job in env.get("jobs", "-n", NAMESPACE, "-l", f"sigma0.dev/cycle={name}")["items"]]
-    assert len(steps) == len(set(steps)), f"a step ran twice across the upgrade: {sorted(steps)}"
-    assert status["stages"]["train"]["attempt"] == 1
+    status = finished_once_each(env, NAMESPACE, name)
 
     # The gate in a gVisor pod kept exactly what the same gate keeps on this host (root, every capability, the
     # process sandbox): the same rows, byte for byte, and some of them (the corpus has good and broken rows).
@@ -302,3 +343,59 @@ def test_helm_uninstall_removes_what_the_chart_created(installed: Env) -> None:
     assert env.get("crd", "trainingcycles.sigma0.dev")["metadata"]["name"]
     assert env.get("ar", "-n", NAMESPACE, CYCLE["spec"]["release"])
     assert env.get("pvc", "-n", NAMESPACE, "sigma0-artifacts")
+
+
+def test_helm_upgrade_from_the_previous_release_with_a_cycle_in_flight(
+        installed: Env, built: dict[str, dict[str, Any]], previous: tuple[Path, dict[str, dict[str, Any]]],
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """What a platform team running the previous release does (helm/previous-release.json): its CRDs, chart and
+    images, a cycle of its own example running; then the upgrade exactly as docs/install.md gives it, CRDs first,
+    while the cycle trains. The new operator, from this tree's image, finishes the cycle without running any step
+    twice, and the steps it starts run from this tree's stage images."""
+    env = installed
+    tree, old = previous
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    assert PREVIOUS["version"] != version, "helm/previous-release.json must name the release before this one"
+    for image in old.values():
+        env.cluster.import_image(tree / image["archive"], image["ref"])
+    env.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(tree / "helm" / "sigma0" / "crds"))
+    bind_volume(env, UPGRADED, tmp_path_factory.mktemp("upgraded"))
+    env.helm("install", RELEASE, str(tree / "helm" / "sigma0"), "--namespace", UPGRADED, "--create-namespace",
+             "--set", f"image.registry={registry(old)}", "--set", "image.pullPolicy=IfNotPresent",
+             "--wait", "--timeout", "5m")
+    (pod,) = env.get("pods", "-n", UPGRADED, "-l", OPERATOR_PODS)["items"]
+    assert pod["status"]["containerStatuses"][0]["imageID"].endswith(config_digest(old["operator"], tree))
+    load_corpus(env, UPGRADED, tree / "examples" / "corpus")
+    env.kubectl("apply", "-n", UPGRADED, "-f", str(tree / "examples" / "cycle.yaml"))
+    name = yaml.safe_load((tree / "examples" / "cycle.yaml").read_text())["metadata"]["name"]
+    in_flight = env.wait_for(f"cycle {name} to train", trained_or_over(env, UPGRADED, name), timeout=900)
+    assert in_flight.get("phase") not in ("Succeeded", "Failed"), f"over before the upgrade: {in_flight}"
+    upgraded_at = env.get("tc", "-n", UPGRADED, name)["status"]["stages"].keys()
+
+    # docs/install.md, "Upgrade", word for word but for the namespace (and --wait, to look at the result)
+    upgrade = upgrade_commands()
+    assert [words[:2] for words in upgrade] == [["kubectl", "apply"], ["helm", "upgrade"]], upgrade
+    for words in upgrade:
+        args = [str(ROOT / w) if w.startswith("helm/") else UPGRADED if w == NAMESPACE else w for w in words[1:]]
+        if words[0] == "kubectl":
+            env.kubectl(*args)
+        else:
+            env.helm(*args, "--wait", "--timeout", "5m")
+
+    (pod,) = [p for p in env.get("pods", "-n", UPGRADED, "-l", OPERATOR_PODS)["items"]
+              if not p["metadata"].get("deletionTimestamp")]
+    assert pod["metadata"]["labels"]["app.kubernetes.io/version"] == version
+    assert pod["status"]["containerStatuses"][0]["imageID"].endswith(config_digest(built["operator"]))
+
+    status = finished_once_each(env, UPGRADED, name)
+    assert env.get("ar", "-n", UPGRADED, yaml.safe_load((tree / "examples" / "cycle.yaml").read_text())["spec"][
+        "release"])["spec"]["current"]["cycle"] == name
+    started_after = [step for step in status["stages"] if step not in upgraded_at]
+    assert started_after, f"no step started after the upgrade: {sorted(status['stages'])}"
+    for step in started_after:
+        (job,) = env.get("jobs", "-n", UPGRADED, "-l", f"sigma0.dev/cycle={name},sigma0.dev/step={step}")["items"]
+        pods = [p for p in pods_of_job(env, job["metadata"]["name"], UPGRADED)
+                if p["status"].get("phase") == "Succeeded"]
+        image = "trainer" if job["metadata"]["labels"]["sigma0.dev/kind"] == "gpu" else "sandbox"
+        assert pods[-1]["status"]["containerStatuses"][0]["imageID"].endswith(config_digest(built[image])), step
+    env.helm("uninstall", RELEASE, "--namespace", UPGRADED, "--wait", "--timeout", "5m")
