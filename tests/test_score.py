@@ -243,3 +243,26 @@ def test_canonical_humaneval_solutions_score_one(tmp_path: Path, sandbox: str) -
     write_completions(tmp_path, {problem.task_id: problem.canonical_solution for problem in problems})
     summary = score.run(stage_args(tmp_path, "humaneval", "--subset", "first:20", "--sandbox", sandbox))
     assert (summary["pass_at_1"], summary["passed"], summary["total"]) == (1.0, 20, 20)
+
+
+def test_a_throttled_journal_vouches_only_for_rows_it_journaled_and_a_checkpoint_journals_the_rest(
+        tmp_path: Path) -> None:
+    """Score journals at most once a second (each journal write is two fsyncs per verdict otherwise). The rows
+    appended since the last journal are not vouched for: a kill before the next checkpoint cuts them off on resume,
+    never trusting them; a checkpoint (the end of the run, or an interruption) journals them."""
+    key = b"k" * 32
+    results = tmp_path / "results.jsonl"
+    journal = Journal(results, key, every_seconds=3600)
+    journal.append({"task_id": "a"})  # the first append journals (nothing journaled yet)
+    journal.append({"task_id": "b"})
+    journal.append({"task_id": "c"})
+    killed = Journal(results, key)
+    assert [r.data["task_id"] for r in killed.resume()[0]] == ["a"], "b and c were never journaled"
+    assert results.read_text().count("\n") == 1, "the unjournaled rows are cut off"
+
+    journal = Journal(results, key, every_seconds=3600)
+    journal.resume()
+    for task in ("b", "c"):
+        journal.append({"task_id": task})
+    journal.checkpoint()
+    assert [r.data["task_id"] for r in Journal(results, key).resume()[0]] == ["a", "b", "c"]

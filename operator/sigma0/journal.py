@@ -3,13 +3,15 @@ only the rows it can prove an earlier run of the same step wrote.
 
 A candidate that runs in a sandbox pod can write where that pod writes: it could plant a results file for a later
 score step, or completions for generate, with rows that lower the incumbent's pass@1. So `<file>.journal`, rewritten
-atomically after every append, holds the length of the file as the stage left it, the sha256 of those bytes (a
-running digest, updated as rows are appended) and an HMAC of both under the step's resume key: random, made by the
-executor when the step first starts, kept in the cycle's record and given to the stage as SIGMA0_RESUME_KEY, so no
-stage that ran before it can know it. On resume, the file's first bytes must have the journal's digest and the HMAC
-must hold; whatever follows (a row cut off by a kill, a row appended after the last journal write) is cut off. Any
-other file (no journal, another key, other bytes) proves nothing: it is set aside as `<file>.untrusted`, for a
-person to look at, and the output is started over.
+atomically after every append (or, with `every_seconds`, at most that often and at every `checkpoint`: score
+journals once a second and when its run ends or is interrupted, so that a kill costs at most a second of verdicts),
+holds the length of the file as the stage left it, the sha256 of those bytes (a running digest, updated as rows are
+appended) and an HMAC of both under the step's resume key: random, made by the executor when the step first starts,
+kept in the cycle's record and given to the stage as SIGMA0_RESUME_KEY, so no stage that ran before it can know it.
+On resume, the file's first bytes must have the journal's digest and the HMAC must hold; whatever follows (a row cut
+off by a kill, a row appended after the last journal write) is cut off. Any other file (no journal, another key,
+other bytes) proves nothing: it is set aside as `<file>.untrusted`, for a person to look at, and the output is
+started over.
 
 A stage run by hand has no key: the HMAC's key is then empty, and the journal only shows that the file was not cut
 short or edited by accident.
@@ -21,6 +23,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +51,15 @@ def encode_row(row: dict[str, Any]) -> bytes:
 class Journal:
     """`<path>.journal` for the JSONL file at `path`. Call `resume` once, then `append` rows (or `rewrite` them)."""
 
-    def __init__(self, path: str | os.PathLike[str], key: bytes) -> None:
+    def __init__(self, path: str | os.PathLike[str], key: bytes, every_seconds: float = 0.0) -> None:
         self.path = Path(path)
         self.journal = self.path.with_name(self.path.name + ".journal")
         self.key = key
+        self.every_seconds = every_seconds  # 0: journal every append
         self._digest = hashlib.sha256()
         self._size = 0
+        self._journaled_size = -1
+        self._journaled_at = float("-inf")
 
     def _mac(self, size: int, digest: str) -> str:
         return mac(self.key, self.path.name, str(size), digest)
@@ -108,15 +114,22 @@ class Journal:
         self.journal.unlink(missing_ok=True)
 
     def append(self, row: dict[str, Any]) -> None:
-        """Append one row and flush it to disk, then journal it."""
+        """Append one row, and journal it (`checkpoint`) unless the last journal is younger than `every_seconds`."""
         line = encode_row(row)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab") as handle:
             handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
         self._digest.update(line)
         self._size += len(line)
+        if time.monotonic() - self._journaled_at >= self.every_seconds:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Flush the rows appended since the last journal to disk, then journal them: a resumed run keeps them."""
+        if self._size == self._journaled_size:
+            return
+        with open(self.path, "ab") as handle:
+            os.fsync(handle.fileno())
         self._write_journal()
 
     def rewrite(self, rows: list[dict[str, Any]]) -> None:
@@ -132,3 +145,4 @@ class Journal:
     def _write_journal(self) -> None:
         digest = "sha256:" + self._digest.hexdigest()
         write_json_atomic(self.journal, {"bytes": self._size, "digest": digest, "mac": self._mac(self._size, digest)})
+        self._journaled_size, self._journaled_at = self._size, time.monotonic()

@@ -34,6 +34,7 @@ from sigma0.stages import StageInputError
 from sigma0.suites import Problem, Subset, load_suite
 
 DETAIL_CHARS = 300
+JOURNAL_SECONDS = 1.0  # how often the results' journal is rewritten (sigma0.journal): at most a second is redone
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except (ValueError, SandboxUnavailable) as error:
         raise StageInputError(str(error)) from error
     completions = read_completions(args.completions, args.suite, task_ids)
-    journal = Journal(args.output, resume_key())
+    journal = Journal(args.output, resume_key(), every_seconds=JOURNAL_SECONDS)
     records, untrusted = journal.resume()
     if untrusted is not None:
         print(f"score: {untrusted}; set aside, scoring every problem again", file=sys.stderr)
@@ -80,21 +81,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     results = dict(done)
     runnable = []
-    for problem in todo:
-        completion = completions.get(problem.task_id)
-        if completion is None:
-            row = result_row(problem.task_id, None, Reason.MISSING_COMPLETION, f"no completion in {args.completions}")
+    try:
+        for problem in todo:
+            completion = completions.get(problem.task_id)
+            if completion is None:
+                row = result_row(problem.task_id, None, Reason.MISSING_COMPLETION,
+                                 f"no completion in {args.completions}")
+                journal.append(row)
+                results[problem.task_id] = row
+            else:
+                runnable.append(program_for(problem, completion))
+        verdicts = run_programs(runnable, sandbox=settings.sandbox, workers=settings.workers,
+                                timeout=settings.timeout, limits=settings.limits)
+        for verdict in verdicts:
+            row = result_row(verdict.id, completions[verdict.id], verdict.reason, verdict.detail)
             journal.append(row)
-            results[problem.task_id] = row
-        else:
-            runnable.append(program_for(problem, completion))
-    verdicts = run_programs(
-        runnable, sandbox=settings.sandbox, workers=settings.workers, timeout=settings.timeout, limits=settings.limits
-    )
-    for verdict in verdicts:
-        row = result_row(verdict.id, completions[verdict.id], verdict.reason, verdict.detail)
-        journal.append(row)
-        results[verdict.id] = row
+            results[verdict.id] = row
+    finally:  # an interrupted run keeps every verdict it has; a killed one all but its last second's
+        journal.checkpoint()
     journal.rewrite(list(results.values()))  # the rows this run holds, in the order they were written
 
     ordered = [results[problem.task_id] for problem in problems]
