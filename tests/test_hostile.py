@@ -7,16 +7,21 @@ themselves are tested in tests/test_sandbox.py; this file is about what a candid
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import select
 import shutil
+import signal
+import time
+from pathlib import Path
 
 import pytest
 from hostile.corpus import CASES, Case
 from hostile.run import TIMEOUT, Batch, run_corpus
 
-from sigma0.sandbox import Reason
+from sigma0.sandbox import Limits, Program, Reason, runner
 
 WORKERS = 2
 IN_TEST = [c for c in CASES if c.in_test]
@@ -102,3 +107,69 @@ def test_a_process_hopping_through_the_cleanup_cannot_stall_the_worker(sandbox: 
     }, [outcome.verdict for outcome in batch.outcomes.values() if not outcome.verdict.passed]
     assert all(outcome.contained for outcome in batch.outcomes.values())
     assert batch.lingering == []
+
+
+FREEZER = Path("/sys/fs/cgroup/freezer")
+
+
+def test_a_worker_whose_run_leaves_a_process_no_kill_can_end_stops_instead_of_running_the_next_job(
+        tmp_path: Path) -> None:
+    """The cleanup after a run kills the slot user's processes until none is left. One that no SIGKILL can end (here
+    frozen by a cgroup v1 freezer: a frozen task keeps a SIGKILL pending until it is thawed, as a task in an
+    uninterruptible sleep does) would share the worker with the next candidate. After LEFTOVER_SECONDS of kills the
+    worker ends instead (LeftoversSurvived), without a verdict for that run and without starting the next job; the
+    runner then reruns both in a fresh lane."""
+    if os.geteuid() != 0 or not (FREEZER / "tasks").exists():
+        pytest.fail("needs root and the cgroup v1 freezer (this machine and CI have both)", pytrace=False)
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    leaver = Program(
+        id="leaver", checks=("f() == 1",), labels=("f() == 1",), function="f",
+        code=(f"import os, time\ndef f():\n    pid = os.fork()\n    if pid == 0:\n"
+              f"        open({str(shared / 'pid')!r}, 'w').write(str(os.getpid()))\n"
+              "        time.sleep(120)\n        os._exit(0)\n"
+              f"    while not os.path.exists({str(shared / 'frozen')!r}):\n        time.sleep(0.01)\n"
+              "    return 1\n"))
+    follower = Program(id="follower", code="def g():\n    return 2\n", checks=("g() == 2",), labels=("g() == 2",),
+                       function="g")
+    group = FREEZER / f"sigma0-test-{os.getpid()}"
+    group.mkdir()
+    lane = runner._Lane(runner.worker_command("process"), runner.lane_config(30, Limits()), runner.WORKER_ENV)
+    frozen: int | None = None
+    try:
+        for key, program in (("0", leaver), ("1", follower)):
+            lane.inside.add(key)
+            assert lane.send({"key": key, **program.job()})
+        deadline = time.monotonic() + 30
+        while not (shared / "pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        frozen = int((shared / "pid").read_text())
+        (group / "tasks").write_text(str(frozen))
+        (group / "freezer.state").write_text("FROZEN")
+        (shared / "frozen").touch()
+        started = time.monotonic()
+        verdicts: list[dict] = []
+        while True:
+            readable, _, _ = select.select([lane.fd], [], [], 30)
+            assert readable, "the worker neither answered nor ended"
+            messages = lane.read()
+            if messages is None:
+                break
+            verdicts += messages
+        ended = time.monotonic() - started
+        assert verdicts == [], "no verdict for the run it could not clean up, and the next job never ran"
+        assert lane.process.wait(timeout=10) != 0
+        assert "LeftoversSurvived: 1 processes of a run outlived" in lane.stderr_tail()
+        assert ended >= 4.5, f"the worker gave up after {ended:.1f} s, before its kills had a chance"
+    finally:
+        if frozen is not None:
+            (group / "freezer.state").write_text("THAWED")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while (group / "tasks").read_text().strip() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        group.rmdir()
+        lane.close(wait=True)

@@ -287,6 +287,15 @@ class _Lane:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def lane_config(timeout: float, limits: Limits) -> dict[str, Any]:
+    """A new lane's configuration line. A fresh range of user ids per lane, so that lanes and concurrent batches never
+    share one; the token marks the worker's own lines: a candidate that writes to the worker's stdout blindly is
+    caught."""
+    uid_base = UID_FLOOR + secrets.randbelow(UID_RANGES) * SLOTS_PER_LANE
+    return {"uid_base": uid_base, "token": secrets.token_hex(16), "timeout": timeout,
+            "limits": limits.for_worker(timeout)}
+
+
 def run_programs(
     programs: Iterable[Program],
     *,
@@ -319,17 +328,6 @@ def run_programs(
     silence = timeout + 30.0
     finished = False
 
-    def config() -> dict[str, Any]:
-        # A fresh range of user ids per lane, so that lanes and concurrent batches never share one.
-        # The token marks the worker's own lines: a candidate that writes to the worker's stdout blindly is caught.
-        uid_base = UID_FLOOR + secrets.randbelow(UID_RANGES) * SLOTS_PER_LANE
-        return {
-            "uid_base": uid_base,
-            "token": secrets.token_hex(16),
-            "timeout": timeout,
-            "limits": limits.for_worker(timeout),
-        }
-
     # The batch's runsc state, in a folder of its own rather than /var/run/runsc or /tmp (see the module's docstring).
     root = tempfile.mkdtemp(prefix="sigma0-runsc-") if kind == "gvisor" else None
     env = WORKER_ENV if root is None else {**WORKER_ENV, "TMPDIR": root}
@@ -341,7 +339,7 @@ def run_programs(
                     lane.close(wait=True)
                     lane = lanes[index] = None
                 if lane is None and queue:
-                    lane = lanes[index] = _Lane(command, config(), env)
+                    lane = lanes[index] = _Lane(command, lane_config(timeout, limits), env)
                 while lane is not None and queue and len(lane.inside) < 2 * SLOTS_PER_LANE:
                     if lane.inside and (deaths[queue[0]] or any(deaths[key] for key in lane.inside)):
                         break  # a job that was in a dying worker runs alone, so a second death is its own
