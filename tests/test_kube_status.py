@@ -74,6 +74,27 @@ def test_the_record_survives_a_round_trip_through_the_status() -> None:
     assert status.read_record(rendered(failed)) == failed
 
 
+def test_complete_and_suspended_conditions_follow_a_jobs_convention() -> None:
+    """Complete (True once the cycle succeeded, for good) and Suspended (True while spec.suspend holds it), as a
+    batch/v1 Job and a JobSet report them, beside Ready, Failed and the stage conditions."""
+    def conditions_of(record: status.CycleRecord, situation: status.Situation | None = None) -> dict[str, Any]:
+        found = rendered(record, situation)
+        assert_fits_the_crd(found)
+        return {kind: (c["status"], c["reason"]) for kind, c in by_type(found).items()
+                if kind in ("Complete", "Suspended", "Failed")}
+
+    published = {"outcome": "Rejected", "reason": "a tie", "revision": 4, "uri": "/artifacts/c/adapter"}
+    assert conditions_of(record_after(ORDER, published=published)) == {
+        "Complete": ("True", "Rejected"), "Suspended": ("False", "NotSuspended"), "Failed": ("False", "NoFailure")}
+    running = conditions_of(record_after(ORDER[:3], running="train"))
+    assert running["Complete"][0] == "False" and running["Suspended"] == ("False", "NotSuspended")
+    suspended = conditions_of(record_after(ORDER[:3], running="train"), status.Situation(suspended=True))
+    assert suspended["Suspended"] == ("True", "Suspended") and suspended["Complete"][0] == "False"
+    failed = conditions_of(status.CycleRecord(failure=("DeadlineExceeded", "too slow")))
+    assert failed == {"Complete": ("False", "DeadlineExceeded"), "Suspended": ("False", "NotSuspended"),
+                      "Failed": ("True", "DeadlineExceeded")}
+
+
 def test_a_finished_promotion_shows_every_figure_the_columns_need() -> None:
     published = {"outcome": "Promoted", "reason": "candidate wins", "revision": 5, "uri": "/artifacts/c/adapter"}
     found = rendered(record_after(ORDER, published=published))

@@ -40,7 +40,7 @@ GROUPS: dict[str, tuple[str, ...]] = {  # condition type → the stages (Step.st
     "Evaluated": ("generate", "score"),
     "Decided": ("decide",),
 }
-CONDITION_TYPES = (*GROUPS, "Ready", "Failed")
+CONDITION_TYPES = (*GROUPS, "Ready", "Complete", "Suspended", "Failed")  # Complete, Suspended, Failed: as a Job's
 
 
 @dataclass(frozen=True)
@@ -360,6 +360,17 @@ def conditions(spec: CycleSpec, record: CycleRecord, layout: plan.Layout, curren
     else:
         found.append(_condition("Ready", "False", current.reason if current.phase != plan.PHASE_FAILED
                                 else "Failed", current.message))
+    if current.phase == plan.PHASE_SUCCEEDED:  # a Job's and JobSet's convention: True once it succeeded, for good
+        found.append(_condition("Complete", "True", current.reason, current.message))
+    else:
+        found.append(_condition("Complete", "False", current.reason, current.message))
+    if current.phase == PHASE_SUSPENDED:
+        found.append(_condition("Suspended", "True", PHASE_SUSPENDED, current.message))
+    elif spec.suspend:
+        found.append(_condition("Suspended", "False", "NotSuspended",
+                                f"spec.suspend is set, but the cycle is {current.phase}: there is nothing to suspend"))
+    else:
+        found.append(_condition("Suspended", "False", "NotSuspended", "spec.suspend is false"))
     if current.phase == plan.PHASE_FAILED:
         found.append(_condition("Failed", "True", current.reason, current.message))
     else:
