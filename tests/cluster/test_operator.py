@@ -604,6 +604,7 @@ def test_suspending_a_running_stage_suspends_its_job_and_the_job_controller_stop
                                                    {"spec": {"suspend": True}})
     found = wait_for(platform, ns, "Suspended", phase_is(platform, ns, "held", "Suspended"))
     assert "during harvest" in found["message"]
+    assert condition(found, "Suspended")["status"] == "True" and condition(found, "Complete")["status"] == "False"
     wait_for(platform, ns, "the Job controller to remove the pod", lambda: not pods(), timeout=60)
 
     def suspended_condition() -> bool:
@@ -615,7 +616,9 @@ def test_suspending_a_running_stage_suspends_its_job_and_the_job_controller_stop
     second = wait_for(platform, ns, "a new pod after the resume", pods, timeout=60)
     assert {p.metadata.name for p in second}.isdisjoint({p.metadata.name for p in first})
     assert [j.metadata.name for j in jobs_of(platform, ns, "held")] == ["held-harvest-1"]  # the same Job
-    assert status(platform, ns, "held")["phase"] == "Harvesting"
+    resumed = status(platform, ns, "held")
+    assert resumed["phase"] == "Harvesting"
+    assert condition(resumed, "Suspended")["status"] == "False"
 
 
 @pytest.mark.slow
@@ -836,6 +839,9 @@ def test_a_dry_run_reports_what_would_train_runs_no_job_beyond_dataset_and_never
         assert (said["status"], said["reason"]) == ("False", "Skipped") and "a dry run" in said["message"]
     assert condition(found, "Ready")["reason"] == "DryRun"
     assert "would train on" in condition(found, "Ready")["message"]
+    assert (condition(found, "Complete")["status"], condition(found, "Complete")["reason"]) == ("True", "DryRun")
+    waited = platform.cluster.kubectl("wait", "--for=condition=Complete", "tc/dry-run", "-n", ns, "--timeout=10s")
+    assert waited.returncode == 0, waited.stderr  # as for a Job
     rows = {row["NAME"]: row for row in table(platform.cluster.kubectl("get", "tc", "-n", ns).stdout)}
     assert (rows["dry-run"]["PHASE"], rows["dry-run"]["DECISION"]) == ("Succeeded", "DryRun")
 
