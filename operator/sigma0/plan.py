@@ -285,10 +285,6 @@ def steps(spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
     return _presigned(plan, spec, state, layout)
 
 
-def presign_step_name(step: str) -> str:
-    return f"presign-{step}"
-
-
 def _presigned(plan: list[Step], spec: CycleSpec, state: CycleState, layout: Layout) -> list[Step]:
     """With `layout.presigned`, a trusted `presign` step (plain: it holds the store's credentials) before each
     sandbox step, and the sandbox step with `--presigned URL`, the URL of the map its presign step wrote. The URLs
@@ -301,7 +297,7 @@ def _presigned(plan: list[Step], spec: CycleSpec, state: CycleState, layout: Lay
         if step.kind != "sandbox":
             found.append(step)
             continue
-        name = presign_step_name(step.name)
+        name = f"presign-{step.name}"
         command = ["presign", "--map", layout.at("presign", f"{step.name}.json"), "--writes", step.writes or "",
                    "--expires-in", str(expires), "--", *step.argv[2:]]
         url = str(state.steps.get(name, StepResult("running")).summary.get("url", ""))

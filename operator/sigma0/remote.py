@@ -43,7 +43,7 @@ import shutil
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -221,16 +221,24 @@ def staged(argv: Sequence[str], scratch: Path) -> Iterator[tuple[str, ...]]:
         yield tuple(argv)
         return
     before = pull(copies.copies)
+    with _then_push(copies, lambda: push(copies.copies, before)) as local_argv:
+        yield local_argv
+
+
+@contextmanager
+def _then_push(copies: Copies, push_back: Callable[[], list[str]]) -> Iterator[tuple[str, ...]]:
+    """After the downloads: hold the credentials, run the stage on the local copies, and upload what it wrote, also
+    when it failed (a resumable stage keeps its progress; the stage's own error is the one to report)."""
     hold_credentials()
     try:
         yield copies.argv
     except BaseException:
-        try:  # keep a resumable stage's progress; the stage's own error is the one to report
-            push(copies.copies, before)
+        try:
+            push_back()
         except RemoteError as error:
             print(f"sigma0: {error}", file=sys.stderr)
         raise
-    push(copies.copies, before)
+    push_back()
 
 
 # Presigned URLs: stages that run untrusted code hold no credentials ------------------------------------------------
@@ -241,22 +249,28 @@ def _is_under(uri: str, folder: str) -> bool:
     return uri == folder or uri.startswith(folder + "/")
 
 
-def presign(argv: Sequence[str], writes: str, expires_in: int, scratch: Path) -> dict[str, Any]:
+class CannotPresign(RemoteError):
+    """The store, or the validity asked for, cannot give presigned URLs: bad input, which no retry mends."""
+
+
+def presign(argv: Sequence[str], writes: str, expires_in: int, scratch: Path, map_uri: str) -> dict[str, Any]:
     """The presigned-URL map for a stage command line (`argv`, as the plan wrote it, remote URIs and all): a GET
     URL for every file of each remote argument that exists now (a folder's files by relative path, "." for a file)
     and for the journal beside it; a PUT URL, for the argument and its journal, only where the argument is under
-    `writes` (the step's one output folder). Runs where the credentials are (`sigma0 stage presign`)."""
+    `writes` (the step's one output folder). `map_uri`, where the map goes, must be in a store that signs too.
+    Runs where the credentials are (`sigma0 stage presign`)."""
     from sigma0.plan import MAX_PRESIGN_SECONDS, PRESIGNED_PROTOCOLS  # the rules (plan imports the schema: not here)
 
     if not 0 < expires_in <= MAX_PRESIGN_SECONDS:
-        raise RemoteError(f"presigned URLs can last 1 to {MAX_PRESIGN_SECONDS} s, not {expires_in}")
+        raise CannotPresign(f"presigned URLs last 1 to {MAX_PRESIGN_SECONDS} s, not {expires_in}")
     copies = plan_copies(argv, scratch).copies
+    unsignable = [uri for uri in [*(copy.uri for copy in copies), map_uri]
+                  if protocol_of(uri) not in PRESIGNED_PROTOCOLS]
+    if unsignable:
+        raise CannotPresign(f"cannot presign {', '.join(unsignable)}: only an s3:// store can hand a stage "
+                            "presigned URLs, and a stage that runs untrusted code gets no credentials")
     entries: dict[str, dict[str, Any]] = {}
     for copy in copies:
-        protocol = protocol_of(copy.uri)
-        if protocol not in PRESIGNED_PROTOCOLS:
-            raise RemoteError(f"cannot presign {copy.uri}: only s3:// stores can hand a stage presigned URLs, and a "
-                              "stage that runs untrusted code gets no credentials")
         try:
             filesystem, path = _signer(copy.uri)
 
@@ -276,8 +290,6 @@ def presign(argv: Sequence[str], writes: str, expires_in: int, scratch: Path) ->
                 "put": url(path, "put_object") if writable else None,
                 "journal_put": url(path + JOURNAL, "put_object") if writable else None,
             }
-        except RemoteError:
-            raise
         except Exception as error:
             raise RemoteError(f"cannot presign {copy.uri}: {error}") from error
     expires_at = datetime.now(UTC) + timedelta(seconds=expires_in)
@@ -383,13 +395,6 @@ def presigned_staged(argv: Sequence[str], scratch: Path, map_url: str) -> Iterat
     copies = plan_copies(argv, scratch)
     presigned = fetch_presigned_map(map_url)
     before = pull_presigned(copies.copies, presigned.get("copies") or {})
-    hold_credentials()  # nothing to hold but the URLs in this process's memory: non-dumpable keeps them there
-    try:
-        yield copies.argv
-    except BaseException:
-        try:
-            push_presigned(copies.copies, before, presigned)
-        except RemoteError as error:
-            print(f"sigma0: {error}", file=sys.stderr)
-        raise
-    push_presigned(copies.copies, before, presigned)
+    # no credentials to hold, but non-dumpable keeps the URLs in this process's memory out of a candidate's reach
+    with _then_push(copies, lambda: push_presigned(copies.copies, before, presigned)) as local_argv:
+        yield local_argv

@@ -21,7 +21,7 @@ from typing import Any
 
 import fsspec
 
-from sigma0 import plan, remote
+from sigma0 import remote
 from sigma0.stages import StageInputError
 
 HANDLES_STORE = True  # sigma0.cli: run it on its arguments as they are, not on local copies
@@ -46,16 +46,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         command = command[1:]
     if not command:
         raise StageInputError("no command to presign: give the sandbox step's stage and arguments after --")
-    if not 0 < args.expires_in <= plan.MAX_PRESIGN_SECONDS:
-        raise StageInputError(f"--expires-in {args.expires_in}: presigned URLs last 1 to "
-                              f"{plan.MAX_PRESIGN_SECONDS} s")
-    with tempfile.TemporaryDirectory(prefix="sigma0-presign-") as scratch:
-        unsignable = [copy.uri for copy in remote.plan_copies([*command, args.map], Path(scratch)).copies
-                      if remote.protocol_of(copy.uri) not in plan.PRESIGNED_PROTOCOLS]
-        if unsignable:
-            raise StageInputError(f"cannot presign {', '.join(unsignable)}: only an s3:// store can hand a stage "
-                                  "presigned URLs, and a stage that runs untrusted code gets no credentials")
-        presigned = remote.presign(command, args.writes, args.expires_in, Path(scratch))  # a RemoteError: exit 1
+    try:
+        with tempfile.TemporaryDirectory(prefix="sigma0-presign-") as scratch:
+            presigned = remote.presign(command, args.writes, args.expires_in, Path(scratch), args.map)
+    except remote.CannotPresign as error:  # any other RemoteError is the store's, and a retry may mend it: exit 1
+        raise StageInputError(str(error)) from error
     with fsspec.open(args.map, "w") as handle:
         json.dump(presigned, handle, indent=1, sort_keys=True)
     url = remote.presign_map_url(args.map, args.expires_in)
