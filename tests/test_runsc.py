@@ -9,6 +9,7 @@ scripts/build-gvisor.sh itself with a stand-in `go` command, and the gvisor-mark
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -123,7 +124,7 @@ def test_the_cache_is_where_the_build_script_puts_it(tmp_path: Path) -> None:
 
 
 def use(monkeypatch: pytest.MonkeyPatch, place: dict[str, str]) -> None:
-    for name in ("SIGMA0_RUNSC", "SIGMA0_RUNSC_PLATFORM", "XDG_CACHE_HOME"):
+    for name in ("SIGMA0_RUNSC", "SIGMA0_RUNSC_PLATFORM", "SIGMA0_PIN_LANES", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     for name, value in place.items():
         monkeypatch.setenv(name, value)
@@ -147,11 +148,32 @@ def test_the_worker_command_and_the_reports_name_the_runsc_and_platform(
         "path": str(built), "platform": "systrap", "origin": "sigma0's build", "version": "v0.0.0-pinned"
     }  # fmt: skip
     assert "--platform=systrap" in settings.describe()
+    assert settings.to_dict()["pinned"] is True and "each pinned to a CPU" in settings.describe()
+    monkeypatch.setenv("SIGMA0_PIN_LANES", "off")
+    assert options.from_args(args).to_dict()["pinned"] is False
+    assert "pinned to a CPU" not in options.from_args(args).describe()
+    monkeypatch.setenv("SIGMA0_PIN_LANES", "no")
+    with pytest.raises(SandboxUnavailable, match="SIGMA0_PIN_LANES='no'"):
+        options.from_args(args)
+    monkeypatch.delenv("SIGMA0_PIN_LANES")
     monkeypatch.setenv("SIGMA0_RUNSC_PLATFORM", "ptrace")
     assert options.from_args(args).to_dict()["runsc"]["platform"] == "ptrace"
-    assert options.from_args(argparse.Namespace(**{**vars(args), "sandbox": "process"})).to_dict()["runsc"] is None
+    process = options.from_args(argparse.Namespace(**{**vars(args), "sandbox": "process"})).to_dict()
+    assert process["runsc"] is None and process["pinned"] is False
     with pytest.raises(ValueError, match="--root"):
         worker_command("gvisor")
+
+
+def test_gvisor_lanes_are_pinned_to_the_cpus_this_process_may_use_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SIGMA0_PIN_LANES", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 3})
+    assert runner.lane_cpus("gvisor", 5) == [3, 5, 3, 5, 3]
+    assert runner.lane_cpus("process", 2) == [None, None]  # pinning bought the process sandbox nothing
+    monkeypatch.setenv("SIGMA0_PIN_LANES", "off")
+    assert runner.lane_cpus("gvisor", 2) == [None, None]
+    monkeypatch.setenv("SIGMA0_PIN_LANES", "1")
+    with pytest.raises(SandboxUnavailable, match="use on"):
+        runner.lane_cpus("gvisor", 2)
 
 
 def test_without_any_runsc_auto_is_process_and_gvisor_is_refused(
@@ -260,3 +282,51 @@ def test_a_runsc_that_runs_systrap_is_recorded_and_then_used(monkeypatch: pytest
     assert verdicts["slow"].passed and verdicts["ok"].passed and not verdicts["bad"].passed
     assert inside, "runsc do kept its state elsewhere"
     assert len(roots) == 1 and not Path(roots[0]).exists()
+
+
+def _allowed_cpus(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+
+
+@pytest.mark.gvisor
+@pytest.mark.skipif(os.geteuid() != 0 or REAL_BUILD is None, reason="needs root and scripts/build-gvisor.sh's build")
+@pytest.mark.parametrize("pin", ["on", "off"])
+def test_every_process_of_a_lanes_sandbox_runs_on_the_lanes_one_cpu(
+    monkeypatch: pytest.MonkeyPatch, pin: str
+) -> None:
+    """runsc, its sentry, gofer and systrap stubs: all of a lane's host processes are pinned to its CPU, and the two
+    lanes to different CPUs; with SIGMA0_PIN_LANES=off they may run anywhere this process may."""
+    monkeypatch.setenv("SIGMA0_PIN_LANES", pin)
+    monkeypatch.delenv("SIGMA0_RUNSC", raising=False)
+    monkeypatch.delenv("SIGMA0_RUNSC_PLATFORM", raising=False)
+    roots: list[str] = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recording(prefix: str) -> str:
+        folder = mkdtemp(prefix=prefix)
+        if prefix == "sigma0-runsc-":
+            roots.append(folder)
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording)
+    slow = "import time\ndef f():\n    time.sleep(2)\n    return 7\n"
+    programs = [from_asserts("ok", "f", "def f(): return 7", ["assert f() == 7"]),
+                from_asserts("slow-1", "f", slow, ["assert f() == 7"]),
+                from_asserts("slow-2", "f", slow, ["assert f() == 7"])]  # fmt: skip
+    seen: dict[int, str] = {}
+    for verdict in run_programs(programs, sandbox="gvisor", workers=2, timeout=10, limits=Limits()):
+        assert verdict.passed, verdict
+        if not seen:  # both lanes are still busy with a slow one
+            for entry in Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    with contextlib.suppress(OSError):
+                        if roots[0].encode() in (entry / "cmdline").read_bytes():
+                            seen[int(entry.name)] = _allowed_cpus(int(entry.name))
+    ours = sorted(os.sched_getaffinity(0))
+    assert len(seen) >= 4, seen  # at least runsc and its sentry, per lane
+    if pin == "off":
+        assert set(seen.values()) == {_allowed_cpus(os.getpid())}
+    else:
+        assert all(cpus.isdigit() for cpus in seen.values()), seen  # one CPU each
+        assert {int(cpus) for cpus in seen.values()} == set(ours[:2]), seen

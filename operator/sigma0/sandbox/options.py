@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from sigma0.sandbox.limits import Limits
-from sigma0.sandbox.runner import SANDBOXES, Runsc, default_workers, describe_sandbox, find_runsc, resolve_sandbox
+from sigma0.sandbox.runner import (
+    SANDBOXES,
+    Runsc,
+    default_workers,
+    describe_sandbox,
+    find_runsc,
+    pin_lanes,
+    resolve_sandbox,
+)
 
 
 @dataclass(frozen=True)
@@ -17,6 +25,7 @@ class Settings:
     timeout: float
     limits: Limits
     runsc: Runsc | None = None  # under gVisor: which runsc, on which platform (runner.find_runsc)
+    pinned: bool = False  # under gVisor: each lane's sandbox pinned to a CPU of its own (runner.lane_cpus)
 
     def describe(self) -> str:
         return f"sandbox {describe_sandbox(self.sandbox)}, {self.workers} workers, timeout {self.timeout:g} s"
@@ -28,6 +37,7 @@ class Settings:
             "timeout": self.timeout,
             "limits": self.limits.for_worker(self.timeout),
             "runsc": None if self.runsc is None else self.runsc.to_dict(),
+            "pinned": self.pinned,
         }
 
 
@@ -58,4 +68,5 @@ def from_args(args: argparse.Namespace) -> Settings:
         timeout=args.timeout,
         limits=Limits(memory_mb=args.memory_mb),
         runsc=find_runsc() if sandbox == "gvisor" else None,
+        pinned=sandbox == "gvisor" and pin_lanes(),
     )

@@ -6,13 +6,14 @@ for the whole batch (a fresh interpreter per candidate inside gVisor costs ~3.5x
 one worker with several children: a fork inside gVisor's ptrace platform costs the forking process ~12 ms, so the
 children of one worker would queue behind each other's forks. Which runsc, on which platform P (find_runsc): the
 static build of a current gVisor that scripts/build-gvisor.sh caches, on systrap, when that script recorded that it
-runs here; else the runsc on PATH (Debian's, 2022, which has no systrap) on ptrace. Every batch's sandboxes keep
-their state in a folder of their own, removed when the batch ends: it is their --root and their TMPDIR, since `runsc
-do` (Debian's and the current one alike) keeps its state, and the bind mount that pins its gofers' empty network
-namespace, in a runsc-do* folder under TMPDIR whatever --root says. `runsc do` shows the host filesystem read-only
-under a tmpfs overlay, so jobs and verdicts travel over the worker's stdin and stdout. (The `gvisor` PyPI bindings
-start a sandbox and `exec` commands in it, but `Sandbox.exec` returns a command's output only when it ends, so a
-streaming worker does not fit it.) `process` runs the same worker without runsc.
+runs here; else the runsc on PATH (Debian's, 2022, which has no systrap) on ptrace. Each lane's sandbox is pinned to
+a CPU of its own (lane_cpus), where its judge and child hand over to each other without waking another CPU. Every
+batch's sandboxes keep their state in a folder of their own, removed when the batch ends: it is their --root and
+their TMPDIR, since `runsc do` (Debian's and the current one alike) keeps its state, and the bind mount that pins
+its gofers' empty network namespace, in a runsc-do* folder under TMPDIR whatever --root says. `runsc do` shows the
+host filesystem read-only under a tmpfs overlay, so jobs and verdicts travel over the worker's stdin and stdout.
+(The `gvisor` PyPI bindings start a sandbox and `exec` commands in it, but `Sandbox.exec` returns a command's output
+only when it ends, so a streaming worker does not fit it.) `process` runs the same worker without runsc.
 
 If a worker dies or stops answering, the candidates that were inside it are run again, each alone in a new one; a
 candidate that was inside two dead workers gets `sandbox_error`. So no single candidate can stop the batch, and
@@ -35,7 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -164,7 +165,8 @@ def describe_sandbox(kind: str) -> str:
         runsc = find_runsc()
         if runsc is None:
             return "gvisor (no runsc found)"
-        return f"gvisor ({runsc.describe()}; `runsc {' '.join(RUNSC_FLAGS)} do`, one sandbox and warm worker per lane)"
+        lanes = "one sandbox and warm worker per lane" + (", each pinned to a CPU" if pin_lanes() else "")
+        return f"gvisor ({runsc.describe()}; `runsc {' '.join(RUNSC_FLAGS)} do`, {lanes})"
     return "process (no gVisor: rlimits, own process group and user per candidate, one warm worker per lane)"
 
 
@@ -192,7 +194,7 @@ class _Untrustworthy(Exception):
 class _Lane:
     """One worker process (one sandbox under gVisor) and the jobs it holds."""
 
-    def __init__(self, command: list[str], config: dict[str, Any], env: dict[str, str]) -> None:
+    def __init__(self, command: list[str], config: dict[str, Any], env: dict[str, str], cpu: int | None = None) -> None:
         self.command = command
         self.token = config["token"]
         # The runs' folders live here; made and removed on this side, so that a worker killed outside gVisor (whose
@@ -208,6 +210,7 @@ class _Lane:
             cwd="/",
             start_new_session=True,
             bufsize=0,
+            preexec_fn=None if cpu is None else partial(os.sched_setaffinity, 0, (cpu,)),
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin = self.process.stdin
@@ -296,6 +299,28 @@ def lane_config(timeout: float, limits: Limits) -> dict[str, Any]:
             "limits": limits.for_worker(timeout)}
 
 
+def pin_lanes(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether gVisor lanes are pinned (lane_cpus): yes unless SIGMA0_PIN_LANES=off, which the benchmarks use to
+    measure what pinning buys."""
+    value = (os.environ if environ is None else environ).get("SIGMA0_PIN_LANES", "on")
+    if value not in ("on", "off"):
+        raise SandboxUnavailable(f"SIGMA0_PIN_LANES={value!r}: use on (the default) or off")
+    return value == "on"
+
+
+def lane_cpus(kind: str, lanes: int) -> list[int | None]:
+    """The CPU each lane's sandbox is pinned to under gVisor (runsc, its sentry and gofer, and everything inside):
+    the CPUs this process may use, in turn; None (not pinned) for the process sandbox, where pinning bought nothing.
+
+    A lane's judge and its child take turns, never both running. Under gVisor each hand-off between them is a
+    wake-up by the sentry; on one CPU it stays there, across two it is an inter-processor interrupt, which inside a
+    VM is an exit to the hypervisor: pinned lanes scored HumanEval in 10-16 % less wall time (BENCHMARKS.md 2b)."""
+    if kind != "gvisor" or not pin_lanes():
+        return [None] * lanes
+    cpus = sorted(os.sched_getaffinity(0))
+    return [cpus[index % len(cpus)] for index in range(lanes)]
+
+
 def run_programs(
     programs: Iterable[Program],
     *,
@@ -323,6 +348,7 @@ def run_programs(
     if not runnable:
         return
     lanes: list[_Lane | None] = [None] * min(workers or default_workers(), len(runnable))
+    cpus = lane_cpus(kind, len(lanes))
     queue = collections.deque(runnable)
     deaths: collections.Counter[str] = collections.Counter()
     silence = timeout + 30.0
@@ -339,7 +365,7 @@ def run_programs(
                     lane.close(wait=True)
                     lane = lanes[index] = None
                 if lane is None and queue:
-                    lane = lanes[index] = _Lane(command, lane_config(timeout, limits), env)
+                    lane = lanes[index] = _Lane(command, lane_config(timeout, limits), env, cpus[index])
                 while lane is not None and queue and len(lane.inside) < 2 * SLOTS_PER_LANE:
                     if lane.inside and (deaths[queue[0]] or any(deaths[key] for key in lane.inside)):
                         break  # a job that was in a dying worker runs alone, so a second death is its own
