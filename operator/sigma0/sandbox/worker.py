@@ -652,7 +652,7 @@ class Worker:
         os.waitpid(pid, 0)
 
     def close(self) -> None:
-        if self.root:
+        if self.root and self.pid != 1:  # inside `runsc do` the worker is init: its exit ends every process left
             self.kill_user(self.uid)
         _remove_tree(self.base, reclaim=self.root)
 
