@@ -314,7 +314,7 @@ def lane_cpus(kind: str, lanes: int) -> list[int | None]:
 
     A lane's judge and its child take turns, never both running. Under gVisor each hand-off between them is a
     wake-up by the sentry; on one CPU it stays there, across two it is an inter-processor interrupt, which inside a
-    VM is an exit to the hypervisor: pinned lanes scored HumanEval in 10-16 % less wall time (BENCHMARKS.md 2b)."""
+    VM is an exit to the hypervisor: pinned lanes scored HumanEval in 8-17 % less wall time (BENCHMARKS.md 2b)."""
     if kind != "gvisor" or not pin_lanes():
         return [None] * lanes
     cpus = sorted(os.sched_getaffinity(0))
