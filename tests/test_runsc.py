@@ -247,6 +247,21 @@ def test_a_static_runsc_without_systrap_is_built_but_not_recorded(tmp_path: Path
     assert check.returncode == 0 and check.stdout.strip() == str(bin_folder)
 
 
+def record_batch_roots(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The runsc folders (--root, TMPDIR) of the batches started from now on, in the order they were made."""
+    roots: list[str] = []
+    mkdtemp = tempfile.mkdtemp
+
+    def recording(prefix: str) -> str:
+        folder = mkdtemp(prefix=prefix)
+        if prefix == "sigma0-runsc-":
+            roots.append(folder)
+        return folder
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recording)
+    return roots
+
+
 @pytest.mark.gvisor
 @pytest.mark.skipif(os.geteuid() != 0 or REAL_BUILD is None, reason="needs root and scripts/build-gvisor.sh's build")
 def test_a_runsc_that_runs_systrap_is_recorded_and_then_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -260,16 +275,7 @@ def test_a_runsc_that_runs_systrap_is_recorded_and_then_used(monkeypatch: pytest
     use(monkeypatch, {"PATH": str(tmp_path / "empty"), "SIGMA0_GVISOR_CACHE": str(tmp_path / "cache")})
     assert find_runsc() == Runsc(str(bin_folder / "runsc"), "systrap", "sigma0's build", pinned_version())
     # and a batch really runs there, its runsc state (--root, TMPDIR) in a folder of its own that is gone afterwards
-    roots: list[str] = []
-    mkdtemp = tempfile.mkdtemp
-
-    def recording(prefix: str) -> str:
-        folder = mkdtemp(prefix=prefix)
-        if prefix == "sigma0-runsc-":
-            roots.append(folder)
-        return folder
-
-    monkeypatch.setattr(tempfile, "mkdtemp", recording)
+    roots = record_batch_roots(monkeypatch)
     slow = "import time\ndef f():\n    time.sleep(1.5)\n    return 7\n"
     programs = [from_asserts("slow", "f", slow, ["assert f() == 7"]),
                 from_asserts("ok", "f", "def f(): return 7", ["assert f() == 7"]),
@@ -300,16 +306,7 @@ def test_every_process_of_a_lanes_sandbox_runs_on_the_lanes_one_cpu(
     monkeypatch.setenv("SIGMA0_PIN_LANES", pin)
     monkeypatch.delenv("SIGMA0_RUNSC", raising=False)
     monkeypatch.delenv("SIGMA0_RUNSC_PLATFORM", raising=False)
-    roots: list[str] = []
-    mkdtemp = tempfile.mkdtemp
-
-    def recording(prefix: str) -> str:
-        folder = mkdtemp(prefix=prefix)
-        if prefix == "sigma0-runsc-":
-            roots.append(folder)
-        return folder
-
-    monkeypatch.setattr(tempfile, "mkdtemp", recording)
+    roots = record_batch_roots(monkeypatch)
     slow = "import time\ndef f():\n    time.sleep(2)\n    return 7\n"
     programs = [from_asserts("ok", "f", "def f(): return 7", ["assert f() == 7"]),
                 from_asserts("slow-1", "f", slow, ["assert f() == 7"]),
