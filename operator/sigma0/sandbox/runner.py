@@ -165,7 +165,7 @@ def describe_sandbox(kind: str) -> str:
         runsc = find_runsc()
         if runsc is None:
             return "gvisor (no runsc found)"
-        lanes = "one sandbox and warm worker per lane" + (", each pinned to a CPU" if pin_lanes() else "")
+        lanes = "one sandbox and warm worker per lane" + (", each pinned to a CPU" if pin_lanes(kind) else "")
         return f"gvisor ({runsc.describe()}; `runsc {' '.join(RUNSC_FLAGS)} do`, {lanes})"
     return "process (no gVisor: rlimits, own process group and user per candidate, one warm worker per lane)"
 
@@ -299,10 +299,12 @@ def lane_config(timeout: float, limits: Limits) -> dict[str, Any]:
             "limits": limits.for_worker(timeout)}
 
 
-def pin_lanes(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether gVisor lanes are pinned (lane_cpus): yes unless SIGMA0_PIN_LANES=off, which the benchmarks use to
-    measure what pinning buys."""
-    value = (os.environ if environ is None else environ).get("SIGMA0_PIN_LANES", "on")
+def pin_lanes(kind: str) -> bool:
+    """Whether the lanes of sandbox `kind` are pinned (lane_cpus): gVisor's unless SIGMA0_PIN_LANES=off, which the
+    benchmarks use to measure what pinning buys; never the process sandbox's, where pinning bought nothing."""
+    if kind != "gvisor":
+        return False
+    value = os.environ.get("SIGMA0_PIN_LANES", "on")
     if value not in ("on", "off"):
         raise SandboxUnavailable(f"SIGMA0_PIN_LANES={value!r}: use on (the default) or off")
     return value == "on"
@@ -310,12 +312,12 @@ def pin_lanes(environ: Mapping[str, str] | None = None) -> bool:
 
 def lane_cpus(kind: str, lanes: int) -> list[int | None]:
     """The CPU each lane's sandbox is pinned to under gVisor (runsc, its sentry and gofer, and everything inside):
-    the CPUs this process may use, in turn; None (not pinned) for the process sandbox, where pinning bought nothing.
+    the CPUs this process may use, in turn; None where lanes are not pinned (pin_lanes).
 
     A lane's judge and its child take turns, never both running. Under gVisor each hand-off between them is a
     wake-up by the sentry; on one CPU it stays there, across two it is an inter-processor interrupt, which inside a
     VM is an exit to the hypervisor: pinned lanes scored HumanEval in 8-17 % less wall time (BENCHMARKS.md 2b)."""
-    if kind != "gvisor" or not pin_lanes():
+    if not pin_lanes(kind):
         return [None] * lanes
     cpus = sorted(os.sched_getaffinity(0))
     return [cpus[index % len(cpus)] for index in range(lanes)]
