@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,38 @@ def test_every_process_of_a_lanes_sandbox_runs_on_the_lanes_one_cpu(
     else:
         assert all(cpus.isdigit() for cpus in seen.values()), seen  # one CPU each
         assert {int(cpus) for cpus in seen.values()} == set(ours[:2]), seen
+
+
+@pytest.mark.gvisor
+@pytest.mark.skipif(os.geteuid() != 0 or REAL_BUILD is None, reason="needs root and scripts/build-gvisor.sh's build")
+def test_a_batch_stopped_while_a_run_left_a_detached_process_leaves_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attack on a gVisor worker's end, which kills nothing itself (it is the sandbox's init): a candidate
+    leaves a detached process and is still running when the batch is stopped. Every host process of the batch's
+    sandboxes must be gone soon after, and their folder with them."""
+    monkeypatch.delenv("SIGMA0_RUNSC", raising=False)
+    monkeypatch.delenv("SIGMA0_RUNSC_PLATFORM", raising=False)
+    roots = record_batch_roots(monkeypatch)
+    daemon = ("import os, time\ndef f():\n    if os.fork() == 0:\n        os.setsid()\n        time.sleep(120)\n"
+              "        os._exit(0)\n    time.sleep(30)\n    return 7\n")
+    programs = [from_asserts("ok", "f", "def f(): return 7", ["assert f() == 7"]),
+                from_asserts("daemon", "f", daemon, ["assert f() == 7"])]  # fmt: skip
+    batch = run_programs(programs, sandbox="gvisor", workers=2, timeout=60, limits=Limits())
+    first = next(batch)
+    assert first.id == "ok" and first.passed
+    batch.close()  # the daemon's run, and the process it detached, are still there
+
+    def left() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                if entry.name.isdigit() and roots[0].encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+        return found
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left(), "processes of the stopped batch's sandboxes outlived it"
+    assert not Path(roots[0]).exists()
