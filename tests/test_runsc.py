@@ -142,8 +142,10 @@ def test_the_worker_command_and_the_reports_name_the_runsc_and_platform(
         str(built), "--root=/tmp/sigma0-runsc-x", "--network=none", "--platform=systrap"
     ]  # fmt: skip
     assert resolve_sandbox("auto") == "gvisor"
-    assert "--platform=systrap" in runner.describe_sandbox("gvisor") and str(built) in runner.describe_sandbox("gvisor")
-    args = argparse.Namespace(sandbox="auto", timeout=5.0, workers=1, memory_mb=256)
+    described = runner.describe_sandbox("gvisor", 2)
+    assert "--platform=systrap" in described and str(built) in described
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    args = argparse.Namespace(sandbox="auto", timeout=5.0, workers=2, memory_mb=256)
     settings = options.from_args(args)
     assert settings.to_dict()["runsc"] == {
         "path": str(built), "platform": "systrap", "origin": "sigma0's build", "version": "v0.0.0-pinned"
@@ -168,6 +170,7 @@ def test_the_worker_command_and_the_reports_name_the_runsc_and_platform(
 def test_gvisor_lanes_are_pinned_to_the_cpus_this_process_may_use_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SIGMA0_PIN_LANES", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 3})
+    assert runner.lane_cpus("gvisor", 2) == [3, 5]
     assert runner.lane_cpus("gvisor", 5) == [3, 5, 3, 5, 3]
     assert runner.lane_cpus("process", 2) == [None, None]  # pinning bought the process sandbox nothing
     monkeypatch.setenv("SIGMA0_PIN_LANES", "off")
@@ -175,6 +178,23 @@ def test_gvisor_lanes_are_pinned_to_the_cpus_this_process_may_use_in_turn(monkey
     monkeypatch.setenv("SIGMA0_PIN_LANES", "1")
     with pytest.raises(SandboxUnavailable, match="use on"):
         runner.lane_cpus("gvisor", 2)
+
+
+def test_batches_with_fewer_lanes_than_cpus_are_not_pinned_so_that_batches_sharing_a_node_do_not_crowd_its_first_cpus(
+    monkeypatch: pytest.MonkeyPatch, place: dict[str, str], tmp_path: Path
+) -> None:
+    """A pod on a 64-CPU node may use all 64, shared with other pods. Were its 2 lanes pinned to the first 2, every
+    score and verify pod on the node would crowd onto CPUs 0 and 1 while 62 sit idle."""
+    use(monkeypatch, place)
+    record(Path(place["SIGMA0_GVISOR_CACHE"]), fake_runsc(tmp_path / "built"))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    pods = [runner.lane_cpus("gvisor", 2) for _ in range(3)]
+    assert pods == [[None, None]] * 3
+    settings = options.from_args(argparse.Namespace(sandbox="gvisor", timeout=5.0, workers=2, memory_mb=256))
+    assert settings.to_dict()["pinned"] is False and "pinned to a CPU" not in settings.describe()
+    everything = options.from_args(argparse.Namespace(sandbox="gvisor", timeout=5.0, workers=None, memory_mb=256))
+    assert everything.workers == 64 and everything.to_dict()["pinned"] is True  # the default: a lane on every CPU
+    assert runner.lane_cpus("gvisor", 64) == list(range(64))
 
 
 def test_without_any_runsc_auto_is_process_and_gvisor_is_refused(
@@ -303,7 +323,17 @@ def test_every_process_of_a_lanes_sandbox_runs_on_the_lanes_one_cpu(
     monkeypatch: pytest.MonkeyPatch, pin: str
 ) -> None:
     """runsc, its sentry, gofer and systrap stubs: all of a lane's host processes are pinned to its CPU, and the two
-    lanes to different CPUs; with SIGMA0_PIN_LANES=off they may run anywhere this process may."""
+    lanes to different CPUs; with SIGMA0_PIN_LANES=off they may run anywhere this process may. This process keeps to
+    two CPUs meanwhile, so that its two lanes cover them on a machine with more."""
+    everywhere = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(everywhere)[:2])
+    try:
+        _check_the_lanes_cpus(monkeypatch, pin)
+    finally:
+        os.sched_setaffinity(0, everywhere)
+
+
+def _check_the_lanes_cpus(monkeypatch: pytest.MonkeyPatch, pin: str) -> None:
     monkeypatch.setenv("SIGMA0_PIN_LANES", pin)
     monkeypatch.delenv("SIGMA0_RUNSC", raising=False)
     monkeypatch.delenv("SIGMA0_RUNSC_PLATFORM", raising=False)

@@ -28,7 +28,8 @@ class Settings:
     pinned: bool = False  # under gVisor: each lane's sandbox pinned to a CPU of its own (runner.lane_cpus)
 
     def describe(self) -> str:
-        return f"sandbox {describe_sandbox(self.sandbox)}, {self.workers} workers, timeout {self.timeout:g} s"
+        sandbox = describe_sandbox(self.sandbox, self.workers)
+        return f"sandbox {sandbox}, {self.workers} workers, timeout {self.timeout:g} s"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,11 +63,12 @@ def from_args(args: argparse.Namespace) -> Settings:
     if args.memory_mb <= 0:
         raise ValueError(f"--memory-mb must be positive, got {args.memory_mb}")
     sandbox = resolve_sandbox(args.sandbox)
+    workers = args.workers or default_workers()
     return Settings(
         sandbox=sandbox,
-        workers=args.workers or default_workers(),
+        workers=workers,
         timeout=args.timeout,
         limits=Limits(memory_mb=args.memory_mb),
         runsc=find_runsc() if sandbox == "gvisor" else None,
-        pinned=pin_lanes(sandbox),
+        pinned=pin_lanes(sandbox, workers),
     )

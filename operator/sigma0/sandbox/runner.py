@@ -1,19 +1,20 @@
 """The parent side: pick the sandbox, start the warm workers of a batch, stream jobs in and verdicts out.
 
 A batch runs in `workers` lanes side by side. Each lane is one warm worker (worker.py) that forks a fresh child per
-candidate; under gVisor, the lane's worker runs inside one `runsc --network=none --platform=P do` started once
-for the whole batch (a fresh interpreter per candidate inside gVisor costs ~3.5x; see DESIGN.md). Lanes rather than
-one worker with several children: a fork inside gVisor's ptrace platform costs the forking process ~12 ms, so the
+candidate; under gVisor, the lane's worker runs inside one `runsc --network=none --platform=P do` started once for
+the whole batch (a fresh interpreter per candidate inside gVisor costs ~3.5x; see DESIGN.md). Lanes rather than one
+worker with several children: a fork inside gVisor's ptrace platform costs the forking process ~12 ms, so the
 children of one worker would queue behind each other's forks. Which runsc, on which platform P (find_runsc): the
 static build of a current gVisor that scripts/build-gvisor.sh caches, on systrap, when that script recorded that it
-runs here; else the runsc on PATH (Debian's, 2022, which has no systrap) on ptrace. Each lane's sandbox is pinned to
-a CPU of its own (lane_cpus), where its judge and child hand over to each other without waking another CPU. Every
-batch's sandboxes keep their state in a folder of their own, removed when the batch ends: it is their --root and
-their TMPDIR, since `runsc do` (Debian's and the current one alike) keeps its state, and the bind mount that pins
-its gofers' empty network namespace, in a runsc-do* folder under TMPDIR whatever --root says. `runsc do` shows the
-host filesystem read-only under a tmpfs overlay, so jobs and verdicts travel over the worker's stdin and stdout.
-(The `gvisor` PyPI bindings start a sandbox and `exec` commands in it, but `Sandbox.exec` returns a command's output
-only when it ends, so a streaming worker does not fit it.) `process` runs the same worker without runsc.
+runs here; else the runsc on PATH (Debian's, 2022, which has no systrap) on ptrace. When a batch's lanes cover the
+CPUs this process may use, each lane's sandbox is pinned to a CPU of its own (lane_cpus), where its judge and child
+hand over to each other without waking another CPU. Every batch's sandboxes keep their state in a folder of their
+own, removed when the batch ends: it is their --root and their TMPDIR, since `runsc do` (Debian's and the current
+one alike) keeps its state, and the bind mount that pins its gofers' empty network namespace, in a runsc-do* folder
+under TMPDIR whatever --root says. `runsc do` shows the host filesystem read-only under a tmpfs overlay, so jobs and
+verdicts travel over the worker's stdin and stdout. (The `gvisor` PyPI bindings start a sandbox and `exec` commands
+in it, but `Sandbox.exec` returns a command's output only when it ends, so a streaming worker does not fit it.)
+`process` runs the same worker without runsc.
 
 If a worker dies or stops answering, the candidates that were inside it are run again, each alone in a new one; a
 candidate that was inside two dead workers gets `sandbox_error`. So no single candidate can stop the batch, and
@@ -159,13 +160,14 @@ def resolve_sandbox(requested: str) -> str:
     return "process"
 
 
-def describe_sandbox(kind: str) -> str:
-    """One line for logs: which sandbox, and how it is started (for gVisor: which runsc, on which platform)."""
+def describe_sandbox(kind: str, workers: int) -> str:
+    """One line for logs: which sandbox, and how a batch of `workers` lanes starts it (for gVisor: which runsc, on
+    which platform, pinned or not)."""
     if kind == "gvisor":
         runsc = find_runsc()
         if runsc is None:
             return "gvisor (no runsc found)"
-        lanes = "one sandbox and warm worker per lane" + (", each pinned to a CPU" if pin_lanes(kind) else "")
+        lanes = "one sandbox and warm worker per lane" + (", each pinned to a CPU" if pin_lanes(kind, workers) else "")
         return f"gvisor ({runsc.describe()}; `runsc {' '.join(RUNSC_FLAGS)} do`, {lanes})"
     return "process (no gVisor: rlimits, own process group and user per candidate, one warm worker per lane)"
 
@@ -299,28 +301,33 @@ def lane_config(timeout: float, limits: Limits) -> dict[str, Any]:
             "limits": limits.for_worker(timeout)}
 
 
-def pin_lanes(kind: str) -> bool:
-    """Whether the lanes of sandbox `kind` are pinned (lane_cpus): gVisor's unless SIGMA0_PIN_LANES=off, which the
-    benchmarks use to measure what pinning buys; never the process sandbox's, where pinning bought nothing."""
+def pin_lanes(kind: str, workers: int) -> bool:
+    """Whether a batch of `workers` lanes of sandbox `kind` is pinned (lane_cpus): under gVisor, when its lanes cover
+    every CPU this process may use, unless SIGMA0_PIN_LANES=off (which the benchmarks use to measure what pinning
+    buys). Never the process sandbox's, where pinning bought nothing.
+
+    With fewer lanes than CPUs the batch does not own the CPUs it would be pinned to: a pod on a big node may use
+    every CPU of the node, shared with other pods, and every batch there would pin its lanes to the same first few
+    while the rest sit idle. Such a batch runs unpinned, where the kernel spreads it."""
     if kind != "gvisor":
         return False
     value = os.environ.get("SIGMA0_PIN_LANES", "on")
     if value not in ("on", "off"):
         raise SandboxUnavailable(f"SIGMA0_PIN_LANES={value!r}: use on (the default) or off")
-    return value == "on"
+    return value == "on" and workers >= len(os.sched_getaffinity(0))
 
 
-def lane_cpus(kind: str, lanes: int) -> list[int | None]:
-    """The CPU each lane's sandbox is pinned to under gVisor (runsc, its sentry and gofer, and everything inside):
-    the CPUs this process may use, in turn; None where lanes are not pinned (pin_lanes).
+def lane_cpus(kind: str, workers: int) -> list[int | None]:
+    """The CPU each of a batch's `workers` lanes is pinned to under gVisor (its runsc, sentry and gofer, and
+    everything inside): the CPUs this process may use, in turn; None where lanes are not pinned (pin_lanes).
 
     A lane's judge and its child take turns, never both running. Under gVisor each hand-off between them is a
     wake-up by the sentry; on one CPU it stays there, across two it is an inter-processor interrupt, which inside a
     VM is an exit to the hypervisor: pinned lanes scored HumanEval in 8-17 % less wall time (BENCHMARKS.md 2b)."""
-    if not pin_lanes(kind):
-        return [None] * lanes
+    if not pin_lanes(kind, workers):
+        return [None] * workers
     cpus = sorted(os.sched_getaffinity(0))
-    return [cpus[index % len(cpus)] for index in range(lanes)]
+    return [cpus[index % len(cpus)] for index in range(workers)]
 
 
 def run_programs(
@@ -349,8 +356,9 @@ def run_programs(
             runnable[str(len(runnable))] = program
     if not runnable:
         return
-    lanes: list[_Lane | None] = [None] * min(workers or default_workers(), len(runnable))
-    cpus = lane_cpus(kind, len(lanes))
+    workers = workers or default_workers()
+    lanes: list[_Lane | None] = [None] * min(workers, len(runnable))
+    cpus = lane_cpus(kind, workers)
     queue = collections.deque(runnable)
     deaths: collections.Counter[str] = collections.Counter()
     silence = timeout + 30.0
