@@ -180,16 +180,17 @@ def test_gvisor_lanes_are_pinned_to_the_cpus_this_process_may_use_in_turn(monkey
         runner.lane_cpus("gvisor", 2)
 
 
-def test_batches_with_fewer_lanes_than_cpus_are_not_pinned_so_that_batches_sharing_a_node_do_not_crowd_its_first_cpus(
+def test_a_batch_with_fewer_lanes_than_cpus_is_unpinned_so_batches_sharing_a_machine_do_not_crowd_its_first_cpus(
     monkeypatch: pytest.MonkeyPatch, place: dict[str, str], tmp_path: Path
 ) -> None:
-    """A pod on a 64-CPU node may use all 64, shared with other pods. Were its 2 lanes pinned to the first 2, every
-    score and verify pod on the node would crowd onto CPUs 0 and 1 while 62 sit idle."""
+    """Three cycles with the manifest's 2 workers on a 64-CPU machine (or three containers with a CPU quota but no
+    affinity of their own): were each batch's lanes pinned to the first 2 CPUs, all three would crowd onto CPUs 0
+    and 1 while 62 sit idle."""
     use(monkeypatch, place)
     record(Path(place["SIGMA0_GVISOR_CACHE"]), fake_runsc(tmp_path / "built"))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
-    pods = [runner.lane_cpus("gvisor", 2) for _ in range(3)]
-    assert pods == [[None, None]] * 3
+    batches = [runner.lane_cpus("gvisor", 2) for _ in range(3)]
+    assert batches == [[None, None]] * 3
     settings = options.from_args(argparse.Namespace(sandbox="gvisor", timeout=5.0, workers=2, memory_mb=256))
     assert settings.to_dict()["pinned"] is False and "pinned to a CPU" not in settings.describe()
     everything = options.from_args(argparse.Namespace(sandbox="gvisor", timeout=5.0, workers=None, memory_mb=256))

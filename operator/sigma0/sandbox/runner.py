@@ -306,9 +306,10 @@ def pin_lanes(kind: str, workers: int) -> bool:
     every CPU this process may use, unless SIGMA0_PIN_LANES=off (which the benchmarks use to measure what pinning
     buys). Never the process sandbox's, where pinning bought nothing.
 
-    With fewer lanes than CPUs the batch does not own the CPUs it would be pinned to: a pod on a big node may use
-    every CPU of the node, shared with other pods, and every batch there would pin its lanes to the same first few
-    while the rest sit idle. Such a batch runs unpinned, where the kernel spreads it."""
+    With fewer lanes than CPUs the batch does not own the CPUs it would be pinned to: on a bigger machine, shared
+    with other cycles or with containers whose CPU quota is not an affinity, every such batch would pin its lanes
+    to the same first few while the rest sit idle. Such a batch runs unpinned, where the kernel spreads it. (On a
+    cluster the stages run `--sandbox process` inside the node's gVisor, and nothing is pinned.)"""
     if kind != "gvisor":
         return False
     value = os.environ.get("SIGMA0_PIN_LANES", "on")
