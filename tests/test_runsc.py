@@ -312,6 +312,16 @@ def test_a_runsc_that_runs_systrap_is_recorded_and_then_used(monkeypatch: pytest
     assert len(roots) == 1 and not Path(roots[0]).exists()
 
 
+def batch_processes(root: str) -> list[int]:
+    """The host processes of a batch's sandboxes: every process whose command line names the batch's runsc folder."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and root.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
 def _allowed_cpus(pid: int) -> str:
     status = Path(f"/proc/{pid}/status").read_text()
     return next(line.split(":", 1)[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
@@ -347,11 +357,9 @@ def _check_the_lanes_cpus(monkeypatch: pytest.MonkeyPatch, pin: str) -> None:
     for verdict in run_programs(programs, sandbox="gvisor", workers=2, timeout=10, limits=Limits()):
         assert verdict.passed, verdict
         if not seen:  # both lanes are still busy with a slow one
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit():
-                    with contextlib.suppress(OSError):
-                        if roots[0].encode() in (entry / "cmdline").read_bytes():
-                            seen[int(entry.name)] = _allowed_cpus(int(entry.name))
+            for pid in batch_processes(roots[0]):
+                with contextlib.suppress(OSError):
+                    seen[pid] = _allowed_cpus(pid)
     ours = sorted(os.sched_getaffinity(0))
     assert len(seen) >= 4, seen  # at least runsc and its sentry, per lane
     if pin == "off":
@@ -380,17 +388,8 @@ def test_a_batch_stopped_while_a_run_left_a_detached_process_leaves_nothing_behi
     first = next(batch)
     assert first.id == "ok" and first.passed
     batch.close()  # the daemon's run, and the process it detached, are still there
-
-    def left() -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            with contextlib.suppress(OSError):
-                if entry.name.isdigit() and roots[0].encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-        return found
-
     deadline = time.monotonic() + 10
-    while left() and time.monotonic() < deadline:
+    while batch_processes(roots[0]) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not left(), "processes of the stopped batch's sandboxes outlived it"
+    assert not batch_processes(roots[0]), "processes of the stopped batch's sandboxes outlived it"
     assert not Path(roots[0]).exists()
